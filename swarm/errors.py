@@ -1,0 +1,15 @@
+"""Errors a user can fix. Entry points print them as one line and exit with code 2."""
+
+
+class SwarmError(Exception):
+    """A problem with the user's input or environment, explained in one line."""
+
+    exit_code = 2
+
+
+class DataNotFoundError(SwarmError):
+    """A dataset is not where the configuration says it is."""
+
+
+class ScenarioError(SwarmError):
+    """A scenario's split declaration is inconsistent with its dataset."""

@@ -1,0 +1,97 @@
+"""The model zoo: torchvision ResNet-50 / ResNet-18 and a small CIFAR-style ResNet.
+
+Every model is built from torchvision's own ``BasicBlock`` / ``Bottleneck`` classes, so zennit's
+``ResNetCanonizer`` (which matches those classes) and torch-pruning's dependency graph treat all of
+them alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+from torchvision.models import resnet18, resnet50
+from torchvision.models.resnet import BasicBlock
+
+from swarm.errors import SwarmError
+
+MODELS = ("resnet50", "resnet18", "resnet_small")
+STEMS = ("auto", "imagenet", "small")
+
+
+def resolve_stem(stem: str, image_size: int) -> str:
+    """``auto`` picks the small stem (3x3 stride-1 conv, no max-pool) for inputs of 64 px or less."""
+    if stem not in STEMS:
+        raise SwarmError(f"model.stem must be one of {', '.join(STEMS)}, not '{stem}'")
+    if stem == "auto":
+        return "small" if image_size <= 64 else "imagenet"
+    return stem
+
+
+def _stem(in_channels: int, width: int, stem: str) -> tuple[nn.Conv2d, nn.Module]:
+    if stem == "small":
+        return nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False), nn.Identity()
+    return (nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False),
+            nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
+
+
+class SmallResNet(nn.Module):
+    """A CIFAR-style ResNet: a stem, three stages of basic blocks, global pooling, a linear head.
+
+    The default (widths 16/32/64, two blocks a stage) has about 0.18M parameters. Attribute names
+    follow torchvision (conv1, bn1, layer1..., fc) so that tools written for ResNets apply.
+    """
+
+    def __init__(self, num_classes: int, in_channels: int = 3, widths: Sequence[int] = (16, 32, 64),
+                 blocks: Sequence[int] = (2, 2, 2), stem: str = "small") -> None:
+        super().__init__()
+        if len(widths) != len(blocks) or not widths:
+            raise SwarmError("model.widths and model.blocks must be lists of the same, non-zero length")
+        self.conv1, self.maxpool = _stem(in_channels, widths[0], stem)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        in_planes = widths[0]
+        self.stages: list[str] = []
+        for i, (width, count) in enumerate(zip(widths, blocks)):
+            stride = 1 if i == 0 else 2
+            layers = []
+            for j in range(count):
+                downsample = None
+                if j == 0 and (stride != 1 or in_planes != width):
+                    downsample = nn.Sequential(nn.Conv2d(in_planes, width, 1, stride=stride, bias=False),
+                                               nn.BatchNorm2d(width))
+                layers.append(BasicBlock(in_planes, width, stride if j == 0 else 1, downsample))
+                in_planes = width
+            setattr(self, f"layer{i + 1}", nn.Sequential(*layers))
+            self.stages.append(f"layer{i + 1}")
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_planes, num_classes)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for stage in self.stages:
+            x = getattr(self, stage)(x)
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def build_model(model_cfg: Mapping[str, Any], num_outputs: int, in_channels: int, image_size: int) -> nn.Module:
+    """Build the configured model, freshly initialised (no downloaded weights), for this task's shape."""
+    name = str(model_cfg.get("name"))
+    if name not in MODELS:
+        raise SwarmError(f"unknown model '{name}'; models are {', '.join(MODELS)}")
+    stem = resolve_stem(str(model_cfg.get("stem", "auto")), image_size)
+    if name == "resnet_small":
+        return SmallResNet(num_outputs, in_channels, tuple(model_cfg.get("widths", (16, 32, 64))),
+                           tuple(model_cfg.get("blocks", (2, 2, 2))), stem)
+    model = (resnet50 if name == "resnet50" else resnet18)(weights=None, num_classes=num_outputs)
+    if stem == "small" or in_channels != 3:
+        model.conv1, model.maxpool = _stem(in_channels, model.conv1.out_channels, stem)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
