@@ -212,13 +212,15 @@ def _quickdraw(c: _Canvas, name: str) -> Tensor:
 def _painting(c: _Canvas, name: str) -> Tensor:
     hue = c.uniform(0, 1)
     canvas = (c.colour((0.3, 0.65), (0.45, 0.85), hue=hue + c.uniform(-0.1, 0.1))
-              + 0.28 * (c.strokes(3, long=3, short=12) - 0.5) + 0.15 * (c.noise(3, 6) - 0.5))
+              + 0.22 * (c.strokes(3, long=3, short=12) - 0.5) + 0.12 * (c.noise(3, 6) - 0.5))
     d = c.shape_distance(name, wobble=0.03, wobble_cells=5)
-    paint = c.colour((0.45, 0.9), (0.45, 0.95)) + 0.3 * (c.strokes(3, long=4, short=16) - 0.5)
-    mask = _inside(d, 0.05)
+    paint = c.colour((0.5, 0.95), (0.5, 1.0), hue=hue + c.uniform(0.25, 0.75)) + 0.25 * (c.strokes(3, long=4, short=16) - 0.5)
+    mask = _inside(d, 0.03)
     image = canvas * (1 - mask) + paint * mask
     weave = 0.03 * torch.sin(c.x * c.size * 1.7) * torch.sin(c.y * c.size * 1.7)
-    return F.avg_pool2d(image + weave, kernel_size=3, stride=1, padding=1, count_include_pad=False)
+    blur = torch.tensor([0.25, 0.5, 0.25])
+    kernel = (blur[:, None] * blur[None, :]).expand(3, 1, 3, 3)
+    return F.conv2d(F.pad(image + weave, (1, 1, 1, 1), mode="replicate"), kernel, groups=3)
 
 
 STYLES: dict[str, Callable[[_Canvas, str], Tensor]] = {

@@ -1,0 +1,132 @@
+"""Shared fixtures: composed configs, and small datasets written in each source's real on-disk format."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_module
+from PIL import Image
+
+from swarm.data.sources.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR100_SUPERCLASSES
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def make_cfg():
+    """Compose the project's config with overrides, as the command line would."""
+
+    def make(*overrides: str, config_name: str = "config"):
+        with initialize_config_module(config_module="scenarios", version_base="1.3"):
+            return compose(config_name=config_name, overrides=list(overrides))
+
+    return make
+
+
+def run_module(module: str, *args: str, cwd: Path | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
+    """Run ``python -m module args`` as a user would, capturing output."""
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                          cwd=cwd or REPO, env=env, timeout=timeout)
+
+
+# ----------------------------------------------------------------------------- CIFAR pickle batches
+def _pixels(labels: np.ndarray) -> np.ndarray:
+    """Images whose first pixel encodes the label and the index, so tests can check what was loaded."""
+    rows = np.zeros((len(labels), 3072), dtype=np.uint8)
+    rows[:, 0] = labels
+    rows[:, 1] = np.arange(len(labels)) % 256
+    return rows
+
+
+def _dump(path: Path, obj: dict) -> None:
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+
+
+@pytest.fixture
+def cifar10_root(tmp_path: Path) -> Path:
+    """CIFAR-10's python batches: 5 training batches of 10 images per class each, and a test batch."""
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for b in range(1, 6):
+        labels = np.repeat(np.arange(10), 10)
+        _dump(folder / f"data_batch_{b}", {b"batch_label": f"batch {b}".encode(), b"labels": labels.tolist(),
+                                            b"data": _pixels(labels), b"filenames": [b"x.png"] * len(labels)})
+    labels = np.repeat(np.arange(10), 20)
+    _dump(folder / "test_batch", {b"labels": labels.tolist(), b"data": _pixels(labels)})
+    _dump(folder / "batches.meta", {b"label_names": [c.encode() for c in CIFAR10_CLASSES],
+                                     b"num_cases_per_batch": 100})
+    return tmp_path
+
+
+@pytest.fixture
+def cifar100_root(tmp_path: Path) -> Path:
+    """CIFAR-100's python files: train (6 per class), test (2 per class), meta with both label lists."""
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir(parents=True)
+    coarse_names = sorted(CIFAR100_SUPERCLASSES)
+    coarse_of = {c: coarse_names.index(g) for g, members in CIFAR100_SUPERCLASSES.items() for c in members}
+    for split, per_class in (("train", 6), ("test", 2)):
+        fine = np.repeat(np.arange(100), per_class)
+        coarse = [coarse_of[CIFAR100_CLASSES[f]] for f in fine]
+        _dump(folder / split, {b"fine_labels": fine.tolist(), b"coarse_labels": coarse, b"data": _pixels(fine)})
+    _dump(folder / "meta", {b"fine_label_names": [c.encode() for c in CIFAR100_CLASSES],
+                            b"coarse_label_names": [c.encode() for c in coarse_names]})
+    return tmp_path
+
+
+# ----------------------------------------------------------------------------- IDX (Fashion-MNIST)
+def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", n) for n in array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        payload = gzip.compress(payload)
+    path.write_bytes(payload)
+
+
+def write_fmnist(folder: Path, per_class_train: int = 12, per_class_test: int = 4, compress: bool = True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, per_class in (("train", per_class_train), ("t10k", per_class_test)):
+        labels = np.repeat(np.arange(10), per_class)
+        images = np.zeros((len(labels), 28, 28), dtype=np.uint8)
+        images[:, 0, 0] = labels
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", images, compress)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels, compress)
+    return folder
+
+
+# ----------------------------------------------------------------------------- image trees
+def write_image(path: Path, value: int, size: int = 12) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size, size + 3, 3), value, dtype=np.uint8)).save(path)
+
+
+@pytest.fixture
+def domainnet_root(tmp_path: Path) -> Path:
+    """A DomainNet tree: 3 classes x 6 domains, 4 train + 2 test JPEGs each, with official split files."""
+    from swarm.data.sources.domainnet import DOMAINS, classes
+
+    root = tmp_path / "domainnet"
+    names = classes()
+    chosen = [names.index("aircraft_carrier"), names.index("The_Eiffel_Tower"), names.index("zigzag")]
+    for domain in DOMAINS:
+        for split, count in (("train", 4), ("test", 2)):
+            lines = []
+            for label in chosen:
+                for i in range(count):
+                    relative = f"{domain}/{names[label]}/{domain}_{label:03d}_{split}{i}.jpg"
+                    write_image(root / relative, 40 * (i + 1))
+                    lines.append(f"{relative} {label}")
+            (root / f"{domain}_{split}.txt").write_text("\n".join(lines) + "\n")
+    return tmp_path
