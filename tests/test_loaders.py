@@ -173,3 +173,16 @@ def test_rank_within_groups():
         members = groups == g
         assert sorted(rank[members]) == list(range(members.sum()))
         assert (size[members] == members.sum()).all()
+
+
+@pytest.mark.skipif(not fashion_mnist.SYSTEM_COPY.exists(), reason="apt-get install dataset-fashion-mnist")
+def test_real_fashion_mnist_from_the_debian_copy(make_cfg, tmp_path):
+    cfg = make_cfg("scenario=fmnist_new_classes", f"data.root={tmp_path}")
+    data = build(scenario_of(cfg), data_options(cfg))
+    # Official splits: 6,000 training and 1,000 test images per class; 10% of training to validation.
+    assert data.counts() == {"T": {"train": 32400, "val": 3600, "test": 6000},
+                             "P": {"train": 16200, "val": 1800, "test": 3000},
+                             "F": {"train": 5400, "val": 600, "test": 1000}}
+    x, y = data.datasets["F"]["test"][0]
+    assert x.shape == (1, 28, 28) and int(y) == 9  # Ankle boot
+    assert -1.0 <= float(x.min()) < float(x.max()) <= 1.0

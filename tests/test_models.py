@@ -1,0 +1,47 @@
+"""The model zoo: sizes, stems and shapes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from swarm.errors import SwarmError
+from swarm.models import SmallResNet, build_model, count_parameters, resolve_stem
+
+
+def test_resnet50_is_the_papers_size():
+    model = build_model({"name": "resnet50", "stem": "imagenet"}, 10, 3, 224)
+    assert count_parameters(model) == 23_528_522  # the paper's 23.5M
+    assert any(isinstance(m, Bottleneck) for m in model.modules())
+
+
+def test_small_stem_for_small_images():
+    model = build_model({"name": "resnet50", "stem": "auto"}, 10, 3, 32)
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    assert isinstance(model.maxpool, torch.nn.Identity)
+    assert abs(count_parameters(model) - 23.5e6) < 0.05e6
+    assert resolve_stem("auto", 224) == "imagenet" and resolve_stem("auto", 64) == "small"
+
+
+@pytest.mark.parametrize("name, channels, size", [("resnet18", 1, 28), ("resnet_small", 1, 28),
+                                                  ("resnet_small", 3, 32), ("resnet18", 3, 96)])
+def test_forward_shapes(name, channels, size):
+    model = build_model({"name": name, "stem": "auto"}, 7, channels, size)
+    out = model(torch.randn(2, channels, size, size))
+    assert out.shape == (2, 7)
+    out.sum().backward()
+
+
+def test_resnet_small_is_small_and_uses_torchvision_blocks():
+    model = build_model({"name": "resnet_small", "stem": "auto", "widths": [16, 32, 64], "blocks": [2, 2, 2]}, 10, 3, 32)
+    assert isinstance(model, SmallResNet)
+    assert count_parameters(model) < 1_000_000
+    assert sum(isinstance(m, BasicBlock) for m in model.modules()) == 6
+
+
+def test_unknown_model_and_stem():
+    with pytest.raises(SwarmError, match="unknown model 'vgg'"):
+        build_model({"name": "vgg"}, 10, 3, 32)
+    with pytest.raises(SwarmError, match="model.stem"):
+        build_model({"name": "resnet18", "stem": "huge"}, 10, 3, 32)
