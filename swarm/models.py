@@ -48,9 +48,13 @@ class SmallResNet(nn.Module):
         super().__init__()
         if len(widths) != len(blocks) or not widths:
             raise SwarmError("model.widths and model.blocks must be lists of the same, non-zero length")
-        self.conv1, self.maxpool = _stem(in_channels, widths[0], stem)
+        # Registration order = forward order (conv1, bn1, relu, maxpool): zennit's BatchNorm merging
+        # pairs each BatchNorm with the module registered right before it.
+        conv1, maxpool = _stem(in_channels, widths[0], stem)
+        self.conv1 = conv1
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)
+        self.maxpool = maxpool
         in_planes = widths[0]
         self.stages: list[str] = []
         for i, (width, count) in enumerate(zip(widths, blocks)):

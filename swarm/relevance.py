@@ -1,0 +1,195 @@
+"""Channel relevance by Layer-wise Relevance Propagation (zennit), as in the paper's Algorithm 1.
+
+For every sample of P, relevance starts at the target logit and flows back through the network by
+the ε-rule (Eq. 1, stabilised); the relevance map at each conv layer's output is summed over all
+samples, and each channel's score is the l1 norm of its summed map over spatial positions.
+
+Cost matters because Algorithm 1 runs this over all of P every pruning iteration, so the zennit
+composite is registered once for all batches, only the scored layers are hooked, parameters get
+no gradients, and each hook accumulates the batch sum on the fly instead of keeping maps.
+"""
+
+from __future__ import annotations
+
+import inspect
+from contextlib import contextmanager
+from typing import Iterable, Iterator
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
+from zennit.canonizers import SequentialMergeBatchNorm
+from zennit.composites import COMPOSITES, LayerMapComposite, layer_map_base
+from zennit.core import Composite, Hook, Identity, Stabilizer
+from zennit.torchvision import ResNetCanonizer
+from zennit.types import Convolution
+
+from swarm.errors import SwarmError
+
+TARGETS = ("label", "prediction")
+
+
+def composite_names() -> list[str]:
+    return ["epsilon", *sorted(COMPOSITES)]
+
+
+def _canonizers(model: nn.Module) -> list:
+    """ResNet blocks need their own canonizer (BatchNorm merge + a hooked residual sum)."""
+    if any(isinstance(m, (BasicBlock, Bottleneck)) for m in model.modules()):
+        return [ResNetCanonizer()]
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return [SequentialMergeBatchNorm()]
+    return []
+
+
+class GradientEpsilon(Hook):
+    """zennit's ε-rule (Eq. 1), computed without re-running the layer in the backward pass.
+
+    zennit's ``Epsilon`` re-runs each layer's forward inside the backward pass so that it can
+    modify parameters; the plain ε-rule needs no modification, so this rule divides the incoming
+    relevance by the stabilised output ``z`` that the forward pass already produced, lets
+    autograd's own backward apply ``Wᵀ``, and multiplies by the input: ``R_in = a ⊙ Wᵀ(R_out / z)``.
+    Same relevance as ``zennit.rules.Epsilon`` (checked in the tests), about half the cost.
+    """
+
+    def __init__(self, epsilon: float = 1e-6) -> None:
+        super().__init__()
+        self.epsilon = epsilon
+        self.stabilize = Stabilizer.ensure(epsilon)
+
+    def forward(self, module: nn.Module, input: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+        self.stored_tensors["input"] = input[0].detach()
+        z = self.stabilize(output.detach())
+        output.register_hook(lambda relevance: relevance / z)
+        # Hand on an identity of the output: what flows back into it (and what observers of the
+        # layer's output see) is the relevance itself; the division happens just below it.
+        return Identity.apply(output)[0]
+
+    def backward(self, module: nn.Module, grad_input, grad_output):
+        return (self.stored_tensors["input"] * grad_input[0],) + tuple(grad_input[1:])
+
+    def copy(self) -> GradientEpsilon:
+        return GradientEpsilon(self.epsilon)
+
+
+def make_composite(name: str, model: nn.Module, epsilon: float = 1e-6) -> Composite:
+    """A zennit composite by name: ``epsilon`` (ε-rule on every conv and linear layer) or a zennit one."""
+    if epsilon <= 0:
+        raise SwarmError("relevance epsilon must be > 0 (ε = 0 leaves zero denominators)")
+    canonizers = _canonizers(model)
+    if name == "epsilon":
+        layer_map = layer_map_base(stabilizer=epsilon) + [
+            (Convolution, GradientEpsilon(epsilon=epsilon)),
+            (nn.Linear, GradientEpsilon(epsilon=epsilon)),
+        ]
+        return LayerMapComposite(layer_map=layer_map, canonizers=canonizers)
+    if name not in COMPOSITES:
+        raise SwarmError(f"unknown LRP composite '{name}'; choose one of {', '.join(composite_names())}")
+    cls = COMPOSITES[name]
+    params = inspect.signature(cls).parameters
+    kwargs = {"canonizers": canonizers}
+    if "epsilon" in params:
+        kwargs["epsilon"] = epsilon
+    if "low" in params:  # z-box rule for the first layer: the bounds of our [-1, 1] inputs
+        kwargs["low"], kwargs["high"] = -1.0, 1.0
+    return cls(**kwargs)
+
+
+def conv_layer_names(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+@contextmanager
+def _attribution_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode, no parameter gradients, no in-place activations; everything restored afterwards."""
+    was_training = model.training
+    requires = [(p, p.requires_grad) for p in model.parameters()]
+    inplace = [m for m in model.modules() if getattr(m, "inplace", False) is True]
+    model.eval()
+    for p, _ in requires:
+        p.requires_grad_(False)
+    for m in inplace:
+        m.inplace = False
+    try:
+        yield
+    finally:
+        model.train(was_training)
+        for p, flag in requires:
+            p.requires_grad_(flag)
+        for m in inplace:
+            m.inplace = True
+
+
+def relevance_maps(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *,
+                   composite: str = "epsilon", target: str = "label", epsilon: float = 1e-6,
+                   layers: list[str] | None = None, device: torch.device | str | None = None,
+                   ) -> dict[str, torch.Tensor]:
+    """Signed relevance maps at conv outputs, summed over all samples: ``{name: (C, H, W)}``.
+
+    The relevance at a layer's output is taken after zennit's BatchNorm merge, so it is also the
+    relevance at that BatchNorm's output. ``target="label"`` starts from the true class's logit,
+    ``"prediction"`` from the predicted class's.
+    """
+    if target not in TARGETS:
+        raise SwarmError(f"relevance target must be one of {', '.join(TARGETS)}, not '{target}'")
+    modules = dict(model.named_modules())
+    layers = layers if layers is not None else conv_layer_names(model)
+    unknown = [n for n in layers if not isinstance(modules.get(n), nn.Conv2d)]
+    if unknown:
+        raise SwarmError(f"not conv layers of this model: {', '.join(unknown)}")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    sums: dict[str, torch.Tensor | None] = {name: None for name in layers}
+
+    def accumulate(name: str):
+        def on_grad(grad: torch.Tensor) -> None:
+            batch_sum = grad.detach().sum(dim=0)
+            sums[name] = batch_sum if sums[name] is None else sums[name] + batch_sum
+
+        def forward_hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
+            output.register_hook(on_grad)
+
+        return forward_hook
+
+    seen = 0
+    with _attribution_mode(model):
+        # Register the composite once for all batches; our hooks go on after zennit's, so they see
+        # the outputs zennit wraps, whose gradients are the relevance.
+        with make_composite(composite, model, epsilon).context(model) as hooked:
+            handles = [modules[name].register_forward_hook(accumulate(name)) for name in layers]
+            try:
+                for inputs, labels in batches:
+                    inputs = inputs.to(device).requires_grad_(True)
+                    output = hooked(inputs)
+                    classes = labels.to(device) if target == "label" else output.argmax(dim=1)
+                    start = torch.zeros_like(output)
+                    start.scatter_(1, classes.view(-1, 1), output.detach().gather(1, classes.view(-1, 1)))
+                    torch.autograd.backward(output, grad_tensors=start, inputs=[inputs])
+                    seen += len(inputs)
+            finally:
+                for handle in handles:
+                    handle.remove()
+    if seen == 0:
+        raise SwarmError("no samples to compute relevance on (P's training split is empty)")
+    return {name: s.cpu() for name, s in sums.items() if s is not None}
+
+
+def channel_relevance(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *,
+                      composite: str = "epsilon", target: str = "label", epsilon: float = 1e-6,
+                      layers: list[str] | None = None, device: torch.device | str | None = None,
+                      ) -> dict[str, torch.Tensor]:
+    """Per-channel LRP relevance of conv layers over ``batches`` (Algorithm 1's score).
+
+    Returns ``{qualified layer name: 1-D tensor of length out_channels}`` on the CPU: the
+    relevance maps at the layer's output summed over all samples, then each channel's l1 norm
+    over its spatial positions.
+    """
+    maps = relevance_maps(model, batches, composite=composite, target=target, epsilon=epsilon,
+                          layers=layers, device=device)
+    return {name: m.abs().flatten(1).sum(dim=1) for name, m in maps.items()}
+
+
+def filter_l1(model: nn.Module, layers: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """IMP's criterion: the l1 norm of each output channel's filter weights."""
+    modules = dict(model.named_modules())
+    layers = layers if layers is not None else conv_layer_names(model)
+    return {name: modules[name].weight.detach().abs().flatten(1).sum(dim=1).cpu() for name in layers}
