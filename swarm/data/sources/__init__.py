@@ -46,3 +46,14 @@ def load(dataset_cfg: Any, options: DataOptions, wanted_domains: list[str] | Non
         return fashion_mnist.load(options)
     module = {"domainnet": domainnet, "synthetic": synthetic, "folder": folder}[name]
     return module.load(dataset_cfg, options, wanted_domains)
+
+
+def geometry(dataset_cfg: Any, options: DataOptions) -> tuple[int, int]:
+    """(input channels, image side) of a dataset without reading it: what a model needs to be built."""
+    name = dataset_cfg["name"]
+    _check(name)
+    native = {"cifar10": (3, 32), "cifar100": (3, 32), "fashion_mnist": (1, 28)}.get(name)
+    if native is None:
+        default = {"domainnet": 224, "synthetic": 32, "folder": 64}[name]
+        native = (3, int(dataset_cfg.get("image_size", default)))
+    return native[0], int(options.image_size or native[1])

@@ -1,0 +1,215 @@
+"""The coordinator: pre-training and iterative task-relevant pruning (the paper's Algorithm 1).
+
+    M0 <- train(T ∪ P)                                  (or P alone: pretrain=task_only)
+    for i in 1..iterations:
+        S  <- channel scores of M(i-1) over all of P    (LRP relevance, or filter l1 norm for IMP)
+        Mi <- remove the lowest-scoring share of every prunable layer's channels
+        Mi <- train(Mi, P)                              (fresh optimizer, early stopping, best weights)
+
+Every iteration's best-validation checkpoint (0 = unpruned) is kept. Results live in a cache
+directory keyed by everything they depend on, so a second run or a fleet sweep reuses them; an
+interrupted run resumes after its last completed iteration. Each checkpoint is written atomically
+before the record that announces it, so a partly written file is never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from swarm import checkpoints, io
+from swarm.data.build import ScenarioData
+from swarm.errors import SwarmError
+from swarm.models import build_model
+from swarm.pruning import count_macs_and_params, prunable_layers, prune_step
+from swarm.relevance import channel_relevance, filter_l1
+from swarm.training import TrainSettings, evaluate, fit, make_loader, resolve_device
+
+log = logging.getLogger("swarm.coordinator")
+
+# Bump when the meaning of cached results changes, so that old caches are not reused.
+CACHE_VERSION = 1
+CRITERIA = ("lrp", "imp")
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def cache_key(cfg: DictConfig) -> str:
+    """A hash of everything the coordinator's results depend on (not where data lives, not the device)."""
+    data = {k: v for k, v in _plain(cfg.data).items() if k not in ("root", "download", "num_workers")}
+    train = {k: v for k, v in _plain(cfg.train).items() if k != "device"}
+    prune = {k: v for k, v in _plain(cfg.prune).items() if k != "dry_run"}
+    blob = {
+        "version": CACHE_VERSION, "scenario": _plain(cfg.scenario), "pretrain": _plain(cfg.pretrain),
+        "model": _plain(cfg.model), "pruning": _plain(cfg.pruning), "prune": prune, "train": train,
+        "data": data, "seed": int(cfg.seed),
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_directory(cfg: DictConfig) -> Path:
+    """Where this configuration's coordinator results are (or will be) cached."""
+    return Path(str(cfg.cache_dir)) / "coordinator" / f"{cfg.scenario.name}-{cfg.pretrain.name}-{cfg.pruning.name}-{cache_key(cfg)}"
+
+
+def checkpoint_path(directory: Path, iteration: int) -> Path:
+    return directory / f"iteration_{iteration:02d}.pt"
+
+
+@dataclass
+class CoordinatorResult:
+    directory: Path
+    record: dict[str, Any]
+    cached: bool
+
+    @property
+    def iterations(self) -> list[dict[str, Any]]:
+        return self.record["iterations"]
+
+    def checkpoint(self, iteration: int = -1) -> Path:
+        number = self.iterations[iteration]["iteration"]
+        return checkpoint_path(self.directory, number)
+
+
+def _read_record(directory: Path) -> dict[str, Any] | None:
+    path = directory / "coordinator.json"
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    # Keep only iterations whose checkpoint is there (a cache folder may have been pruned by hand).
+    record["iterations"] = [it for it in record["iterations"]
+                            if checkpoint_path(directory, it["iteration"]).exists()]
+    return record
+
+
+def _scores(cfg: DictConfig, model: torch.nn.Module, data: ScenarioData, settings: TrainSettings,
+            layers: list[str]) -> dict[str, torch.Tensor]:
+    if cfg.pruning.name == "imp":
+        return filter_l1(model, layers)
+    device = resolve_device(settings.device)
+    model.to(device)
+    p_train = data.datasets["P"]["train"]
+    if cfg.pruning.get("max_samples"):
+        p_train = torch.utils.data.Subset(p_train, range(min(len(p_train), int(cfg.pruning.max_samples))))
+    loader = make_loader(p_train, int(cfg.pruning.batch_size), shuffle=False, num_workers=settings.num_workers)
+    batches = tqdm(loader, desc="relevance on P", unit="batch", leave=False, dynamic_ncols=True)
+    return channel_relevance(model, batches, composite=str(cfg.pruning.composite), target=str(cfg.pruning.target),
+                             epsilon=float(cfg.pruning.epsilon), layers=layers, device=device)
+
+
+def _p_accuracy(model: torch.nn.Module, data: ScenarioData, settings: TrainSettings) -> dict[str, float]:
+    device = resolve_device(settings.device)
+    return {split + "_acc": evaluate(model, make_loader(data.datasets["P"][split], 256, shuffle=False,
+                                                         num_workers=settings.num_workers), device)
+            for split in ("val", "test")}
+
+
+def cached(cfg: DictConfig) -> CoordinatorResult | None:
+    """The finished result of this configuration, if the cache has it (no data is read)."""
+    iterations = int(cfg.prune.iterations)
+    directory = run_directory(cfg)
+    record = _read_record(directory)
+    if record is None or len(record["iterations"]) < iterations + 1:
+        return None
+    record["iterations"] = record["iterations"][: iterations + 1]
+    return CoordinatorResult(directory, record, cached=True)
+
+
+def run(cfg: DictConfig, data: ScenarioData) -> CoordinatorResult:
+    """Run (or resume, or reuse) Algorithm 1 for this configuration."""
+    if cfg.pruning.name not in CRITERIA:
+        raise SwarmError(f"pruning must be one of {', '.join(CRITERIA)}, not '{cfg.pruning.name}'")
+    iterations, ratio, scope = int(cfg.prune.iterations), float(cfg.prune.ratio), str(cfg.prune.scope)
+    if iterations < 0:
+        raise SwarmError("prune.iterations must be >= 0")
+    hit = cached(cfg)
+    if hit is not None:
+        log.info("coordinator: cached result in %s", hit.directory)
+        return hit
+    directory = run_directory(cfg)
+    record = _read_record(directory)
+
+    settings = TrainSettings.from_config(cfg.train, cfg.data.num_workers)
+    seed = int(cfg.seed)
+    if record is None or not record["iterations"]:
+        record = {"key": cache_key(cfg), "scenario": cfg.scenario.name, "pretrain": cfg.pretrain.name,
+                  "pruning": cfg.pruning.name, "model": cfg.model.name, "seed": seed, "ratio": ratio,
+                  "scope": scope, "iterations": []}
+        torch.manual_seed(seed)
+        model = build_model(cfg.model, data.num_outputs, data.channels, data.image_size)
+        roles = "TP" if cfg.pretrain.name == "extra" else "P"
+        start = time.perf_counter()
+        fitted = fit(model, data.union(roles, "train"), data.union(roles, "val"), settings, seed=seed,
+                     desc=f"pre-train on {'∪'.join(roles)}")
+        _finish_iteration(directory, record, model, data, settings, cfg, iteration=0, fitted=fitted,
+                          seconds=time.perf_counter() - start, timings={})
+    else:
+        model, _, _ = checkpoints.load(checkpoint_path(directory, record["iterations"][-1]["iteration"]))
+        log.info("coordinator: resuming after iteration %d in %s", record["iterations"][-1]["iteration"], directory)
+
+    example = torch.randn(1, data.channels, data.image_size, data.image_size)
+    for iteration in range(len(record["iterations"]), iterations + 1):
+        start = time.perf_counter()
+        scores = _scores(cfg, model, data, settings, prunable_layers(model, scope))
+        relevance_seconds = time.perf_counter() - start
+        model.cpu()  # torch-pruning traces the graph with CPU example inputs
+        prune_step(model, scores, example, ratio=ratio, scope=scope)
+        prune_seconds = time.perf_counter() - start - relevance_seconds
+        fitted = fit(model, data.datasets["P"]["train"], data.datasets["P"]["val"], settings,
+                     seed=seed + iteration, desc=f"iteration {iteration}/{iterations}: recover on P")
+        _finish_iteration(directory, record, model, data, settings, cfg, iteration=iteration, fitted=fitted,
+                          seconds=time.perf_counter() - start,
+                          timings={"score_seconds": relevance_seconds, "prune_seconds": prune_seconds})
+    return CoordinatorResult(directory, record, cached=False)
+
+
+def _finish_iteration(directory: Path, record: dict[str, Any], model: torch.nn.Module, data: ScenarioData,
+                      settings: TrainSettings, cfg: DictConfig, *, iteration: int, fitted, seconds: float,
+                      timings: dict[str, float]) -> None:
+    """Evaluate, checkpoint, then announce the iteration in coordinator.json (in that order)."""
+    model.cpu()
+    example = torch.randn(1, data.channels, data.image_size, data.image_size)
+    macs, params = count_macs_and_params(model, example)
+    entry = {"iteration": iteration, "params": params, "macs": macs, **_p_accuracy(model, data, settings),
+             "epochs": fitted.epochs, "best_epoch": fitted.best_epoch, "seconds": round(seconds, 2),
+             **{k: round(v, 3) for k, v in timings.items()}}
+    arch = checkpoints.architecture(model, cfg.model, data.num_outputs, data.channels, data.image_size)
+    checkpoints.save(checkpoint_path(directory, iteration), model, arch, iteration=iteration,
+                     scenario=cfg.scenario.name, label_names=list(data.label_names))
+    record["iterations"].append(entry)
+    io.write_json(directory / "coordinator.json", record)
+    log.info("iteration %d: %.2fM params, %.1fM MACs, P val %.3f test %.3f (%d epochs, %.0f s)", iteration,
+             params / 1e6, macs / 1e6, entry["val_acc"], entry["test_acc"], fitted.epochs, seconds)
+
+
+def dry_run(cfg: DictConfig, num_outputs: int, in_channels: int, image_size: int) -> dict[str, Any]:
+    """Apply the pruning schedule to an untrained model, scoring channels by weight magnitude.
+
+    Needs no data and no training: it answers "how big is the model after each cut?".
+    """
+    iterations, ratio, scope = int(cfg.prune.iterations), float(cfg.prune.ratio), str(cfg.prune.scope)
+    torch.manual_seed(int(cfg.seed))
+    model = build_model(cfg.model, num_outputs, in_channels, image_size)
+    example = torch.randn(1, in_channels, image_size, image_size)
+    record = {"scenario": cfg.scenario.name, "model": cfg.model.name, "dry_run": True, "ratio": ratio,
+              "scope": scope, "iterations": []}
+    for iteration in tqdm(range(iterations + 1), desc="dry run", unit="cut", leave=False):
+        start = time.perf_counter()
+        if iteration > 0:
+            prune_step(model, filter_l1(model, prunable_layers(model, scope)), example, ratio=ratio, scope=scope)
+        seconds = time.perf_counter() - start
+        macs, params = count_macs_and_params(model, example)
+        record["iterations"].append({"iteration": iteration, "params": params, "macs": macs,
+                                     "val_acc": None, "test_acc": None, "seconds": round(seconds, 3)})
+    return record

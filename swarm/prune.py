@@ -1,0 +1,68 @@
+"""``python -m swarm.prune``: run the coordinator stage alone (pre-training + Algorithm 1).
+
+    python -m swarm.prune scenario=fmnist_new_subclasses pruning=lrp pretrain=extra model=resnet_small
+    python -m swarm.prune scenario=cifar10_new_classes model=resnet50 prune.dry_run=true
+
+Results are cached (``cache_dir``) and reused; ``coordinator.json`` is also written to the run
+directory, and the run ends with a table of iteration, parameters, MACs and P's accuracies.
+With ``prune.dry_run=true`` no data is read and nothing is trained: the schedule is applied to an
+untrained model (weight-magnitude scores) to count parameters and MACs.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from server import coordinator
+from swarm import io
+from swarm.config import data_options, entry_point, scenario_of
+from swarm.data import sources
+from swarm.data.build import build
+
+log = logging.getLogger("swarm.prune")
+
+
+def _acc(value: Any) -> str:
+    return "   -  " if value is None or value != value else f"{value:.3f}"
+
+
+def table(record: dict[str, Any]) -> str:
+    rows = [f"{'iter':>4} {'params':>10} {'vs 0':>6} {'MACs':>10} {'val acc':>8} {'test acc':>8} {'seconds':>8}"]
+    base = record["iterations"][0]["params"] if record["iterations"] else 1
+    for it in record["iterations"]:
+        rows.append(f"{it['iteration']:>4} {it['params'] / 1e6:>9.2f}M {it['params'] / base:>6.1%} "
+                    f"{it['macs'] / 1e6:>9.1f}M {_acc(it['val_acc']):>8} {_acc(it['test_acc']):>8} {it['seconds']:>8.1f}")
+    return "\n".join(rows)
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    scenario = scenario_of(cfg)
+    options = data_options(cfg)
+    if cfg.prune.dry_run:
+        classes, domains = sources.known_names(scenario.dataset)
+        scenario.validate(classes, domains)
+        channels, size = sources.geometry(scenario.dataset, options)
+        record = coordinator.dry_run(cfg, len(scenario.label_names(classes)), channels, size)
+    else:
+        result = coordinator.cached(cfg) or coordinator.run(cfg, build(scenario, options))
+        record = {**result.record, "cache_dir": str(result.directory), "cached": result.cached}
+    io.write_json(run_dir / "coordinator.json", record)
+    criterion = "scores: weight magnitude" if cfg.prune.dry_run else f"pruning={cfg.pruning.name}"
+    title = (f"{scenario.name} · pretrain={scenario.pretrain} · {criterion} · {cfg.model.name} · "
+             f"{cfg.prune.iterations} x {cfg.prune.ratio:.0%} ({cfg.prune.scope})" + (" · dry run" if cfg.prune.dry_run else ""))
+    print(f"\n{title}\n{table(record)}\nwrote {run_dir / 'coordinator.json'}")
+    return record
+
+
+@entry_point("config")
+def main(cfg: DictConfig) -> None:
+    run(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+if __name__ == "__main__":
+    main()
