@@ -46,10 +46,15 @@ def _plain(node: Any) -> Any:
 
 
 def cache_key(cfg: DictConfig) -> str:
-    """A hash of everything the coordinator's results depend on (not where data lives, not the device)."""
+    """A hash of everything the coordinator's results depend on (not where data lives, not the device).
+
+    Relevance batching is left in: it does not change the scores' meaning, but it changes their
+    floating-point sums, and cached results must be exactly reproducible."""
     data = {k: v for k, v in _plain(cfg.data).items() if k not in ("root", "download", "num_workers")}
     train = {k: v for k, v in _plain(cfg.train).items() if k != "device"}
-    prune = {k: v for k, v in _plain(cfg.prune).items() if k != "dry_run"}
+    # Not the number of iterations: iteration i does not depend on how many follow it, so a longer
+    # run extends a shorter one and a shorter one reuses a longer one's prefix.
+    prune = {k: v for k, v in _plain(cfg.prune).items() if k not in ("dry_run", "iterations")}
     blob = {
         "version": CACHE_VERSION, "scenario": _plain(cfg.scenario), "pretrain": _plain(cfg.pretrain),
         "model": _plain(cfg.model), "pruning": _plain(cfg.pruning), "prune": prune, "train": train,
@@ -100,9 +105,10 @@ def _scores(cfg: DictConfig, model: torch.nn.Module, data: ScenarioData, setting
     device = resolve_device(settings.device)
     model.to(device)
     p_train = data.datasets["P"]["train"]
-    if cfg.pruning.get("max_samples"):
-        p_train = torch.utils.data.Subset(p_train, range(min(len(p_train), int(cfg.pruning.max_samples))))
-    loader = make_loader(p_train, int(cfg.pruning.batch_size), shuffle=False, num_workers=settings.num_workers)
+    if cfg.prune.relevance_samples:
+        p_train = torch.utils.data.Subset(p_train, range(min(len(p_train), int(cfg.prune.relevance_samples))))
+    loader = make_loader(p_train, int(cfg.prune.relevance_batch_size), shuffle=False,
+                         num_workers=settings.num_workers)
     batches = tqdm(loader, desc="relevance on P", unit="batch", leave=False, dynamic_ncols=True)
     return channel_relevance(model, batches, composite=str(cfg.pruning.composite), target=str(cfg.pruning.target),
                              epsilon=float(cfg.pruning.epsilon), layers=layers, device=device)
