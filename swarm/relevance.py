@@ -12,6 +12,7 @@ no gradients, and each hook accumulates the batch sum on the fly instead of keep
 from __future__ import annotations
 
 import inspect
+import weakref
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 
@@ -19,10 +20,11 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from zennit.canonizers import SequentialMergeBatchNorm
-from zennit.composites import COMPOSITES, LayerMapComposite, layer_map_base
-from zennit.core import Composite, Hook, Identity, Stabilizer
+from zennit.composites import COMPOSITES, LayerMapComposite
+from zennit.core import Composite, Hook, Identity
+from zennit.layer import Sum
 from zennit.torchvision import ResNetCanonizer
-from zennit.types import Convolution
+from zennit.types import AvgPool, Convolution
 
 from swarm.errors import SwarmError
 
@@ -45,21 +47,38 @@ def _canonizers(model: nn.Module) -> list:
 class GradientEpsilon(Hook):
     """zennit's ε-rule (Eq. 1), computed without re-running the layer in the backward pass.
 
-    zennit's ``Epsilon`` re-runs each layer's forward inside the backward pass so that it can
-    modify parameters; the plain ε-rule needs no modification, so this rule divides the incoming
-    relevance by the stabilised output ``z`` that the forward pass already produced, lets
-    autograd's own backward apply ``Wᵀ``, and multiplies by the input: ``R_in = a ⊙ Wᵀ(R_out / z)``.
-    Same relevance as ``zennit.rules.Epsilon`` (checked in the tests), about half the cost.
+    zennit's ``Epsilon`` (and ``Norm``, the same rule for parameter-free sums and pools) re-runs
+    each layer's forward inside the backward pass so that it can modify parameters; the plain rule
+    needs no modification, so this one divides the incoming relevance by the stabilised output
+    ``z`` that the forward pass already produced, lets autograd's own backward apply ``Wᵀ``, and
+    multiplies by the input: ``R_in = a ⊙ Wᵀ(R_out / (z + ε·sign z))``. Same relevance as
+    ``zennit.rules.Epsilon`` / ``Norm`` (checked in the tests), about half the cost.
     """
 
     def __init__(self, epsilon: float = 1e-6) -> None:
         super().__init__()
         self.epsilon = epsilon
-        self.stabilize = Stabilizer.ensure(epsilon)
+
+    def pre_forward(self, module: nn.Module, input):
+        """zennit's pre-forward hook without its defensive copy of the input (no in-place ops run here)."""
+        if not input[0].requires_grad:
+            return None
+        hook_ref = weakref.ref(self)
+
+        def wrapper(grad_input, grad_output):
+            hook = hook_ref()
+            if hook is not None and hook.active:
+                return hook.backward(module, grad_input, None)
+            return None
+
+        post_input = Identity.apply(*input)
+        self.tensor_handles.append(post_input[0].grad_fn.register_hook(wrapper))
+        return post_input[0] if len(post_input) == 1 else post_input
 
     def forward(self, module: nn.Module, input: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
         self.stored_tensors["input"] = input[0].detach()
-        z = self.stabilize(output.detach())
+        # zennit's stabiliser, z + ε·sign(z) with sign(0) = +1, in two element-wise passes.
+        z = torch.sign(output.detach()).add_(0.5).sign_().mul_(self.epsilon).add_(output.detach())
         output.register_hook(lambda relevance: relevance / z)
         # Hand on an identity of the output: what flows back into it (and what observers of the
         # layer's output see) is the relevance itself; the division happens just below it.
@@ -78,7 +97,14 @@ def make_composite(name: str, model: nn.Module, epsilon: float = 1e-6) -> Compos
         raise SwarmError("relevance epsilon must be > 0 (ε = 0 leaves zero denominators)")
     canonizers = _canonizers(model)
     if name == "epsilon":
-        layer_map = layer_map_base(stabilizer=epsilon) + [
+        # Only layers whose rule changes the gradient get a hook. Activations and (merged,
+        # identity) BatchNorms are left to autograd: zennit's Pass rule differs from the ReLU
+        # gradient only where the activation is 0, and every rule below gives such a neuron no
+        # relevance anyway (each is proportional to its input). The tests check that the result
+        # equals zennit's full epsilon layer map.
+        layer_map = [
+            (Sum, GradientEpsilon(epsilon=epsilon)),  # zennit's Norm rule is this rule without parameters
+            (AvgPool, GradientEpsilon(epsilon=epsilon)),
             (Convolution, GradientEpsilon(epsilon=epsilon)),
             (nn.Linear, GradientEpsilon(epsilon=epsilon)),
         ]
@@ -155,6 +181,8 @@ def relevance_maps(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch
         # Register the composite once for all batches; our hooks go on after zennit's, so they see
         # the outputs zennit wraps, whose gradients are the relevance.
         with make_composite(composite, model, epsilon).context(model) as hooked:
+            for p in model.parameters():  # canonizers add parameters (merged biases): no gradients there either
+                p.requires_grad_(False)
             handles = [modules[name].register_forward_hook(accumulate(name)) for name in layers]
             try:
                 for inputs, labels in batches:

@@ -1,0 +1,79 @@
+"""Cost of an LRP relevance pass relative to a plain training forward+backward, same model and batch.
+
+    python benchmarks/relevance_cost.py [--models resnet_small resnet18] [--batch 64] [--repeats 7]
+
+Goal (coordinator issue): relevance / (forward+backward) <= 1.5 on the CPU at batch 64, 32 px.
+Also reports the floor the notes name: a forward plus an input-gradient backward with no
+parameter gradients. Measurements are interleaved (train, LRP, floor, train, ...) and the median
+of ``repeats`` is reported, because these machines are noisy. The relevance pass runs over 4
+batches with the zennit context opened once, as the coordinator does over P, and is reported
+per batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from swarm.models import build_model
+from swarm.relevance import channel_relevance
+
+PER_PASS = 4
+
+
+def measure(name: str, batch: int, size: int, repeats: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    model = build_model({"name": name, "stem": "auto"}, 10, 3, size)
+    x, y = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
+    optimizer = torch.optim.Adam(model.parameters())
+
+    def train_step() -> None:
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+
+    def relevance_pass() -> None:
+        channel_relevance(model, [(x, y)] * PER_PASS)
+
+    def floor() -> None:
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        inputs = x.clone().requires_grad_(True)
+        out = model(inputs)
+        torch.autograd.grad(out.gather(1, y.view(-1, 1)).sum(), inputs)
+        for p in model.parameters():
+            p.requires_grad_(True)
+
+    times: dict[str, list[float]] = {"train": [], "lrp": [], "floor": []}
+    for fn in (train_step, relevance_pass, floor):  # warm-up
+        fn()
+    for _ in range(repeats):
+        for key, fn, per in (("train", train_step, 1), ("lrp", relevance_pass, PER_PASS), ("floor", floor, 1)):
+            start = time.perf_counter()
+            fn()
+            times[key].append((time.perf_counter() - start) / per)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["resnet_small", "resnet18"])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, {args.size} px")
+    for name in args.models:
+        t = measure(name, args.batch, args.size, args.repeats)
+        print(f"{name:>13}: train fwd+bwd {t['train'] * 1e3:7.1f} ms | LRP {t['lrp'] * 1e3:7.1f} ms/batch "
+              f"(ratio {t['lrp'] / t['train']:.2f}, goal <= 1.5) | floor fwd+input-grad {t['floor'] * 1e3:7.1f} ms "
+              f"(ratio {t['floor'] / t['train']:.2f})")
+
+
+if __name__ == "__main__":
+    main()
