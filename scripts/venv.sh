@@ -17,9 +17,13 @@ fi
 stamp="$venv/.swarm-installed"
 want="$(cat "$repo_root/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "[swarm] installing swarm and its dependencies into $venv (first run only)" >&2
-  "$venv/bin/python" -m pip install --quiet --upgrade pip >&2
-  "$venv/bin/python" -m pip install --quiet -e "$repo_root[test]" >&2
+  echo "[swarm] installing swarm and its dependencies into $venv (first run only, a few minutes)" >&2
+  log="$venv/install.log"
+  if ! { "$venv/bin/python" -m pip install --upgrade pip && "$venv/bin/python" -m pip install -e "$repo_root[test]"; } >"$log" 2>&1; then
+    tail -n 30 "$log" >&2
+    echo "[swarm] installation failed; the full log is in $log" >&2
+    exit 1
+  fi
   echo "$want" > "$stamp"
 fi
 export PATH="$venv/bin:$PATH"

@@ -34,7 +34,7 @@ def test_splits_with_data_has_counts_and_task_only_empties_t(tmp_path, cifar10_r
 
 def test_missing_data_is_one_line_exit_2(tmp_path):
     result = run_module("swarm.simulate", "scenario=cifar10_new_classes", f"data.root={tmp_path}",
-                        f"hydra.run.dir={tmp_path / 'run'}")
+                        f"hydra.run.dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}")
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: cifar10 not found"), result.stderr
@@ -51,14 +51,25 @@ def test_bad_split_is_one_line_exit_2(tmp_path):
 
 
 def test_simulate_runs_the_stages_end_to_end(tmp_path):
-    run_dir = tmp_path / "run"
-    result = run_module("swarm.simulate", *TINY, f"hydra.run.dir={run_dir}", timeout=300)
+    args = [*TINY, "prune.iterations=2", "scenario.dataset.image_size=16", f"cache_dir={tmp_path / 'cache'}"]
+    result = run_module("swarm.simulate", *args, f"hydra.run.dir={tmp_path / 'run'}", timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    results = json.loads((run_dir / "results.json").read_text())
-    assert [s["stage"] for s in results["stages"]] == ["pretrain", "adapt"]
-    assert results["stages"][0]["trained_on"] == "TP" and results["stages"][1]["trained_on"] == "F"
-    for stage in results["stages"]:
-        assert 0.0 <= stage["acc_P"] <= 1.0 and 0.0 <= stage["acc_F"] <= 1.0
-    state = torch.load(run_dir / "pretrained.pt", weights_only=True)
-    assert "fc.weight" in state["state_dict"]
-    assert "acc P" in result.stdout
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    iterations = results["coordinator"]["iterations"]
+    assert [it["iteration"] for it in iterations] == [0, 1, 2]
+    adaptation = results["adaptation"]
+    assert adaptation["iteration"] == 2 and adaptation["trained_on"] == "F"
+    assert adaptation["parameters"] == iterations[-1]["params"]
+    for stage in ("before", "after"):
+        assert 0.0 <= adaptation[stage]["acc_P"] <= 1.0 and 0.0 <= adaptation[stage]["acc_F"] <= 1.0
+    assert json.loads((tmp_path / "run" / "coordinator.json").read_text())["iterations"] == iterations
+    assert "acc P" in result.stdout and "MACs" in result.stdout
+
+    again = run_module("swarm.simulate", *args, "adapt.checkpoint=0", f"hydra.run.dir={tmp_path / 'run2'}",
+                       timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "coordinator from cache" in again.stdout
+    assert json.loads((tmp_path / "run2" / "results.json").read_text())["adaptation"]["iteration"] == 0
+
+    bad = run_module("swarm.simulate", *args, "adapt.checkpoint=7", f"hydra.run.dir={tmp_path / 'run3'}")
+    assert bad.returncode == 2 and "adapt.checkpoint=7" in bad.stderr
