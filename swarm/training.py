@@ -67,8 +67,12 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int =
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | None = None) -> float:
-    """Top-1 accuracy over a loader; NaN for an empty one (a split that does not exist here)."""
-    device = device or next(model.parameters()).device
+    """Top-1 accuracy over a loader; NaN for an empty one (a split that does not exist here).
+
+    With ``device`` given, the model is moved there first."""
+    if device is None:
+        device = next(model.parameters()).device
+    model.to(device)
     was_training = model.training
     model.eval()
     correct = total = 0

@@ -90,7 +90,7 @@ def test_our_epsilon_composite_equals_zennits_epsilon_layer_map(name, monkeypatc
         assert (ours[key] - theirs[key]).abs().max() <= 1e-3 * theirs[key].abs().max(), key
 
 
-@pytest.mark.parametrize("name", ["resnet_small", "resnet18"])
+@pytest.mark.parametrize("name", ["resnet_small", "resnet18", "resnet50"])
 def test_resnet_scores_are_finite_with_the_right_shapes(name):
     model = trained_bn(build_model({"name": name, "stem": "auto"}, 10, 3, 32))
     x, y = batch(4, 32, 10)
