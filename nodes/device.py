@@ -1,0 +1,259 @@
+"""The device model: how much on-device training a node's hardware and budget allow in one window.
+
+A SimPy simulation of one adaptation window on one node. Three processes share the clock:
+
+* **availability** -- the device alternates between available and unavailable periods
+  (``availability`` of every ``availability_cycle_s``, with a per-node phase);
+* **arrivals** -- local samples stream in at the times the node's drifting stream gives;
+* **trainer** -- while available and with data to learn from, runs training steps one after
+  another. A step costs ``3 × forward FLOPs × batch`` (FedScale; Kaplan et al.) and takes
+  ``step FLOPs / effective FLOP/s`` seconds at ``active_power_w``; it starts only if the window's
+  remaining budget (training energy in J, compute seconds, or FLOPs) covers it and it ends before
+  the window does.
+
+The result says how many steps were granted; the node's real PyTorch training then does exactly
+that many. Before any of this, :func:`memory_check` decides whether training fits in RAM at all.
+"""
+
+from __future__ import annotations
+
+import math
+from importlib import resources
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import simpy
+import torch
+import yaml
+from torch import nn
+
+from swarm.errors import SwarmError
+
+STATUSES = ("ok", "budget_exhausted", "does_not_fit", "unavailable", "failed")
+# Profiles ship in the installed config tree (Hydra group `device`).
+PROFILE_DIR = Path(str(resources.files("scenarios") / "device"))
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """A class of device. Every number's source is recorded in its YAML file."""
+
+    name: str
+    peak_flops: float  # FLOP/s the hardware can do in theory
+    effective_flops: float  # FLOP/s PyTorch-style training actually reaches on it
+    active_power_w: float
+    idle_power_w: float
+    ram_mb: float  # memory available to the training process
+    availability: float = 1.0  # share of each cycle the device can train
+    availability_cycle_s: float = 3600.0
+    description: str = ""
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.effective_flops <= self.peak_flops:
+            raise SwarmError(f"device {self.name}: need 0 < effective_flops <= peak_flops")
+        if self.active_power_w <= 0 or self.idle_power_w < 0 or self.ram_mb <= 0:
+            raise SwarmError(f"device {self.name}: power and RAM must be positive")
+        if not 0 <= self.availability <= 1 or self.availability_cycle_s <= 0:
+            raise SwarmError(f"device {self.name}: availability must be in [0, 1] with a positive cycle")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> DeviceProfile:
+        fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        try:
+            return cls(**{k: (float(v) if k not in ("name", "description", "sources") else v)
+                          for k, v in fields.items()})
+        except TypeError as error:
+            raise SwarmError(f"device profile {data.get('name', '?')}: {error}") from None
+
+
+def available_profiles(directory: Path = PROFILE_DIR) -> list[str]:
+    return sorted(p.stem for p in directory.glob("*.yaml"))
+
+
+def load_profile(name: str, directory: Path = PROFILE_DIR) -> DeviceProfile:
+    """A shipped profile by name; an unknown name is an error that lists the profiles."""
+    path = directory / f"{name}.yaml"
+    if not path.exists():
+        raise SwarmError(f"unknown device profile '{name}'; profiles: {', '.join(available_profiles(directory))}")
+    return DeviceProfile.from_mapping(yaml.safe_load(path.read_text()))
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one window may spend on training. None = unlimited; the window length always applies."""
+
+    window_s: float
+    energy_j: float | None = None
+    compute_s: float | None = None
+    flops: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.window_s <= 0:
+            raise SwarmError("the window length must be positive")
+        for name in ("energy_j", "compute_s", "flops"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise SwarmError(f"budget {name} must be >= 0, not {value}")
+
+
+@dataclass
+class WindowReport:
+    """What the simulated window granted and charged."""
+
+    steps: int = 0
+    busy_s: float = 0.0
+    energy_j: float = 0.0  # training energy (active power while training)
+    idle_energy_j: float = 0.0  # idle power while not training
+    flops: float = 0.0
+    available_s: float = 0.0
+    samples_arrived: int = 0
+    status: str = "ok"
+
+
+def step_flops(forward_flops_per_sample: float, batch_size: int) -> float:
+    """One training step: forward + backward ≈ 3 × the forward pass, for every sample of the batch."""
+    return 3.0 * forward_flops_per_sample * batch_size
+
+
+def simulate_window(profile: DeviceProfile, budget: Budget, flops_per_step: float, *, start_s: float = 0.0,
+                    arrivals: Sequence[float] = (), samples_before: int = 0, phase_s: float = 0.0) -> WindowReport:
+    """Run one window [start_s, start_s + window_s) of the device model and return what it granted.
+
+    ``arrivals`` are the simulated times at which new local samples arrive; a step needs at least
+    one sample (arrived now or ``samples_before`` the window). ``phase_s`` shifts the node's
+    availability cycle so that a fleet is not in lockstep.
+    """
+    if flops_per_step <= 0:
+        raise SwarmError("a training step must cost a positive number of FLOPs")
+    env = simpy.Environment(initial_time=start_s)
+    end = start_s + budget.window_s
+    step_s = flops_per_step / profile.effective_flops
+    step_j = step_s * profile.active_power_w
+    report = WindowReport()
+    data = simpy.Container(env, init=samples_before, capacity=math.inf)
+    state = {"available": profile.availability >= 1.0, "became_available": env.event()}
+    on_s = profile.availability * profile.availability_cycle_s
+
+    def availability():
+        if profile.availability >= 1.0:
+            return
+        cycle = profile.availability_cycle_s
+        while True:
+            position = (env.now + phase_s) % cycle
+            now_available = position < on_s
+            if now_available and not state["available"]:
+                state["became_available"].succeed()
+                state["became_available"] = env.event()
+            state["available"] = now_available
+            until = (on_s - position) if now_available else (cycle - position)
+            yield env.timeout(max(until, 1e-9))
+
+    def arrivals_process():
+        for t in sorted(a for a in arrivals if start_s <= a < end):
+            yield env.timeout(t - env.now)
+            yield data.put(1)
+
+    def affordable() -> bool:
+        return not ((budget.energy_j is not None and report.energy_j + step_j > budget.energy_j + 1e-12)
+                    or (budget.compute_s is not None and report.busy_s + step_s > budget.compute_s + 1e-12)
+                    or (budget.flops is not None and report.flops + flops_per_step > budget.flops + 1e-6))
+
+    def trainer():
+        while env.now + step_s <= end:
+            if not state["available"]:
+                yield state["became_available"] | env.timeout(end - env.now)
+                continue
+            if data.level == 0:
+                yield data.get(1) | env.timeout(end - env.now)  # wait for the first sample
+                if data.level == 0 and env.now >= end:
+                    break
+                yield data.put(1)  # it was only a wait: the sample stays
+                continue
+            if not affordable():
+                report.status = "budget_exhausted"
+                break
+            yield env.timeout(step_s)
+            report.steps += 1
+            report.busy_s += step_s
+            report.energy_j += step_j
+            report.flops += flops_per_step
+
+    env.process(availability())
+    env.process(arrivals_process())
+    # Run until the trainer is done: it stops when no further step can finish inside the window
+    # (a step ending exactly at the window's end counts).
+    env.run(until=env.process(trainer()))
+    report.available_s = available_seconds(profile, start_s, end, phase_s)
+    report.samples_arrived = sum(1 for a in arrivals if start_s <= a < end)
+    if report.steps == 0 and report.status == "ok":
+        if report.available_s == 0:
+            report.status = "unavailable"
+        elif step_s > budget.window_s:
+            report.status = "budget_exhausted"  # not even one step fits in the window
+    report.idle_energy_j = (budget.window_s - report.busy_s) * profile.idle_power_w
+    return report
+
+
+def available_seconds(profile: DeviceProfile, start_s: float, end_s: float, phase_s: float = 0.0) -> float:
+    """Seconds of [start_s, end_s) during which the device's availability cycle lets it train."""
+    if profile.availability >= 1.0:
+        return end_s - start_s
+    cycle, on_s = profile.availability_cycle_s, profile.availability * profile.availability_cycle_s
+
+    def up_to(t: float) -> float:  # available seconds in [-phase, t)
+        shifted = t + phase_s
+        return math.floor(shifted / cycle) * on_s + min(shifted % cycle, on_s)
+
+    return up_to(end_s) - up_to(start_s)
+
+
+# ----------------------------------------------------------------------------- memory
+def activation_bytes_per_sample(model: nn.Module, example: torch.Tensor) -> int:
+    """Bytes of layer outputs one sample keeps for the backward pass (what dominates training memory)."""
+    total = 0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel() * output.element_size()
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example[:1])
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+@dataclass(frozen=True)
+class MemoryNeed:
+    weights_mb: float
+    gradients_mb: float
+    optimizer_mb: float
+    activations_mb: float
+    replay_mb: float
+
+    @property
+    def total_mb(self) -> float:
+        return self.weights_mb + self.gradients_mb + self.optimizer_mb + self.activations_mb + self.replay_mb
+
+
+def memory_need(parameters: int, activation_bytes: int, batch_size: int, replay_samples: int,
+                sample_bytes: int, optimizer_slots: int = 2, bytes_per_value: int = 4) -> MemoryNeed:
+    """Training memory: weights + gradients + optimizer state (Adam: 2 slots) + activations + replay."""
+    mb = 1024 * 1024
+    weights = parameters * bytes_per_value / mb
+    return MemoryNeed(weights, weights, optimizer_slots * weights, activation_bytes * batch_size / mb,
+                      replay_samples * sample_bytes / mb)
+
+
+def memory_check(profile: DeviceProfile, need: MemoryNeed) -> bool:
+    return need.total_mb <= profile.ram_mb

@@ -1,0 +1,74 @@
+"""Drifting local data: which F samples each node gets, and when its samples arrive.
+
+Node i first sees data like P; from its drift time on (drawn per node from a configurable
+distribution) samples of F stream in at ``rate`` per simulated second (a Poisson process). Each
+node's share of F is non-IID: for every group of F (a class, or a domain), the group's samples are
+split among the nodes in Dirichlet(α) proportions (Hsu et al., 2019); small α gives each node a
+few groups, large α an even mix.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from swarm.errors import SwarmError
+
+DISTRIBUTIONS = ("fixed", "uniform", "exponential")
+
+
+def dirichlet_partition(groups: np.ndarray, num_nodes: int, alpha: float, rng: np.random.Generator,
+                        min_per_node: int = 1, max_tries: int = 100) -> list[np.ndarray]:
+    """Split sample positions 0..len(groups)-1 among ``num_nodes`` nodes, non-IID by group.
+
+    Every node gets at least ``min_per_node`` samples; asking for more nodes than the samples can
+    supply is an error that says how many fit.
+    """
+    groups = np.asarray(groups)
+    if num_nodes < 1:
+        raise SwarmError("the fleet needs at least one node")
+    if alpha <= 0:
+        raise SwarmError(f"the Dirichlet alpha must be > 0, not {alpha}")
+    fit = len(groups) // max(min_per_node, 1)
+    if num_nodes > fit:
+        raise SwarmError(f"F has {len(groups)} training samples: at most {fit} nodes fit with "
+                         f"{min_per_node} each; lower fleet.nodes or raise the data")
+    for _ in range(max_tries):
+        shares: list[list[int]] = [[] for _ in range(num_nodes)]
+        for group in np.unique(groups):
+            members = rng.permutation(np.flatnonzero(groups == group))
+            proportions = rng.dirichlet(np.full(num_nodes, alpha))
+            cuts = (np.cumsum(proportions)[:-1] * len(members)).astype(int)
+            for node, part in enumerate(np.split(members, cuts)):
+                shares[node].extend(part.tolist())
+        if min(len(s) for s in shares) >= min_per_node:
+            return [np.sort(np.asarray(s, dtype=np.int64)) for s in shares]
+    # Dirichlet draws this skewed leave some node empty: top the smallest shares up from the largest.
+    for node in sorted(range(num_nodes), key=lambda n: len(shares[n])):
+        while len(shares[node]) < min_per_node:
+            donor = max(range(num_nodes), key=lambda n: len(shares[n]))
+            shares[node].append(shares[donor].pop(int(rng.integers(0, len(shares[donor])))))
+    return [np.sort(np.asarray(s, dtype=np.int64)) for s in shares]
+
+
+def drift_times(num_nodes: int, spec: Mapping[str, Any], rng: np.random.Generator) -> np.ndarray:
+    """Each node's drift time (simulated seconds) from ``{"kind": fixed|uniform|exponential, ...}``."""
+    kind = spec.get("kind", "uniform")
+    if kind == "fixed":
+        return np.full(num_nodes, float(spec["value"]))
+    if kind == "uniform":
+        low, high = float(spec["low"]), float(spec["high"])
+        if high < low:
+            raise SwarmError(f"drift uniform: high ({high}) < low ({low})")
+        return rng.uniform(low, high, num_nodes)
+    if kind == "exponential":
+        return rng.exponential(float(spec["mean"]), num_nodes)
+    raise SwarmError(f"fleet.drift.kind must be one of {', '.join(DISTRIBUTIONS)}, not '{kind}'")
+
+
+def arrival_times(start_s: float, count: int, rate_per_s: float, rng: np.random.Generator) -> np.ndarray:
+    """Times at which ``count`` samples arrive from ``start_s`` on, as a Poisson process of ``rate_per_s``."""
+    if rate_per_s <= 0:
+        raise SwarmError(f"the stream rate must be > 0 samples/s, not {rate_per_s}")
+    return start_s + np.cumsum(rng.exponential(1.0 / rate_per_s, count))

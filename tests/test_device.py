@@ -1,0 +1,105 @@
+"""The SimPy device model: steps granted, energy charged, availability, memory check, profiles."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nodes.device import (Budget, DeviceProfile, activation_bytes_per_sample, available_profiles,
+                          available_seconds, load_profile, memory_check, memory_need, simulate_window,
+                          step_flops)
+from swarm.errors import SwarmError
+from swarm.models import build_model
+
+# 1 GFLOP/s effective, 5 W active, 1 W idle: a step of 2 GFLOP takes 2 s and 10 J.
+BOARD = DeviceProfile("board", peak_flops=2e9, effective_flops=1e9, active_power_w=5.0, idle_power_w=1.0, ram_mb=512)
+STEP = 2e9
+
+
+def test_steps_fill_the_window_and_energy_is_charged():
+    report = simulate_window(BOARD, Budget(window_s=60), STEP, samples_before=1)
+    assert report.steps == 30 and report.status == "ok"
+    assert report.busy_s == pytest.approx(60) and report.energy_j == pytest.approx(300)
+    assert report.flops == pytest.approx(60e9) and report.idle_energy_j == pytest.approx(0)
+
+
+@pytest.mark.parametrize("budget, steps", [
+    (Budget(window_s=60, energy_j=95), 9),      # 9 x 10 J fit, a 10th would need 100 J
+    (Budget(window_s=60, compute_s=7), 3),      # 3 x 2 s
+    (Budget(window_s=60, flops=5e9), 2),        # 2 x 2 GFLOP
+])
+def test_budgets_stop_training(budget, steps):
+    report = simulate_window(BOARD, budget, STEP, samples_before=1)
+    assert report.steps == steps and report.status == "budget_exhausted"
+    assert report.idle_energy_j == pytest.approx((60 - 2 * steps) * 1.0)
+
+
+def test_a_budget_too_small_for_one_step_reports_zero_steps():
+    assert simulate_window(BOARD, Budget(window_s=60, energy_j=5), STEP, samples_before=1).steps == 0
+    report = simulate_window(BOARD, Budget(window_s=1), STEP, samples_before=1)  # a step outlasts the window
+    assert report.steps == 0 and report.status == "budget_exhausted"
+
+
+def test_training_waits_for_data():
+    report = simulate_window(BOARD, Budget(window_s=60), STEP, arrivals=[30.5, 40.0, 99.0])
+    assert report.samples_arrived == 2  # 99 s is after the window
+    assert report.steps == 14  # from 30.5 s: 14 whole steps of 2 s end by 58.5 s
+    assert simulate_window(BOARD, Budget(window_s=60), STEP).steps == 0  # no data at all
+
+
+def test_availability_cycles_and_unavailable_nodes():
+    part_time = DeviceProfile("pt", 2e9, 1e9, 5.0, 1.0, 512, availability=0.5, availability_cycle_s=20)
+    report = simulate_window(part_time, Budget(window_s=60), STEP, samples_before=1)
+    assert report.available_s == pytest.approx(30)
+    assert report.steps == 15  # 5 steps in each of [0,10), [20,30), [40,50)
+    shifted = simulate_window(part_time, Budget(window_s=60), STEP, samples_before=1, phase_s=10)
+    assert shifted.steps == 15 and shifted.available_s == pytest.approx(30)
+    never = DeviceProfile("off", 2e9, 1e9, 5.0, 1.0, 512, availability=0.0, availability_cycle_s=20)
+    report = simulate_window(never, Budget(window_s=60), STEP, samples_before=1)
+    assert report.steps == 0 and report.status == "unavailable"
+    assert available_seconds(part_time, 5, 45) == pytest.approx(20)
+
+
+def test_windows_continue_the_clock():
+    first = simulate_window(BOARD, Budget(window_s=10), STEP, start_s=100, arrivals=[104.0])
+    assert first.steps == 3  # 104-106, 106-108, 108-110
+
+
+def test_step_cost_is_three_forward_passes_per_sample():
+    assert step_flops(1e6, 32) == pytest.approx(96e6)
+
+
+def test_memory_check():
+    model = build_model({"name": "resnet_small", "stem": "auto"}, 10, 3, 32)
+    activations = activation_bytes_per_sample(model, torch.randn(2, 3, 32, 32))
+    assert 100_000 < activations < 10_000_000
+    params = sum(p.numel() for p in model.parameters())
+    need = memory_need(params, activations, batch_size=32, replay_samples=1000, sample_bytes=3 * 32 * 32)
+    assert need.weights_mb == pytest.approx(params * 4 / 2**20)
+    assert need.optimizer_mb == pytest.approx(2 * need.weights_mb)
+    assert need.total_mb == pytest.approx(need.weights_mb * 4 + activations * 32 / 2**20 + 3072000 / 2**20)
+    assert memory_check(load_profile("raspberry_pi_4"), need)
+    assert not memory_check(load_profile("microcontroller"), need)
+
+
+def test_shipped_profiles_have_sources():
+    names = available_profiles()
+    assert {"microcontroller", "raspberry_pi_4", "jetson_nano", "smartphone"} <= set(names)
+    for name in names:
+        profile = load_profile(name)
+        for key in ("effective_flops", "active_power_w", "ram_mb"):
+            assert key in profile.sources, (name, key)
+
+
+def test_bad_profiles_and_budgets():
+    with pytest.raises(SwarmError, match="unknown device profile 'toaster'; profiles: jetson_nano"):
+        load_profile("toaster")
+    with pytest.raises(SwarmError, match="effective_flops"):
+        DeviceProfile("x", 1e9, 2e9, 1.0, 0.1, 10)
+    with pytest.raises(SwarmError, match="energy_j"):
+        Budget(window_s=10, energy_j=-1)
+
+
+def test_arrivals_are_counted_even_after_the_budget_ran_out():
+    report = simulate_window(BOARD, Budget(window_s=60, energy_j=10), STEP, arrivals=[1.0, 20.0, 50.0])
+    assert report.steps == 1 and report.samples_arrived == 3
