@@ -110,6 +110,7 @@ class WindowReport:
     available_s: float = 0.0
     samples_arrived: int = 0
     status: str = "ok"
+    step_starts: list[float] = field(default_factory=list)  # when each granted step began
 
 
 def step_flops(forward_flops_per_sample: float, batch_size: int) -> float:
@@ -174,6 +175,7 @@ def simulate_window(profile: DeviceProfile, budget: Budget, flops_per_step: floa
             if not affordable():
                 report.status = "budget_exhausted"
                 break
+            report.step_starts.append(env.now)
             yield env.timeout(step_s)
             report.steps += 1
             report.busy_s += step_s

@@ -1,0 +1,243 @@
+"""One edge node's on-device adaptation, one window at a time, independent of Flower.
+
+Each call to :meth:`NodeRuntime.run_window`:
+
+1. loads the node's state from disk (model, optimizer, replay buffer, clock) or, in the first
+   window, starts from the coordinator's checkpoint;
+2. checks that training fits in the device's RAM (weights, gradients, Adam state, activations of
+   a batch, the replay buffer); if not, reports ``does_not_fit`` and keeps the model it has;
+3. asks the SimPy device model how many training steps the window's budget, the device's
+   availability and the stream's arrivals allow, and when each step starts;
+4. runs exactly those steps for real: each batch mixes the most recent stream samples that had
+   arrived when the step began with replayed P samples (continual scenarios);
+5. evaluates on P, F (and P ∪ F for continual scenarios) and writes its state back to disk.
+
+The stream of a node: P-like samples arrive from time 0 until its drift time, then its share of F.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from nodes.device import (Budget, WindowReport, activation_bytes_per_sample, load_profile, memory_check,
+                          memory_need, simulate_window, step_flops)
+from nodes.drift import arrival_times
+from nodes.plan import FleetPlan
+from nodes.replay import ReplayBuffer
+from swarm import checkpoints, io
+from swarm.data.build import ScenarioData
+from swarm.errors import SwarmError
+from swarm.pruning import count_macs_and_params
+from swarm.training import evaluate, make_loader
+
+P, F = 0, 1
+
+
+@dataclass
+class WindowMetrics:
+    """One row of nodes.csv."""
+
+    node: int
+    profile: str
+    window: int
+    sim_time_s: float
+    steps: int
+    samples_seen: int
+    flops: float
+    energy_j: float
+    acc_P: float
+    acc_F: float
+    acc_PF: float
+    status: str
+    error: str = ""
+
+
+def _budget(fleet: Mapping[str, Any], window_s: float) -> Budget:
+    budget = fleet.get("budget") or {}
+    value = lambda key: None if budget.get(key) is None else float(budget[key])  # noqa: E731
+    return Budget(window_s=window_s, energy_j=value("energy_j"), compute_s=value("compute_s"),
+                  flops=value("flops"))
+
+
+class NodeRuntime:
+    def __init__(self, plan: FleetPlan, partition: int, data: ScenarioData) -> None:
+        if not 0 <= partition < len(plan.nodes):
+            raise SwarmError(f"partition {partition} is not in this fleet of {len(plan.nodes)} nodes")
+        self.plan, self.data = plan, data
+        self.me = plan.node(partition)
+        self.fleet = plan.config["fleet"]
+        self.profile = load_profile(self.me.profile)
+        self.continual = plan.config["scenario"]["mode"] == "continual"
+        self.state_path = Path(plan.run_dir) / "nodes" / f"node_{partition:03d}.pt"
+        self.times, self.roles, self.indices = self._stream()
+
+    # ------------------------------------------------------------------ the drifting stream
+    def _stream(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Arrival time, role (P or F) and dataset position of every sample this node will see."""
+        rng = np.random.default_rng(self.me.seed)
+        rate = float(self.fleet["stream_rate"])
+        n_p = len(self.data.datasets["P"]["train"])
+        expected = int(self.me.drift_s * rate * 1.5) + 10
+        p_times = arrival_times(0.0, expected, rate, rng)
+        p_times = p_times[p_times < self.me.drift_s]
+        p_indices = rng.integers(0, n_p, len(p_times))
+        f_indices = rng.permutation(np.asarray(self.me.f_indices, dtype=np.int64))
+        f_times = arrival_times(self.me.drift_s, len(f_indices), rate, rng)
+        times = np.concatenate([p_times, f_times])
+        roles = np.concatenate([np.full(len(p_times), P), np.full(len(f_times), F)])
+        return times, roles, np.concatenate([p_indices, f_indices])
+
+    # ------------------------------------------------------------------ state on disk
+    def _fresh_state(self) -> dict[str, Any]:
+        model, arch, _ = checkpoints.load(Path(self.plan.checkpoint))
+        replay = ReplayBuffer(self._replay_capacity(model, arch), str(self.fleet["replay"]["policy"]),
+                              seed=self.me.seed)
+        if self.continual:  # the device ships with (a sample of) P for replay
+            p_train = self.data.datasets["P"]["train"]
+            order = np.random.default_rng(self.me.seed + 1).permutation(len(p_train))
+            replay.offer(order, p_train.targets[order].tolist())
+        return {"model": model, "arch": arch, "optimizer": None, "replay": replay, "window": 0}
+
+    def _replay_capacity(self, model: nn.Module, arch: Mapping[str, Any]) -> int | None:
+        setting = self.fleet["replay"]["capacity"]
+        if setting in (None, "all"):
+            return None
+        if setting != "auto":
+            return int(setting)
+        need = self._memory(model, arch, replay_samples=0)
+        free_mb = self.profile.ram_mb - need.total_mb
+        return max(0, int(free_mb * 2**20 // self._sample_bytes()))
+
+    def _sample_bytes(self) -> int:
+        return self.data.channels * self.data.image_size ** 2  # stored as 8-bit pixels
+
+    def _memory(self, model: nn.Module, arch: Mapping[str, Any], replay_samples: int):
+        example = checkpoints.example_inputs(arch, 2)
+        return memory_need(sum(p.numel() for p in model.parameters()), activation_bytes_per_sample(model, example),
+                           int(self.fleet["batch_size"]), replay_samples, self._sample_bytes())
+
+    def _load(self) -> dict[str, Any]:
+        if not self.state_path.exists():
+            return self._fresh_state()
+        blob = io.load_tensors(self.state_path)
+        model = checkpoints.build_from_architecture(blob["arch"])
+        model.load_state_dict(blob["model"])
+        return {"model": model, "arch": blob["arch"], "optimizer": blob["optimizer"],
+                "replay": ReplayBuffer.from_state(_from_tensors(blob["replay"])), "window": int(blob["window"])}
+
+    def _save(self, state: dict[str, Any], optimizer: torch.optim.Optimizer) -> None:
+        io.save_tensors(self.state_path, {
+            "model": state["model"].state_dict(), "arch": state["arch"], "optimizer": optimizer.state_dict(),
+            "replay": _to_tensors(state["replay"].state()), "window": state["window"]})
+
+    # ------------------------------------------------------------------ one window
+    def run_window(self, window: int, weights: Mapping[str, torch.Tensor] | None = None) -> tuple[WindowMetrics, nn.Module]:
+        state = self._load()
+        if state["window"] != window:
+            raise SwarmError(f"node {self.me.partition} is at window {state['window']}, asked for window {window}")
+        model = state["model"]
+        if weights is not None:
+            model.load_state_dict(weights)
+        optimizer = torch.optim.Adam(model.parameters(), lr=float(self.fleet["lr"]))
+        if state["optimizer"] is not None:
+            optimizer.load_state_dict(state["optimizer"])
+        start, end = window * self.plan.window_s, (window + 1) * self.plan.window_s
+        replay: ReplayBuffer = state["replay"]
+        need = self._memory(model, state["arch"], replay_samples=len(replay))
+        arrived = (self.times >= start) & (self.times < end)
+        before = int((self.times < start).sum())
+        if not memory_check(self.profile, need):
+            report = WindowReport(status="does_not_fit", samples_arrived=int(arrived.sum()))
+        else:
+            macs, _ = count_macs_and_params(model, checkpoints.example_inputs(state["arch"]))
+            cost = step_flops(2.0 * macs, int(self.fleet["batch_size"]))
+            report = simulate_window(self.profile, _budget(self.fleet, self.plan.window_s), cost, start_s=start,
+                                     arrivals=self.times[arrived].tolist(), samples_before=before,
+                                     phase_s=self.me.phase_s)
+            self._train(model, optimizer, replay, report.step_starts, window)
+        # P samples that streamed in during the window join the replay buffer.
+        new_p = arrived & (self.roles == P)
+        p_targets = self.data.datasets["P"]["train"].targets
+        replay.offer(self.indices[new_p], p_targets[self.indices[new_p]].tolist())
+        accuracy = self._evaluate(model)
+        state["window"] = window + 1
+        self._save(state, optimizer)
+        metrics = WindowMetrics(node=self.me.partition, profile=self.me.profile, window=window, sim_time_s=end,
+                                steps=report.steps, samples_seen=before + int(arrived.sum()), flops=report.flops,
+                                energy_j=report.energy_j, status=report.status, **accuracy)
+        return metrics, model
+
+    def _train(self, model: nn.Module, optimizer: torch.optim.Optimizer, replay: ReplayBuffer,
+               step_starts: list[float], window: int) -> None:
+        if not step_starts:
+            return
+        batch_size = int(self.fleet["batch_size"])
+        replay_share = float(self.fleet["replay"]["fraction"]) if self.continual else 0.0
+        recent = int(self.fleet["recent_samples"])
+        rng = np.random.default_rng((self.me.seed, window))
+        loss_fn = nn.CrossEntropyLoss()
+        model.train()
+        for t in step_starts:
+            seen = int(np.searchsorted(self.times, t, side="right"))  # the stream is in time order
+            pool = np.arange(max(0, seen - recent), seen)
+            n_replay = int(round(batch_size * replay_share)) if len(replay) else 0
+            picks = rng.choice(pool, batch_size - n_replay) if len(pool) else np.zeros(0, dtype=np.int64)
+            samples = [self._sample(self.roles[k], self.indices[k]) for k in picks]
+            samples += [self._sample(P, i) for i in replay.sample(n_replay)]
+            if not samples:
+                continue
+            inputs = torch.stack([x for x, _ in samples])
+            targets = torch.stack([y for _, y in samples])
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(model(inputs), targets).backward()
+            optimizer.step()
+
+    def _sample(self, role: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.data.datasets["P" if role == P else "F"]["train"][int(index)]
+
+    def _evaluate(self, model: nn.Module) -> dict[str, float]:
+        cap = int(self.fleet["eval_samples"])
+        result = {}
+        for name in ("P", "F", "PF"):
+            if name == "PF" and not self.continual:
+                result["acc_PF"] = math.nan
+                continue
+            dataset = self.data.union(name, "test")
+            if cap and len(dataset) > cap:  # the same seeded subset on every node
+                chosen = np.random.default_rng(0).choice(len(dataset), cap, replace=False)
+                dataset = torch.utils.data.Subset(dataset, sorted(chosen.tolist()))
+            result[f"acc_{name}"] = evaluate(model, make_loader(dataset, 256, shuffle=False), torch.device("cpu"))
+        return result
+
+
+def _to_tensors(state: dict[str, Any]) -> dict[str, Any]:
+    """Replay state with numpy arrays as tensors and the RNG state as plain values (weights_only-safe)."""
+    out = dict(state)
+    out["indices"] = torch.as_tensor(state["indices"])
+    out["labels"] = torch.as_tensor(state["labels"])
+    rng = dict(state["rng"])
+    rng["state"] = {k: str(v) for k, v in rng["state"].items()}  # 128-bit integers
+    out["rng"] = rng
+    out["seen_per_class"] = {str(k): v for k, v in state["seen_per_class"].items()}
+    return out
+
+
+def _from_tensors(state: dict[str, Any]) -> dict[str, Any]:
+    out = dict(state)
+    out["indices"] = state["indices"].numpy()
+    out["labels"] = state["labels"].numpy()
+    rng = dict(state["rng"])
+    rng["state"] = {k: int(v) for k, v in rng["state"].items()}
+    out["rng"] = rng
+    return out
+
+
+def metrics_dict(metrics: WindowMetrics) -> dict[str, Any]:
+    return asdict(metrics)
