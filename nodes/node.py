@@ -95,8 +95,15 @@ class NodeRuntime:
         return times, roles, np.concatenate([p_indices, f_indices])
 
     # ------------------------------------------------------------------ state on disk
-    def _fresh_state(self) -> dict[str, Any]:
-        model, arch, _ = checkpoints.load(Path(self.plan.checkpoint))
+    def _fresh_state(self, weights: Mapping[str, torch.Tensor] | None) -> dict[str, Any]:
+        """The state before the first window: the coordinator's model, sent by the server (or read
+        from the checkpoint file when no weights came with the message)."""
+        if weights is not None:
+            arch = self.plan.architecture
+            model = checkpoints.build_from_architecture(arch)
+            model.load_state_dict(weights)
+        else:
+            model, arch, _ = checkpoints.load(Path(self.plan.checkpoint))
         replay = ReplayBuffer(self._replay_capacity(model, arch), str(self.fleet["replay"]["policy"]),
                               seed=self.me.seed)
         if self.continual:  # the device ships with (a sample of) P for replay
@@ -123,9 +130,9 @@ class NodeRuntime:
         return memory_need(sum(p.numel() for p in model.parameters()), activation_bytes_per_sample(model, example),
                            int(self.fleet["batch_size"]), replay_samples, self._sample_bytes())
 
-    def _load(self) -> dict[str, Any]:
+    def _load(self, weights: Mapping[str, torch.Tensor] | None = None) -> dict[str, Any]:
         if not self.state_path.exists():
-            return self._fresh_state()
+            return self._fresh_state(weights)
         blob = io.load_tensors(self.state_path)
         model = checkpoints.build_from_architecture(blob["arch"])
         model.load_state_dict(blob["model"])
@@ -139,7 +146,7 @@ class NodeRuntime:
 
     # ------------------------------------------------------------------ one window
     def run_window(self, window: int, weights: Mapping[str, torch.Tensor] | None = None) -> tuple[WindowMetrics, nn.Module]:
-        state = self._load()
+        state = self._load(weights)
         if state["window"] != window:
             raise SwarmError(f"node {self.me.partition} is at window {state['window']}, asked for window {window}")
         model = state["model"]

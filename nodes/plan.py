@@ -34,6 +34,7 @@ class FleetPlan:
     run_dir: str
     config: dict[str, Any]  # the resolved run config (scenario, data, fleet, ...)
     checkpoint: str  # the coordinator checkpoint the fleet starts from
+    architecture: dict[str, Any]  # its shape, so nodes can build it and take the weights by message
     window_s: float
     windows: int
     nodes: list[NodePlan] = field(default_factory=list)
@@ -51,7 +52,8 @@ class FleetPlan:
         return cls(**data)
 
 
-def draw_plan(*, run_dir: Path, config: dict[str, Any], checkpoint: Path, f_groups: np.ndarray,
+def draw_plan(*, run_dir: Path, config: dict[str, Any], checkpoint: Path, architecture: dict[str, Any],
+              f_groups: np.ndarray,
               num_nodes: int, profiles: list[str], alpha: float, drift: dict[str, Any], window_s: float,
               windows: int, seed: int, min_f_per_node: int = 1) -> FleetPlan:
     """Draw every node's profile, drift time, availability phase and share of F, from ``seed``.
@@ -71,4 +73,4 @@ def draw_plan(*, run_dir: Path, config: dict[str, Any], checkpoint: Path, f_grou
         nodes.append(NodePlan(partition=i, profile=profile, drift_s=float(drifts[i]),
                               phase_s=float(rng.uniform(0, cycle)), f_indices=shares[i].tolist(),
                               seed=int(rng.integers(0, 2**31 - 1))))
-    return FleetPlan(str(run_dir), config, str(checkpoint), float(window_s), int(windows), nodes)
+    return FleetPlan(str(run_dir), config, str(checkpoint), dict(architecture), float(window_s), int(windows), nodes)

@@ -34,7 +34,7 @@ def fleet(make_cfg, tmp_path):
         checkpoints.save(tmp_path / "start.pt", model, arch)
         f_groups = data.datasets["F"]["train"].targets.numpy()
         plan = draw_plan(run_dir=tmp_path / "run", config=OmegaConf.to_container(cfg, resolve=True),
-                         checkpoint=tmp_path / "start.pt", f_groups=f_groups, num_nodes=int(cfg.fleet.nodes),
+                         checkpoint=tmp_path / "start.pt", architecture=arch, f_groups=f_groups, num_nodes=int(cfg.fleet.nodes),
                          profiles=list(cfg.fleet.profiles), alpha=float(cfg.fleet.alpha),
                          drift=dict(cfg.fleet.drift), window_s=float(cfg.fleet.window_s), windows=3, seed=0)
         plan.save(tmp_path / "run" / "fleet_plan.json")

@@ -1,0 +1,99 @@
+"""The Flower ClientApp of an edge node: answers who it is, and adapts for one window when asked.
+
+Messages (Flower's Message API):
+
+* ``query.partition`` -> ``{"node": ConfigRecord{"partition": i}}``: the node's partition id, which
+  identifies it in the fleet plan (Flower's own node ids are random).
+* ``train.adapt`` with ``{"config": ConfigRecord{"plan": path, "window": w}}`` and, in window 0
+  (or every window under FedAvg), ``{"arrays": ArrayRecord}`` with the model weights ->
+  ``{"metrics": MetricRecord, "info": ConfigRecord{"profile", "status", "error"}}`` and, when
+  asked for (``"return_weights"``), the adapted weights.
+
+Large state (model, optimizer, replay buffer) lives on disk under the run directory, not in
+Flower's ``Context.state``. A node that raises replies with ``status=failed`` and the error.
+"""
+
+from __future__ import annotations
+
+import math
+import traceback
+from functools import lru_cache
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from nodes.node import NodeRuntime, WindowMetrics
+from nodes.plan import FleetPlan
+from swarm.data.build import ScenarioData, build
+from swarm.data.options import DataOptions
+from swarm.data.scenario import Scenario
+
+app = ClientApp()
+
+NUMERIC = ("node", "window", "sim_time_s", "steps", "samples_seen", "flops", "energy_j", "acc_P", "acc_F", "acc_PF")
+
+
+def partition_of(context: Context) -> int:
+    return int(context.node_config["partition-id"])
+
+
+@lru_cache(maxsize=2)
+def _plan(path: str, mtime: float) -> FleetPlan:
+    return FleetPlan.load(path)
+
+
+@lru_cache(maxsize=2)
+def _data(path: str, mtime: float) -> ScenarioData:
+    """The scenario's datasets, built once per plan and process (a Ray actor serves many messages)."""
+    config = _plan(path, mtime).config
+    data = config["data"]
+    options = DataOptions(root=data["root"], download=False, image_size=data["image_size"],
+                          max_per_class=data["max_per_class"], val_fraction=float(data["val_fraction"]),
+                          seed=int(config["seed"]))
+    return build(Scenario.from_config(config["scenario"], config["pretrain"]), options)
+
+
+def load_plan_and_data(path: str) -> tuple[FleetPlan, ScenarioData]:
+    from pathlib import Path
+
+    mtime = Path(path).stat().st_mtime
+    return _plan(path, mtime), _data(path, mtime)
+
+
+def metrics_record(metrics: WindowMetrics) -> MetricRecord:
+    values = {}
+    for key in NUMERIC:
+        value = getattr(metrics, key)
+        values[key] = float(value) if isinstance(value, float) else int(value)
+    return MetricRecord(values)
+
+
+@app.query("partition")
+def partition(msg: Message, context: Context) -> Message:
+    return Message(RecordDict({"node": ConfigRecord({"partition": partition_of(context)})}), reply_to=msg)
+
+
+@app.train("adapt")
+def adapt(msg: Message, context: Context) -> Message:
+    node = partition_of(context)
+    config = msg.content["config"]
+    window = int(config["window"])
+    profile = ""
+    try:
+        plan, data = load_plan_and_data(str(config["plan"]))
+        profile = plan.node(node).profile
+        weights = msg.content["arrays"].to_torch_state_dict() if "arrays" in msg.content else None
+        metrics, model = NodeRuntime(plan, node, data).run_window(window, weights)
+    except Exception as error:  # reported, so that the other nodes finish and the run says what broke
+        nan = math.nan
+        metrics = WindowMetrics(node, profile, window, nan, 0, 0, 0.0, 0.0, nan, nan, nan, "failed",
+                                f"{type(error).__name__}: {error}")
+        traceback.print_exc()
+        model = None
+    content = RecordDict({
+        "metrics": metrics_record(metrics),
+        "info": ConfigRecord({"profile": metrics.profile, "status": metrics.status, "error": metrics.error}),
+    })
+    if model is not None and bool(config.get("return_weights", False)):
+        content["arrays"] = ArrayRecord(model.state_dict())
+    return Message(content, reply_to=msg)

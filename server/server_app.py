@@ -1,0 +1,45 @@
+"""The Flower ServerApp of the fleet (Message API): runs :func:`server.fleet.run_fleet` on the grid.
+
+Where its settings come from: ``context.run_config["fleet-plan"]`` (Deployment Engine:
+``flwr run --run-config 'fleet-plan="..."'``) or the ``SWARM_FLEET_PLAN`` environment variable
+(``swarm.simulate``, whose Flower simulation leaves ``run_config`` empty). The outcome is written
+to ``fleet_status.json`` next to the plan, so the caller learns of failures that the engine
+would only log.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from nodes.plan import FleetPlan
+from server.fleet import run_fleet
+from swarm import io
+
+app = ServerApp()
+
+
+def plan_path(context: Context) -> Path:
+    value = context.run_config.get("fleet-plan") or os.environ.get("SWARM_FLEET_PLAN")
+    if not value:
+        raise RuntimeError("no fleet plan: set run_config fleet-plan or SWARM_FLEET_PLAN")
+    return Path(str(value))
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    path = plan_path(context)
+    status_file = path.parent / "fleet_status.json"
+    try:
+        fleet = FleetPlan.load(path).config["fleet"]
+        rows = run_fleet(grid, path, strategy=str(fleet["strategy"]), join_timeout_s=float(fleet["join_timeout_s"]),
+                         window_timeout_s=float(fleet["window_timeout_s"]))
+        failed = sorted({r["node"] for r in rows if r["status"] == "failed"})
+        io.write_json(status_file, {"ok": not failed, "failed_nodes": failed, "error": ""})
+    except Exception as error:
+        traceback.print_exc()
+        io.write_json(status_file, {"ok": False, "failed_nodes": [], "error": f"{type(error).__name__}: {error}"})

@@ -1,0 +1,133 @@
+"""The server loop and the ClientApp together on a fake Grid (no engine), plus the server's guards."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+from flwr.app import Context, RecordDict
+from omegaconf import OmegaConf
+
+import nodes.client_app as client_app
+from nodes.node import NodeRuntime
+from nodes.plan import draw_plan
+from server import fleet
+from swarm import checkpoints
+from swarm.config import data_options, scenario_of
+from swarm.data.build import build
+from swarm.errors import SwarmError
+from swarm.models import build_model
+
+TINY = ["scenario.dataset.train_per_group=8", "scenario.dataset.test_per_group=3", "scenario.dataset.image_size=16",
+        "fleet.window_s=100", "fleet.stream_rate=0.2", "fleet.eval_samples=60", "fleet.drift.low=0",
+        "fleet.drift.high=150", "fleet.batch_size=8", "fleet.budget.compute_s=0.3"]
+
+
+class FakeGrid:
+    """Delivers each message straight to the ClientApp, as a SuperNode with that partition would."""
+
+    def __init__(self, partitions: int, joined: int | None = None) -> None:
+        self.ids = [10_000 + 37 * p for p in range(partitions)][: joined if joined is not None else partitions]
+        self.partition = {nid: p for p, nid in enumerate(self.ids)}
+        self.total = partitions
+
+    def get_node_ids(self):
+        return list(self.ids)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = []
+        for message in messages:
+            nid = message.metadata.dst_node_id
+            context = Context(run_id=1, node_id=nid, state=RecordDict(), run_config={},
+                              node_config={"partition-id": self.partition[nid], "num-partitions": self.total})
+            replies.append(client_app.app(message, context))
+        return replies
+
+
+@pytest.fixture(autouse=True)
+def task_identity(monkeypatch):
+    """Messages take their run and sender ids from Flower's TaskIdentity, which an engine sets."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
+@pytest.fixture
+def plan_file(make_cfg, tmp_path):
+    def make(nodes: int = 3, *overrides):
+        cfg = make_cfg(*TINY, f"fleet.nodes={nodes}", *overrides)
+        data = build(scenario_of(cfg), data_options(cfg))
+        torch.manual_seed(0)
+        model = build_model(cfg.model, data.num_outputs, data.channels, data.image_size)
+        arch = checkpoints.architecture(model, cfg.model, data.num_outputs, data.channels, data.image_size)
+        checkpoints.save(tmp_path / "start.pt", model, arch)
+        run = tmp_path / f"run-{nodes}-{len(overrides)}"
+        plan = draw_plan(run_dir=run, config=OmegaConf.to_container(cfg, resolve=True), checkpoint=tmp_path / "start.pt",
+                         architecture=arch, f_groups=data.datasets["F"]["train"].targets.numpy(), num_nodes=nodes,
+                         profiles=list(cfg.fleet.profiles), alpha=float(cfg.fleet.alpha), drift=dict(cfg.fleet.drift),
+                         window_s=float(cfg.fleet.window_s), windows=2, seed=int(cfg.seed))
+        plan.save(run / "fleet_plan.json")
+        return run / "fleet_plan.json"
+    return make
+
+
+def read_rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_every_node_reports_every_window(plan_file):
+    path = plan_file(3)
+    rows = fleet.run_fleet(FakeGrid(3), path, join_timeout_s=5, window_timeout_s=60)
+    assert len(rows) == 6 and {r["status"] for r in rows} <= {"ok", "budget_exhausted"}
+    on_disk = read_rows(path.parent / "nodes.csv")
+    assert list(on_disk[0]) == fleet.COLUMNS
+    assert [(int(r["window"]), int(r["node"])) for r in on_disk] == [(w, n) for w in range(2) for n in range(3)]
+    assert {r["profile"] for r in on_disk} == {"raspberry_pi_4", "smartphone", "jetson_nano"}
+    assert all(r["acc_PF"] == "" for r in on_disk)  # a finetune scenario has no P ∪ F accuracy
+
+
+def test_same_seed_same_nodes_csv(plan_file, tmp_path):
+    first = plan_file(2)
+    fleet.run_fleet(FakeGrid(2), first, join_timeout_s=5)
+    rows = read_rows(first.parent / "nodes.csv")
+    for state in (first.parent / "nodes").glob("*.pt"):
+        state.unlink()
+    fleet.run_fleet(FakeGrid(2), first, join_timeout_s=5)
+    assert read_rows(first.parent / "nodes.csv") == rows
+
+
+def test_a_node_that_raises_is_reported_and_the_others_finish(plan_file, monkeypatch):
+    real = NodeRuntime.run_window
+
+    def flaky(self, window, weights=None):
+        if self.me.partition == 1:
+            raise RuntimeError("sensor on fire")
+        return real(self, window, weights)
+
+    monkeypatch.setattr(NodeRuntime, "run_window", flaky)
+    rows = fleet.run_fleet(FakeGrid(3), plan_file(3), join_timeout_s=5)
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert {r["node"] for r in failed} == {1} and len(failed) == 2
+    assert "sensor on fire" in failed[0]["error"]
+    assert all(r["status"] != "failed" for r in rows if r["node"] != 1)
+
+
+def test_fedavg_averages_the_adapted_models(plan_file):
+    path = plan_file(2, "fleet.strategy=fedavg")
+    rows = fleet.run_fleet(FakeGrid(2), path, strategy="fedavg", join_timeout_s=5)
+    assert len(rows) == 4
+    a = {"w": torch.tensor([1.0, 3.0]), "n": torch.tensor(5)}
+    b = {"w": torch.tensor([3.0, 5.0]), "n": torch.tensor(9)}
+    avg = fleet.average([a, b], [1.0, 3.0])
+    assert torch.allclose(avg["w"], torch.tensor([2.5, 4.5])) and int(avg["n"]) == 5
+
+
+def test_the_server_does_not_wait_forever(plan_file):
+    with pytest.raises(SwarmError, match="only 1 of 3 nodes joined within 1 s"):
+        fleet.run_fleet(FakeGrid(3, joined=1), plan_file(3), join_timeout_s=1)
+    with pytest.raises(SwarmError, match="fleet.strategy"):
+        fleet.run_fleet(FakeGrid(3), plan_file(3), strategy="gossip")
