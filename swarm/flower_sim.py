@@ -20,6 +20,10 @@ def run(server_app, client_app, num_nodes: int, *, cpus_per_node: float = 1.0) -
         warnings.simplefilter("ignore", DeprecationWarning)
         from flwr.simulation import run_simulation
 
+        # Flower logs at DEBUG and its state store through alembic at INFO; keep the run's log readable.
+        for name in ("flwr", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
         run_simulation(
             server_app=server_app,
             client_app=client_app,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import torch
@@ -50,26 +51,35 @@ def test_bad_split_is_one_line_exit_2(tmp_path):
                                      "T, P and F must be disjoint")
 
 
-def test_simulate_runs_the_stages_end_to_end(tmp_path):
-    args = [*TINY, "prune.iterations=2", "scenario.dataset.image_size=16", f"cache_dir={tmp_path / 'cache'}"]
-    result = run_module("swarm.simulate", *args, f"hydra.run.dir={tmp_path / 'run'}", timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
-    iterations = results["coordinator"]["iterations"]
-    assert [it["iteration"] for it in iterations] == [0, 1, 2]
-    adaptation = results["adaptation"]
-    assert adaptation["iteration"] == 2 and adaptation["trained_on"] == "F"
-    assert adaptation["parameters"] == iterations[-1]["params"]
-    for stage in ("before", "after"):
-        assert 0.0 <= adaptation[stage]["acc_P"] <= 1.0 and 0.0 <= adaptation[stage]["acc_F"] <= 1.0
-    assert json.loads((tmp_path / "run" / "coordinator.json").read_text())["iterations"] == iterations
-    assert "acc P" in result.stdout and "MACs" in result.stdout
+FLEET = ["fleet.nodes=2", "fleet.windows=2", "fleet.window_s=100", "fleet.stream_rate=0.2", "fleet.eval_samples=60",
+         "fleet.drift.low=0", "fleet.drift.high=150", "fleet.batch_size=8", "fleet.budget.energy_j=null",
+         "fleet.budget.compute_s=0.3", "fleet.profiles=[raspberry_pi_4,jetson_nano]"]
 
-    again = run_module("swarm.simulate", *args, "adapt.checkpoint=0", f"hydra.run.dir={tmp_path / 'run2'}",
-                       timeout=300)
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert "coordinator from cache" in again.stdout
-    assert json.loads((tmp_path / "run2" / "results.json").read_text())["adaptation"]["iteration"] == 0
 
-    bad = run_module("swarm.simulate", *args, "adapt.checkpoint=7", f"hydra.run.dir={tmp_path / 'run3'}")
-    assert bad.returncode == 2 and "adapt.checkpoint=7" in bad.stderr
+def test_simulate_runs_coordinator_and_a_real_flower_fleet(tmp_path):
+    """One real Ray run with 2 nodes, end to end."""
+    args = [*TINY, "prune.iterations=1", "scenario.dataset.image_size=16", f"cache_dir={tmp_path / 'cache'}", *FLEET]
+    run = tmp_path / "run"
+    result = run_module("swarm.simulate", *args, f"hydra.run.dir={run}", timeout=400)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    coordinator = json.loads((run / "coordinator.json").read_text())
+    assert [it["iteration"] for it in coordinator["iterations"]] == [0, 1]
+    with open(run / "nodes.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["window"], r["node"]) for r in rows] == [("0", "0"), ("0", "1"), ("1", "0"), ("1", "1")]
+    assert {r["profile"] for r in rows} == {"raspberry_pi_4", "jetson_nano"}
+    assert all(r["status"] in ("ok", "budget_exhausted") and 0 <= float(r["acc_F"]) <= 1 for r in rows)
+    summary = json.loads((run / "summary.json").read_text())
+    assert len(summary["windows"]) == 2 and summary["totals"]["node_windows"] == 4
+    assert {"mean", "median", "min", "max"} <= set(summary["windows"][1]["acc_F"])
+    assert (run / "accuracy_over_time.png").stat().st_size > 1000
+    assert (run / "final_accuracy.png").stat().st_size > 1000
+    assert "| node | profile |" in (run / "report.md").read_text()
+    assert "fleet mean after the last window" in result.stdout
+
+    bad = run_module("swarm.simulate", *args, "fleet.checkpoint=7", f"hydra.run.dir={tmp_path / 'run3'}")
+    assert bad.returncode == 2 and "fleet.checkpoint=7" in bad.stderr
+    unknown = run_module("swarm.simulate", *args, "fleet.profiles=[toaster]", f"hydra.run.dir={tmp_path / 'run4'}")
+    assert unknown.returncode == 2 and "unknown device profile 'toaster'; profiles:" in unknown.stderr
+    crowded = run_module("swarm.simulate", *args, "fleet.nodes=5000", f"hydra.run.dir={tmp_path / 'run5'}")
+    assert crowded.returncode == 2 and "nodes fit" in crowded.stderr
