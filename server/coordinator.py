@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
 
 from swarm import checkpoints, io
 from swarm.data.build import ScenarioData
@@ -32,7 +31,7 @@ from swarm.errors import SwarmError
 from swarm.models import build_model
 from swarm.pruning import count_macs_and_params, prunable_layers, prune_step
 from swarm.relevance import channel_relevance, filter_l1
-from swarm.training import TrainSettings, evaluate, fit, make_loader, resolve_device
+from swarm.training import TrainSettings, evaluate, fit, make_loader, progress_bar, resolve_device
 
 log = logging.getLogger("swarm.coordinator")
 
@@ -109,7 +108,7 @@ def _scores(cfg: DictConfig, model: torch.nn.Module, data: ScenarioData, setting
         p_train = torch.utils.data.Subset(p_train, range(min(len(p_train), int(cfg.prune.relevance_samples))))
     loader = make_loader(p_train, int(cfg.prune.relevance_batch_size), shuffle=False,
                          num_workers=settings.num_workers)
-    batches = tqdm(loader, desc="relevance on P", unit="batch", leave=False, dynamic_ncols=True)
+    batches = progress_bar(loader, desc="relevance on P", unit="batch")
     return channel_relevance(model, batches, composite=str(cfg.pruning.composite), target=str(cfg.pruning.target),
                              epsilon=float(cfg.pruning.epsilon), layers=layers, device=device)
 
@@ -210,7 +209,7 @@ def dry_run(cfg: DictConfig, num_outputs: int, in_channels: int, image_size: int
     example = torch.randn(1, in_channels, image_size, image_size)
     record = {"scenario": cfg.scenario.name, "model": cfg.model.name, "dry_run": True, "ratio": ratio,
               "scope": scope, "iterations": []}
-    for iteration in tqdm(range(iterations + 1), desc="dry run", unit="cut", leave=False):
+    for iteration in progress_bar(range(iterations + 1), desc="dry run", unit="cut"):
         start = time.perf_counter()
         if iteration > 0:
             prune_step(model, filter_l1(model, prunable_layers(model, scope)), example, ratio=ratio, scope=scope)

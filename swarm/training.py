@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -48,6 +49,14 @@ class FitResult:
     epochs: int
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+def progress_bar(*args: Any, **kwargs: Any) -> tqdm:
+    """A tqdm bar that redraws often on a terminal and rarely in a log file (CI, nohup)."""
+    kwargs.setdefault("mininterval", 0.1 if sys.stderr.isatty() else 30.0)
+    kwargs.setdefault("dynamic_ncols", True)
+    kwargs.setdefault("leave", False)
+    return tqdm(*args, **kwargs)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -122,8 +131,7 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, settings: TrainS
     best_acc, best_epoch, best_state = -math.inf, 0, None
     history: list[dict[str, float]] = []
     start = time.perf_counter()
-    with tqdm(total=settings.max_epochs * len(train_loader), desc=desc, unit="batch",
-              dynamic_ncols=True, leave=False) as progress:
+    with progress_bar(total=settings.max_epochs * len(train_loader), desc=desc, unit="batch") as progress:
         for epoch in range(1, settings.max_epochs + 1):
             loss = train_epoch(model, train_loader, optimizer, device, progress)
             val_acc = evaluate(model, val_loader, device)

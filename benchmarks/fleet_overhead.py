@@ -1,0 +1,161 @@
+"""Flower's overhead and the fleet's scaling: the same adaptation work with and without Flower.
+
+    python benchmarks/fleet_overhead.py --nodes 8 32            # overhead ratio at 8 and 32 nodes
+    python benchmarks/fleet_overhead.py --nodes 8 200 --no-plain  # scale: time per node-window, memory
+
+For each fleet size it draws one plan (synthetic data, an untrained resnet_small, tiny
+per-window budgets so that Flower's share is visible), then runs every window of every node
+
+* ``plain``: in one Python loop calling :class:`nodes.node.NodeRuntime` directly;
+* ``flower``: through :func:`swarm.flower_sim.run` (Ray, one CPU per node actor), the way
+  ``swarm.simulate`` does,
+
+each into its own run directory, and reports wall times, their ratio (goal <= 1.3) and the time
+per node-window. While Flower runs, the resident memory of this process and all its descendants
+(Ray's raylet, GCS and workers) is sampled every 0.5 s; the peak is reported (goal <= 4 GB at 200
+nodes). Flower's wall time includes starting and stopping Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+
+def tree_rss_mb(root: int) -> float:
+    """Resident memory of ``root`` and every descendant, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    total, stack = 0.0, [root]
+    while stack:
+        pid = stack.pop()
+        stack.extend(children.get(pid, []))
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) / 1024
+        except OSError:
+            continue
+    return total
+
+
+class PeakMemory:
+    def __init__(self) -> None:
+        self.peak, self._stop = 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_rss_mb(os.getpid()))
+            self._stop.wait(0.5)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def make_plan(nodes: int, windows: int, workdir: Path, name: str):
+    from nodes.plan import draw_plan
+    from swarm import checkpoints
+    from swarm.config import data_options, scenario_of
+    from swarm.data.build import build
+    from swarm.models import build_model
+    from swarm.simulate import f_groups
+
+    overrides = ["scenario.dataset.train_per_group=40", "scenario.dataset.test_per_group=5", f"fleet.nodes={nodes}",
+                 f"fleet.windows={windows}", "fleet.window_s=100", "fleet.stream_rate=1", "fleet.drift.low=0",
+                 "fleet.drift.high=50", "fleet.eval_samples=50", "fleet.budget.energy_j=null",
+                 "fleet.budget.compute_s=0.2", "fleet.profiles=[raspberry_pi_4]"]
+    with initialize_config_module(config_module="scenarios", version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    data = build(scenario_of(cfg), data_options(cfg))
+    torch.manual_seed(0)
+    model = build_model(cfg.model, data.num_outputs, data.channels, data.image_size)
+    arch = checkpoints.architecture(model, cfg.model, data.num_outputs, data.channels, data.image_size)
+    checkpoints.save(workdir / "start.pt", model, arch)
+    run = workdir / name
+    shutil.rmtree(run, ignore_errors=True)
+    plan = draw_plan(run_dir=run, config=OmegaConf.to_container(cfg, resolve=True), checkpoint=workdir / "start.pt",
+                     architecture=arch, f_groups=f_groups(data), num_nodes=nodes, profiles=["raspberry_pi_4"],
+                     alpha=0.5, drift=dict(cfg.fleet.drift), window_s=100.0, windows=windows, seed=0)
+    plan.save(run / "fleet_plan.json")
+    return run / "fleet_plan.json", data
+
+
+def plain(nodes: int, windows: int, workdir: Path) -> float:
+    from nodes.node import NodeRuntime
+    from nodes.plan import FleetPlan
+
+    path, data = make_plan(nodes, windows, workdir, f"plain-{nodes}")
+    plan = FleetPlan.load(path)
+    start = time.perf_counter()
+    runtimes = [NodeRuntime(plan, p, data) for p in range(nodes)]
+    model_state = None
+    for window in range(windows):
+        for runtime in runtimes:
+            if window == 0:
+                from swarm import checkpoints
+
+                model_state = checkpoints.load(Path(plan.checkpoint))[0].state_dict()
+            runtime.run_window(window, model_state if window == 0 else None)
+    return time.perf_counter() - start
+
+
+def flower(nodes: int, windows: int, workdir: Path) -> tuple[float, float]:
+    from nodes.client_app import app as client_app
+    from server.server_app import app as server_app
+    from swarm import flower_sim
+
+    path, _ = make_plan(nodes, windows, workdir, f"flower-{nodes}")
+    os.environ["SWARM_FLEET_PLAN"] = str(path)
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        flower_sim.run(server_app, client_app, nodes)
+        seconds = time.perf_counter() - start
+    rows = (path.parent / "nodes.csv").read_text().strip().splitlines()
+    assert len(rows) == nodes * windows + 1, "the fleet did not finish"
+    return seconds, memory.peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--windows", type=int, default=2)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/swarm-fleet-bench"))
+    parser.add_argument("--no-plain", action="store_true", help="skip the plain loop (scale runs)")
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for n in args.nodes:
+        plain_s = None if args.no_plain else plain(n, args.windows, args.workdir)
+        flower_s, peak = flower(n, args.windows, args.workdir)
+        results.append((n, plain_s, flower_s, peak))
+    print(f"\n{'nodes':>5} {'plain s':>8} {'flower s':>9} {'ratio':>6} {'s / node-window':>16} {'peak RSS MB':>12}")
+    for n, plain_s, flower_s, peak in results:
+        ratio = f"{flower_s / plain_s:.2f}" if plain_s else "-"
+        plain_txt = f"{plain_s:.1f}" if plain_s else "-"
+        print(f"{n:>5} {plain_txt:>8} {flower_s:>9.1f} {ratio:>6} {flower_s / (n * args.windows):>16.3f} {peak:>12.0f}")
+
+
+if __name__ == "__main__":
+    main()
