@@ -130,3 +130,29 @@ def domainnet_root(tmp_path: Path) -> Path:
                     lines.append(f"{relative} {label}")
             (root / f"{domain}_{split}.txt").write_text("\n".join(lines) + "\n")
     return tmp_path
+
+
+def write_fleet_plan(cfg, workdir: Path, run_name: str, windows: int):
+    """A fleet plan for ``cfg`` starting from an untrained model (no coordinator): (plan path, data)."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from nodes.plan import draw_plan
+    from swarm import checkpoints
+    from swarm.config import data_options, scenario_of
+    from swarm.data.build import build
+    from swarm.models import build_model
+    from swarm.simulate import f_groups
+
+    data = build(scenario_of(cfg), data_options(cfg))
+    torch.manual_seed(0)
+    model = build_model(cfg.model, data.num_outputs, data.channels, data.image_size)
+    arch = checkpoints.architecture(model, cfg.model, data.num_outputs, data.channels, data.image_size)
+    checkpoints.save(workdir / "start.pt", model, arch)
+    run = workdir / run_name
+    plan = draw_plan(run_dir=run, config=OmegaConf.to_container(cfg, resolve=True), checkpoint=workdir / "start.pt",
+                     architecture=arch, f_groups=f_groups(data), num_nodes=int(cfg.fleet.nodes),
+                     profiles=list(cfg.fleet.profiles), alpha=float(cfg.fleet.alpha), drift=dict(cfg.fleet.drift),
+                     window_s=float(cfg.fleet.window_s), windows=windows, seed=int(cfg.seed))
+    plan.save(run / "fleet_plan.json")
+    return run / "fleet_plan.json", data

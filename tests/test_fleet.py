@@ -7,17 +7,12 @@ import csv
 import pytest
 import torch
 from flwr.app import Context, RecordDict
-from omegaconf import OmegaConf
 
 import nodes.client_app as client_app
 from nodes.node import NodeRuntime
-from nodes.plan import draw_plan
 from server import fleet
-from swarm import checkpoints
-from swarm.config import data_options, scenario_of
-from swarm.data.build import build
 from swarm.errors import SwarmError
-from swarm.models import build_model
+from tests.conftest import write_fleet_plan
 
 TINY = ["scenario.dataset.train_per_group=8", "scenario.dataset.test_per_group=3", "scenario.dataset.image_size=16",
         "fleet.window_s=100", "fleet.stream_rate=0.2", "fleet.eval_samples=60", "fleet.drift.low=0",
@@ -59,18 +54,7 @@ def task_identity(monkeypatch):
 def plan_file(make_cfg, tmp_path):
     def make(nodes: int = 3, *overrides):
         cfg = make_cfg(*TINY, f"fleet.nodes={nodes}", *overrides)
-        data = build(scenario_of(cfg), data_options(cfg))
-        torch.manual_seed(0)
-        model = build_model(cfg.model, data.num_outputs, data.channels, data.image_size)
-        arch = checkpoints.architecture(model, cfg.model, data.num_outputs, data.channels, data.image_size)
-        checkpoints.save(tmp_path / "start.pt", model, arch)
-        run = tmp_path / f"run-{nodes}-{len(overrides)}"
-        plan = draw_plan(run_dir=run, config=OmegaConf.to_container(cfg, resolve=True), checkpoint=tmp_path / "start.pt",
-                         architecture=arch, f_groups=data.datasets["F"]["train"].targets.numpy(), num_nodes=nodes,
-                         profiles=list(cfg.fleet.profiles), alpha=float(cfg.fleet.alpha), drift=dict(cfg.fleet.drift),
-                         window_s=float(cfg.fleet.window_s), windows=2, seed=int(cfg.seed))
-        plan.save(run / "fleet_plan.json")
-        return run / "fleet_plan.json"
+        return write_fleet_plan(cfg, tmp_path, f"run-{nodes}-{len(overrides)}", windows=2)[0]
     return make
 
 

@@ -7,15 +7,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from nodes.node import NodeRuntime
-from nodes.plan import FleetPlan, draw_plan
+from nodes.plan import FleetPlan
 from swarm import checkpoints
-from swarm.config import data_options, scenario_of
-from swarm.data.build import build
 from swarm.errors import SwarmError
-from swarm.models import build_model
+from tests.conftest import write_fleet_plan
 
 TINY = ["scenario.dataset.train_per_group=8", "scenario.dataset.test_per_group=3", "scenario.dataset.image_size=16",
         "fleet.nodes=3", "fleet.window_s=100", "fleet.stream_rate=0.2", "fleet.eval_samples=60",
@@ -27,18 +24,8 @@ TINY = ["scenario.dataset.train_per_group=8", "scenario.dataset.test_per_group=3
 def fleet(make_cfg, tmp_path):
     def make(*overrides, profiles=("raspberry_pi_4",)):
         cfg = make_cfg(*TINY, f"fleet.profiles=[{','.join(profiles)}]", *overrides)
-        data = build(scenario_of(cfg), data_options(cfg))
-        torch.manual_seed(0)
-        model = build_model(cfg.model, data.num_outputs, data.channels, data.image_size)
-        arch = checkpoints.architecture(model, cfg.model, data.num_outputs, data.channels, data.image_size)
-        checkpoints.save(tmp_path / "start.pt", model, arch)
-        f_groups = data.datasets["F"]["train"].targets.numpy()
-        plan = draw_plan(run_dir=tmp_path / "run", config=OmegaConf.to_container(cfg, resolve=True),
-                         checkpoint=tmp_path / "start.pt", architecture=arch, f_groups=f_groups, num_nodes=int(cfg.fleet.nodes),
-                         profiles=list(cfg.fleet.profiles), alpha=float(cfg.fleet.alpha),
-                         drift=dict(cfg.fleet.drift), window_s=float(cfg.fleet.window_s), windows=3, seed=0)
-        plan.save(tmp_path / "run" / "fleet_plan.json")
-        return FleetPlan.load(tmp_path / "run" / "fleet_plan.json"), data
+        path, data = write_fleet_plan(cfg, tmp_path, "run", windows=3)
+        return FleetPlan.load(path), data
     return make
 
 
