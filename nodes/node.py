@@ -17,6 +17,7 @@ The stream of a node: P-like samples arrive from time 0 until its drift time, th
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +39,17 @@ from swarm.pruning import count_macs_and_params
 from swarm.training import evaluate, make_loader
 
 P, F = 0, 1
+_COSTS: dict[str, tuple[int, int]] = {}
+
+
+def model_costs(model: nn.Module, arch: Mapping[str, Any]) -> tuple[int, int]:
+    """(forward MACs per sample, activation bytes per sample) of an architecture, measured once per
+    process: every window of every node of a fleet asks for the same few architectures."""
+    key = json.dumps(arch, sort_keys=True)
+    if key not in _COSTS:
+        macs, _ = count_macs_and_params(model, checkpoints.example_inputs(arch))
+        _COSTS[key] = (macs, activation_bytes_per_sample(model, checkpoints.example_inputs(arch, 2)))
+    return _COSTS[key]
 
 
 @dataclass
@@ -126,8 +138,8 @@ class NodeRuntime:
         return self.data.channels * self.data.image_size ** 2  # stored as 8-bit pixels
 
     def _memory(self, model: nn.Module, arch: Mapping[str, Any], replay_samples: int):
-        example = checkpoints.example_inputs(arch, 2)
-        return memory_need(sum(p.numel() for p in model.parameters()), activation_bytes_per_sample(model, example),
+        _, activations = model_costs(model, arch)
+        return memory_need(sum(p.numel() for p in model.parameters()), activations,
                            int(self.fleet["batch_size"]), replay_samples, self._sample_bytes())
 
     def _load(self, weights: Mapping[str, torch.Tensor] | None = None) -> dict[str, Any]:
@@ -163,7 +175,7 @@ class NodeRuntime:
         if not memory_check(self.profile, need):
             report = WindowReport(status="does_not_fit", samples_arrived=int(arrived.sum()))
         else:
-            macs, _ = count_macs_and_params(model, checkpoints.example_inputs(state["arch"]))
+            macs, _ = model_costs(model, state["arch"])
             cost = step_flops(2.0 * macs, int(self.fleet["batch_size"]))
             report = simulate_window(self.profile, _budget(self.fleet, self.plan.window_s), cost, start_s=start,
                                      arrivals=self.times[arrived].tolist(), samples_before=before,

@@ -7,6 +7,8 @@ config, shrinks it to the recorded widths with torch-pruning, then loads the wei
 
 from __future__ import annotations
 
+import copy
+import json
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -39,10 +41,19 @@ def example_inputs(arch: Mapping[str, Any], batch: int = 1) -> torch.Tensor:
     return torch.randn(batch, arch["in_channels"], arch["image_size"], arch["image_size"])
 
 
+_SHAPES: dict[str, nn.Module] = {}
+
+
 def build_from_architecture(arch: Mapping[str, Any]) -> nn.Module:
-    """A freshly initialised model of exactly the recorded (possibly pruned) shape."""
-    model = build_model(arch["model"], arch["num_outputs"], arch["in_channels"], arch["image_size"])
-    return shrink_to(model, arch["conv_widths"], example_inputs(arch))
+    """A model of exactly the recorded (possibly pruned) shape, with initial values to be overwritten.
+
+    Shrinking traces torch-pruning's dependency graph, so each shape is built once per process
+    and copied afterwards (a fleet loads the same shape for every node and window)."""
+    key = json.dumps(arch, sort_keys=True)
+    if key not in _SHAPES:
+        model = build_model(arch["model"], arch["num_outputs"], arch["in_channels"], arch["image_size"])
+        _SHAPES[key] = shrink_to(model, arch["conv_widths"], example_inputs(arch))
+    return copy.deepcopy(_SHAPES[key])
 
 
 def save(path: Path, model: nn.Module, arch: Mapping[str, Any], **meta: Any) -> None:
