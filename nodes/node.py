@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -256,7 +256,3 @@ def _from_tensors(state: dict[str, Any]) -> dict[str, Any]:
     rng["state"] = {k: int(v) for k, v in rng["state"].items()}
     out["rng"] = rng
     return out
-
-
-def metrics_dict(metrics: WindowMetrics) -> dict[str, Any]:
-    return asdict(metrics)

@@ -16,7 +16,6 @@ Scopes:
 
 from __future__ import annotations
 
-import math
 from typing import Mapping
 
 import torch
@@ -153,7 +152,3 @@ def schedule(channels: int, ratio: float, iterations: int) -> list[int]:
     for _ in range(iterations):
         widths.append(kept_channels(widths[-1], ratio))
     return widths
-
-
-def sparsity(before: int, after: int) -> float:
-    return 1 - after / before if before else math.nan
