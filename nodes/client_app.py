@@ -15,9 +15,11 @@ Flower's ``Context.state``. A node that raises replies with ``status=failed`` an
 
 from __future__ import annotations
 
+import json
 import math
 import traceback
 from functools import lru_cache
+from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -43,9 +45,10 @@ def _plan(path: str, mtime: float) -> FleetPlan:
 
 
 @lru_cache(maxsize=2)
-def _data(path: str, mtime: float) -> ScenarioData:
-    """The scenario's datasets, built once per plan and process (a Ray actor serves many messages)."""
-    config = _plan(path, mtime).config
+def _data(settings: str) -> ScenarioData:
+    """The scenario's datasets, built once per data setting and process: a Ray actor serves many
+    messages, and the plans of one run (one per model size) share their data."""
+    config = json.loads(settings)
     data = config["data"]
     options = DataOptions(root=data["root"], download=False, image_size=data["image_size"],
                           max_per_class=data["max_per_class"], val_fraction=float(data["val_fraction"]),
@@ -54,10 +57,9 @@ def _data(path: str, mtime: float) -> ScenarioData:
 
 
 def load_plan_and_data(path: str) -> tuple[FleetPlan, ScenarioData]:
-    from pathlib import Path
-
-    mtime = Path(path).stat().st_mtime
-    return _plan(path, mtime), _data(path, mtime)
+    plan = _plan(path, Path(path).stat().st_mtime)
+    settings = json.dumps({k: plan.config[k] for k in ("scenario", "pretrain", "data", "seed")}, sort_keys=True)
+    return plan, _data(settings)
 
 
 def metrics_record(metrics: WindowMetrics) -> MetricRecord:

@@ -44,27 +44,42 @@ def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
+def _key_parts(cfg: DictConfig) -> dict[str, Any]:
+    """What pre-training depends on (not where data lives, not the device)."""
+    data = {k: v for k, v in _plain(cfg.data).items() if k not in ("root", "download", "num_workers")}
+    train = {k: v for k, v in _plain(cfg.train).items() if k != "device"}
+    return {"version": CACHE_VERSION, "scenario": _plain(cfg.scenario), "pretrain": _plain(cfg.pretrain),
+            "model": _plain(cfg.model), "train": train, "data": data, "seed": int(cfg.seed)}
+
+
+def _hash(blob: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def pretrain_key(cfg: DictConfig) -> str:
+    """A hash of what iteration 0 depends on: LRP and IMP runs of one setting share their pre-training."""
+    return _hash(_key_parts(cfg))
+
+
 def cache_key(cfg: DictConfig) -> str:
     """A hash of everything the coordinator's results depend on (not where data lives, not the device).
 
     Relevance batching is left in: it does not change the scores' meaning, but it changes their
     floating-point sums, and cached results must be exactly reproducible."""
-    data = {k: v for k, v in _plain(cfg.data).items() if k not in ("root", "download", "num_workers")}
-    train = {k: v for k, v in _plain(cfg.train).items() if k != "device"}
     # Not the number of iterations: iteration i does not depend on how many follow it, so a longer
     # run extends a shorter one and a shorter one reuses a longer one's prefix.
     prune = {k: v for k, v in _plain(cfg.prune).items() if k not in ("dry_run", "iterations")}
-    blob = {
-        "version": CACHE_VERSION, "scenario": _plain(cfg.scenario), "pretrain": _plain(cfg.pretrain),
-        "model": _plain(cfg.model), "pruning": _plain(cfg.pruning), "prune": prune, "train": train,
-        "data": data, "seed": int(cfg.seed),
-    }
-    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+    return _hash({**_key_parts(cfg), "pruning": _plain(cfg.pruning), "prune": prune})
 
 
 def run_directory(cfg: DictConfig) -> Path:
     """Where this configuration's coordinator results are (or will be) cached."""
     return Path(str(cfg.cache_dir)) / "coordinator" / f"{cfg.scenario.name}-{cfg.pretrain.name}-{cfg.pruning.name}-{cache_key(cfg)}"
+
+
+def pretrain_directory(cfg: DictConfig) -> Path:
+    """Where the pre-trained model (iteration 0) of this setting is cached, shared by LRP and IMP."""
+    return Path(str(cfg.cache_dir)) / "pretrain" / f"{cfg.scenario.name}-{cfg.pretrain.name}-{pretrain_key(cfg)}"
 
 
 def checkpoint_path(directory: Path, iteration: int) -> Path:
@@ -151,14 +166,9 @@ def run(cfg: DictConfig, data: ScenarioData) -> CoordinatorResult:
         record = {"key": cache_key(cfg), "scenario": cfg.scenario.name, "pretrain": cfg.pretrain.name,
                   "pruning": cfg.pruning.name, "model": cfg.model.name, "seed": seed, "ratio": ratio,
                   "scope": scope, "iterations": []}
-        torch.manual_seed(seed)
-        model = build_model(cfg.model, data.num_outputs, data.channels, data.image_size)
-        roles = "TP" if cfg.pretrain.name == "extra" else "P"
-        start = time.perf_counter()
-        fitted = fit(model, data.union(roles, "train"), data.union(roles, "val"), settings, seed=seed,
-                     desc=f"pre-train on {'∪'.join(roles)}")
+        model, fitted, seconds = _pretrained(cfg, data, settings)
         _finish_iteration(directory, record, model, data, settings, cfg, iteration=0, fitted=fitted,
-                          seconds=time.perf_counter() - start, timings={})
+                          seconds=seconds, timings={})
     else:
         model, _, _ = checkpoints.load(checkpoint_path(directory, record["iterations"][-1]["iteration"]))
         log.info("coordinator: resuming after iteration %d in %s", record["iterations"][-1]["iteration"], directory)
@@ -177,6 +187,39 @@ def run(cfg: DictConfig, data: ScenarioData) -> CoordinatorResult:
                           seconds=time.perf_counter() - start,
                           timings={"score_seconds": relevance_seconds, "prune_seconds": prune_seconds})
     return CoordinatorResult(directory, record, cached=False)
+
+
+@dataclass
+class FitSummary:
+    """The part of a fit's record kept for a cached pre-training."""
+
+    epochs: int
+    best_epoch: int
+
+
+def _pretrained(cfg: DictConfig, data: ScenarioData, settings: TrainSettings) -> tuple[torch.nn.Module, Any, float]:
+    """Pre-train on T ∪ P (or P), or load the result another pruning criterion already paid for."""
+    shared = pretrain_directory(cfg)
+    path, record_path = shared / "model.pt", shared / "pretrain.json"
+    if path.exists() and record_path.exists():
+        log.info("coordinator: pre-trained model from %s", shared)
+        model, _, _ = checkpoints.load(path)
+        info = json.loads(record_path.read_text())
+        return model, FitSummary(info["epochs"], info["best_epoch"]), float(info["seconds"])
+    seed = int(cfg.seed)
+    torch.manual_seed(seed)
+    model = build_model(cfg.model, data.num_outputs, data.channels, data.image_size)
+    roles = "TP" if cfg.pretrain.name == "extra" else "P"
+    start = time.perf_counter()
+    fitted = fit(model, data.union(roles, "train"), data.union(roles, "val"), settings, seed=seed,
+                 desc=f"pre-train on {'∪'.join(roles)}")
+    seconds = time.perf_counter() - start
+    model.cpu()
+    arch = checkpoints.architecture(model, cfg.model, data.num_outputs, data.channels, data.image_size)
+    checkpoints.save(path, model, arch, iteration=0, scenario=cfg.scenario.name, label_names=list(data.label_names))
+    io.write_json(record_path, {"key": pretrain_key(cfg), "roles": roles, "epochs": fitted.epochs,
+                                "best_epoch": fitted.best_epoch, "seconds": round(seconds, 2)})
+    return model, fitted, seconds
 
 
 def _finish_iteration(directory: Path, record: dict[str, Any], model: torch.nn.Module, data: ScenarioData,

@@ -2,13 +2,16 @@
 
 Where its settings come from: ``context.run_config["fleet-plan"]`` (Deployment Engine:
 ``flwr run --run-config 'fleet-plan="..."'``) or the ``SWARM_FLEET_PLAN`` environment variable
-(``swarm.simulate``, whose Flower simulation leaves ``run_config`` empty). The outcome is written
-to ``fleet_status.json`` next to the plan, so the caller learns of failures that the engine
-would only log.
+(``swarm.simulate``, whose Flower simulation leaves ``run_config`` empty). Either may list several
+plans separated by ``os.pathsep`` (like ``PATH``): they run one after the other on the same nodes,
+so one engine start serves every model size of ``fleet.checkpoint=all``. Each plan's outcome is
+written to ``fleet_status.json`` next to it, so the caller learns of failures that the engine
+would only log; one plan that fails does not stop the next.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import traceback
 from pathlib import Path
@@ -23,16 +26,26 @@ from swarm import io
 app = ServerApp()
 
 
-def plan_path(context: Context) -> Path:
+log = logging.getLogger("swarm.fleet")
+
+
+def plan_paths(context: Context) -> list[Path]:
     value = context.run_config.get("fleet-plan") or os.environ.get("SWARM_FLEET_PLAN")
     if not value:
         raise RuntimeError("no fleet plan: set run_config fleet-plan or SWARM_FLEET_PLAN")
-    return Path(str(value))
+    return [Path(part) for part in str(value).split(os.pathsep) if part]
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    path = plan_path(context)
+    paths = plan_paths(context)
+    for number, path in enumerate(paths, 1):
+        if len(paths) > 1:
+            log.info("fleet %d/%d: %s", number, len(paths), path.parent)
+        run_plan(grid, path)
+
+
+def run_plan(grid: Grid, path: Path) -> None:
     status_file = path.parent / "fleet_status.json"
     try:
         fleet = FleetPlan.load(path).config["fleet"]

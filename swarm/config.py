@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from swarm.data.options import DataOptions
@@ -19,7 +21,10 @@ CONFIG_PATH = "pkg://scenarios"
 
 
 def entry_point(config_name: str = "config") -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
-    """Wrap a task as a Hydra main whose user errors print as one line and exit with code 2."""
+    """Wrap a task as a Hydra main whose user errors print as one line and exit with code 2.
+
+    Under ``--multirun`` an error is printed and re-raised instead: Hydra records the job as failed,
+    runs the remaining points of the sweep, and exits non-zero at the end."""
 
     def decorate(task: Callable[[DictConfig], Any]) -> Callable[[], Any]:
         @hydra.main(config_path=CONFIG_PATH, config_name=config_name, version_base="1.3")
@@ -29,6 +34,8 @@ def entry_point(config_name: str = "config") -> Callable[[Callable[[DictConfig],
                 return task(cfg)
             except SwarmError as error:
                 print(f"error: {error}", file=sys.stderr)
+                if HydraConfig.get().mode == RunMode.MULTIRUN:
+                    raise
                 sys.exit(error.exit_code)
 
         return main

@@ -7,6 +7,12 @@ class SwarmError(Exception):
     exit_code = 2
 
 
+class FleetFailure(SwarmError):
+    """Nodes failed during a fleet run; everything else finished and was written."""
+
+    exit_code = 1
+
+
 class DataNotFoundError(SwarmError):
     """A dataset is not where the configuration says it is."""
 

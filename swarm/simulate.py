@@ -4,10 +4,14 @@
 2. The fleet plan is drawn from the seed: every node's device profile, drift time, availability
    phase and non-IID share of F (``fleet_plan.json``).
 3. Flower's simulation engine runs the ServerApp and one ClientApp per node: the chosen
-   checkpoint (``fleet.checkpoint``) is sent once, then every node adapts for ``fleet.windows``
-   windows within what its SimPy device model grants.
-4. ``nodes.csv``, ``summary.json``, ``report.md`` and plots land in the run directory. A node that
-   failed makes the run exit with code 1 after everything is written.
+   checkpoint (``fleet.checkpoint``: last, all, a number or a list) is sent once, then every node
+   adapts for ``fleet.windows`` windows within what its SimPy device model grants. Several
+   checkpoints run one after the other in one engine start, each in ``iteration_NN/``.
+4. ``nodes.csv``, ``summary.json``, ``run.json``, ``report.md`` and plots land in the run directory.
+   A node that failed makes the run exit with code 1 after everything is written.
+
+Finished fleet results are cached (:mod:`swarm.fleet_cache`), like the coordinator's, so a sweep
+that is run again skips every point it already finished.
 """
 
 from __future__ import annotations
@@ -15,33 +19,42 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from nodes.plan import draw_plan
 from server import coordinator
-from swarm import checkpoints, io
+from swarm import checkpoints, fleet_cache, io
 from swarm.config import data_options, entry_point, scenario_of
 from swarm.data.build import ScenarioData, build
-from swarm.errors import SwarmError
+from swarm.errors import FleetFailure, SwarmError
 from swarm.fleet_report import write_report
 from swarm.prune import table
 
 log = logging.getLogger("swarm.simulate")
 
 
-def chosen_iteration(choice: Any, result: coordinator.CoordinatorResult) -> int:
+def chosen_iterations(choice: Any, result: coordinator.CoordinatorResult) -> list[int]:
+    """``fleet.checkpoint``: last, all, one iteration number, or a list of them."""
     numbers = [it["iteration"] for it in result.iterations]
     if choice in (None, "last", -1):
-        return numbers[-1]
-    if int(choice) not in numbers:
-        raise SwarmError(f"fleet.checkpoint={choice}: the coordinator has iterations {numbers[0]}..{numbers[-1]}")
-    return int(choice)
+        return numbers[-1:]
+    if choice == "all":
+        return numbers
+    wanted = list(choice) if isinstance(choice, (list, tuple, ListConfig)) else [choice]
+    try:
+        wanted = [int(w) for w in wanted]
+    except (TypeError, ValueError):
+        raise SwarmError(f"fleet.checkpoint={choice}: use last, all, an iteration number or a list of them") from None
+    for number in wanted:
+        if number not in numbers:
+            raise SwarmError(f"fleet.checkpoint={choice}: the coordinator has iterations {numbers[0]}..{numbers[-1]}")
+    return sorted(set(wanted))
 
 
 def f_groups(data: ScenarioData) -> np.ndarray:
@@ -51,6 +64,20 @@ def f_groups(data: ScenarioData) -> np.ndarray:
     classes = np.asarray(data.catalog.train.class_idx)[f_train.indices]
     domains = np.asarray(data.catalog.train.domain_idx)[f_train.indices]
     return classes if len(np.unique(classes)) > 1 or len(np.unique(domains)) == 1 else domains
+
+
+@dataclass
+class FleetJob:
+    """One fleet run: the model of one pruning iteration, adapted by the whole fleet."""
+
+    iteration: int
+    directory: Path
+    key: str
+    from_cache: bool = False
+
+    @property
+    def plan_path(self) -> Path:
+        return self.directory / "fleet_plan.json"
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -63,49 +90,102 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     print(f"\ncoordinator: {scenario.name} · pretrain={scenario.pretrain} · pruning={cfg.pruning.name} · "
           f"{cfg.model.name}{' (from cache)' if result.cached else ''}\n{table(result.record)}")
 
-    iteration = chosen_iteration(cfg.fleet.checkpoint, result)
-    checkpoint = coordinator.checkpoint_path(result.directory, iteration)
-    _, arch, _ = checkpoints.load(checkpoint)
-    plan = draw_plan(run_dir=run_dir, config=OmegaConf.to_container(cfg, resolve=True), checkpoint=checkpoint,
-                     architecture=arch, f_groups=f_groups(data), num_nodes=int(cfg.fleet.nodes),
-                     profiles=list(cfg.fleet.profiles), alpha=float(cfg.fleet.alpha), drift=dict(cfg.fleet.drift),
-                     window_s=float(cfg.fleet.window_s), windows=int(cfg.fleet.windows), seed=int(cfg.seed))
-    plan_path = run_dir / "fleet_plan.json"
-    plan.save(plan_path)
+    iterations = chosen_iterations(cfg.fleet.checkpoint, result)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    cache_dir = Path(str(cfg.cache_dir))
+    jobs = [FleetJob(it, run_dir if len(iterations) == 1 else run_dir / f"iteration_{it:02d}",
+                     fleet_cache.fleet_key(result.record["key"], it, config["fleet"], int(cfg.seed)))
+            for it in iterations]
+    for job in jobs:
+        job.directory.mkdir(parents=True, exist_ok=True)
+        (job.directory / "fleet_status.json").unlink(missing_ok=True)
+        job.from_cache = fleet_cache.restore(cache_dir, job.key, job.directory)
+        if not job.from_cache:
+            _write_plan(cfg, config, data, result, job)
+    pending = [job for job in jobs if not job.from_cache]
+    sizes = ", ".join(f"{result.iterations[j.iteration]['params'] / 1e6:.2f}M" for j in jobs)
     print(f"\nfleet: {cfg.fleet.nodes} nodes ({', '.join(cfg.fleet.profiles)}), {cfg.fleet.windows} windows of "
-          f"{cfg.fleet.window_s:g} s, iteration {iteration} ({result.iterations[iteration]['params'] / 1e6:.2f}M "
-          f"parameters), strategy {cfg.fleet.strategy}")
+          f"{cfg.fleet.window_s:g} s, strategy {cfg.fleet.strategy}; iteration "
+          f"{', '.join(str(j.iteration) for j in jobs)} ({sizes} parameters)"
+          + (f"; {len(jobs) - len(pending)} from the cache" if len(pending) < len(jobs) else ""))
+    if pending:
+        _run_flower([job.plan_path for job in pending], int(cfg.fleet.nodes))
 
+    errors, failed_nodes, finals = [], {}, []
+    for job in jobs:
+        status = {"error": "", "failed_nodes": []} if job.from_cache else _status(job.directory)
+        if status["error"]:
+            errors.append(f"iteration {job.iteration}: {status['error']}")
+            continue
+        title = (f"{scenario.name} · {cfg.pruning.name} · {cfg.pretrain.name} · seed {cfg.seed} · "
+                 f"iteration {job.iteration}")
+        summary = write_report(job.directory, title)
+        if status["failed_nodes"]:
+            failed_nodes[job.iteration] = status["failed_nodes"]
+        elif not job.from_cache:
+            fleet_cache.store(cache_dir, job.key, job.directory)
+        _write_run_record(cfg, scenario.mode, result, job, summary, status)
+        last = summary["windows"][-1]
+        finals.append((job, {m: last[m]["mean"] for m in ("acc_P", "acc_F", "acc_PF") if m in last}, summary))
+    for job, acc, summary in finals:
+        print(f"\niteration {job.iteration}{' (from cache)' if job.from_cache else ''}: fleet mean after the last "
+              "window: " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()))
+        print(f"totals: {summary['totals']['steps']:.0f} steps, {summary['totals']['energy_j']:.1f} J; "
+              f"report: {job.directory / 'report.md'}")
+    if errors:
+        raise SwarmError("the fleet failed: " + "; ".join(errors) + f" (see {run_dir} and the log above)")
+    if failed_nodes:
+        where = "; ".join(f"iteration {it}: nodes {nodes}" for it, nodes in failed_nodes.items())
+        raise FleetFailure(f"{where} failed; see report.md in {run_dir}")
+    return {"jobs": [(job.iteration, summary) for job, _, summary in finals]}
+
+
+def _write_plan(cfg: DictConfig, config: dict[str, Any], data: ScenarioData, result: coordinator.CoordinatorResult,
+                job: FleetJob) -> None:
+    checkpoint = coordinator.checkpoint_path(result.directory, job.iteration)
+    _, arch, _ = checkpoints.load(checkpoint)
+    plan = draw_plan(run_dir=job.directory, config=config, checkpoint=checkpoint, architecture=arch,
+                     f_groups=f_groups(data), num_nodes=int(cfg.fleet.nodes), profiles=list(cfg.fleet.profiles),
+                     alpha=float(cfg.fleet.alpha), drift=dict(cfg.fleet.drift), window_s=float(cfg.fleet.window_s),
+                     windows=int(cfg.fleet.windows), seed=int(cfg.seed))
+    plan.save(job.plan_path)
+
+
+def _run_flower(plans: list[Path], num_nodes: int) -> None:
+    """One Flower simulation for every pending plan: the engine starts once."""
     from nodes.client_app import app as client_app
     from server.server_app import app as server_app
     from swarm import flower_sim
 
-    (run_dir / "fleet_status.json").unlink(missing_ok=True)
-    os.environ["SWARM_FLEET_PLAN"] = str(plan_path)
-    flower_sim.run(server_app, client_app, int(cfg.fleet.nodes))
-    status_file = run_dir / "fleet_status.json"
-    if not status_file.exists():
-        raise SwarmError(f"the fleet stopped without a result; see {run_dir} and the log above")
-    status = json.loads(status_file.read_text())
-    if status["error"]:
-        raise SwarmError(f"the fleet failed: {status['error']}")
-    title = f"{scenario.name} · {cfg.pruning.name} · {cfg.pretrain.name} · seed {cfg.seed}"
-    summary = write_report(run_dir, title)
-    last = summary["windows"][-1]
-    acc = {m: last[m]["mean"] for m in ("acc_P", "acc_F", "acc_PF") if m in last}
-    print("\nfleet mean after the last window: " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()))
-    print(f"totals: {summary['totals']['steps']:.0f} steps, {summary['totals']['energy_j']:.1f} J; "
-          f"report: {run_dir / 'report.md'}")
-    if status["failed_nodes"]:
-        print(f"error: nodes {status['failed_nodes']} failed; see {run_dir / 'report.md'}", file=sys.stderr)
-    return {"summary": summary, "failed_nodes": status["failed_nodes"]}
+    os.environ["SWARM_FLEET_PLAN"] = os.pathsep.join(str(p) for p in plans)
+    flower_sim.run(server_app, client_app, num_nodes)
+
+
+def _status(directory: Path) -> dict[str, Any]:
+    path = directory / "fleet_status.json"
+    if not path.exists():
+        return {"error": f"the fleet stopped without a result in {directory}", "failed_nodes": []}
+    return json.loads(path.read_text())
+
+
+def _write_run_record(cfg: DictConfig, mode: str, result: coordinator.CoordinatorResult, job: FleetJob,
+                      summary: dict[str, Any], status: dict[str, Any]) -> None:
+    """``run.json``: what ``swarm.report`` needs to place this fleet result among others."""
+    fleet = OmegaConf.to_container(cfg.fleet, resolve=True)
+    record = {
+        "scenario": cfg.scenario.name, "mode": mode, "pruning": cfg.pruning.name, "pretrain": cfg.pretrain.name,
+        "model": cfg.model.name, "seed": int(cfg.seed), "iteration": job.iteration,
+        "params": result.iterations[job.iteration]["params"], "macs": result.iterations[job.iteration]["macs"],
+        "coordinator_key": result.record["key"], "coordinator": result.iterations, "fleet_key": job.key,
+        "fleet": {k: v for k, v in fleet.items() if k not in fleet_cache.NOT_IN_KEY},
+        "from_cache": job.from_cache, "failed_nodes": status["failed_nodes"], "totals": summary["totals"],
+    }
+    io.write_json(job.directory / "run.json", record)
 
 
 @entry_point("config")
 def main(cfg: DictConfig) -> None:
-    outcome = run(cfg, Path(HydraConfig.get().runtime.output_dir))
-    if outcome["failed_nodes"]:
-        sys.exit(1)
+    run(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,45 @@
+"""Finished fleet results, cached by everything they depend on, so a re-run sweep skips done points.
+
+A fleet run is determined by the coordinator result it starts from (its cache key), the pruning
+iteration it receives, the fleet settings and the seed: the same inputs give the same ``nodes.csv``.
+Only runs in which every node finished are stored; a run with failed nodes is run again next time.
+Deadlines are left out of the key: they decide whether a run finishes, not what it computes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+from swarm import io
+
+FILES = ("nodes.csv",)
+NOT_IN_KEY = ("join_timeout_s", "window_timeout_s", "checkpoint")
+
+
+def fleet_key(coordinator_key: str, iteration: int, fleet: Mapping[str, Any], seed: int) -> str:
+    settings = {k: v for k, v in fleet.items() if k not in NOT_IN_KEY}
+    blob = {"coordinator": coordinator_key, "iteration": int(iteration), "fleet": settings, "seed": int(seed)}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _directory(cache_dir: Path, key: str) -> Path:
+    return Path(cache_dir) / "fleet" / key
+
+
+def restore(cache_dir: Path, key: str, run_dir: Path) -> bool:
+    """Copy a finished result into ``run_dir``; False when the cache does not hold it."""
+    source = _directory(cache_dir, key)
+    if not all((source / name).exists() for name in FILES):
+        return False
+    for name in FILES:
+        io.write_text(run_dir / name, (source / name).read_text())
+    return True
+
+
+def store(cache_dir: Path, key: str, run_dir: Path) -> None:
+    target = _directory(cache_dir, key)
+    for name in FILES:
+        io.write_text(target / name, (run_dir / name).read_text())

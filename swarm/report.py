@@ -1,0 +1,216 @@
+"""``python -m swarm.report <run or multirun dir> [more dirs]``: compare fleets across sweeps.
+
+Finds every fleet result under the given directories and writes, into ``--out`` (default
+``<first dir>/report``):
+
+* ``results.csv``: one row per fleet result (setting, seed, size, accuracies, cost to target);
+* ``fig3_<scenario>.png``: the paper's Fig. 3, accuracy against parameters over the pruning
+  iterations, one curve per {LRP, IMP} x {extra, task_only}: on P after pruning and recovery, and
+  after the fleet's adaptation (F, or P ∪ F for new classes); mean and 95% interval over seeds;
+* ``budget_<scenario>.png`` (when several budgets were swept): accuracy after adaptation against the
+  compute budget, per pruning method and model size;
+* ``fleet_<scenario>.png``: per-node accuracy after adaptation, LRP and IMP side by side;
+* ``report.md``: the figures, the gaps the paper reports (extra − task_only and LRP − IMP at every
+  size, paired by seed), LRP − IMP per fleet, forgetting on P, and time and energy to a target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io as text_io
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable
+
+from swarm import io
+from swarm.errors import SwarmError
+from swarm.report_plots import plot_budget, plot_fig3, plot_fleets
+from swarm.results import Estimate, FleetResult, collect, estimate, paired_difference, pruning_curve
+
+CSV_COLUMNS = ["scenario", "mode", "model", "pruning", "pretrain", "seed", "iteration", "params", "budget",
+               "fleet_variant", "p_acc_after_pruning", "adapted_metric", "adapted_mean", "adapted_min",
+               "adapted_max", "acc_P_after_adaptation", "forgetting_P", "target", "seconds_to_target",
+               "joules_to_target", "steps", "energy_j", "failed_nodes", "directory"]
+SETTINGS = [("lrp", "extra"), ("lrp", "task_only"), ("imp", "extra"), ("imp", "task_only")]
+
+
+def _by(results: Iterable[FleetResult], *fields: str) -> dict[tuple, list[FleetResult]]:
+    groups: dict[tuple, list[FleetResult]] = defaultdict(list)
+    for result in results:
+        groups[tuple(getattr(result, f) for f in fields)].append(result)
+    return dict(sorted(groups.items(), key=lambda kv: tuple(str(k) for k in kv[0])))
+
+
+def targets(results: list[FleetResult], target: float | None) -> dict[str, float]:
+    """The accuracy the cost-to-target is measured against, per scenario: the given one, or 90% of
+    the best fleet mean any run of that scenario reached."""
+    out = {}
+    for (scenario,), group in _by(results, "scenario").items():
+        best = max((r.fleet_mean() for r in group if not math.isnan(r.fleet_mean())), default=math.nan)
+        out[scenario] = target if target is not None else round(0.9 * best, 3)
+    return out
+
+
+def write_csv(path: Path, results: list[FleetResult], target_of: dict[str, float]) -> None:
+    buffer = text_io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    for r in sorted(results, key=lambda r: (r.scenario, r.pruning, r.pretrain, r.budget_label, r.iteration, r.seed)):
+        final = r.final_per_node()
+        seconds, joules = r.to_target(target_of[r.scenario])
+        ok = [row for row in r.rows if row["status"] != "failed"]
+        writer.writerow({
+            "scenario": r.scenario, "mode": r.mode, "model": r.model, "pruning": r.pruning, "pretrain": r.pretrain,
+            "seed": r.seed, "iteration": r.iteration, "params": r.params, "budget": r.budget_label,
+            "fleet_variant": r.fleet_variant, "p_acc_after_pruning": _num(r.pruned_accuracy),
+            "adapted_metric": r.target_metric, "adapted_mean": _num(r.fleet_mean()),
+            "adapted_min": _num(min(final, default=math.nan)), "adapted_max": _num(max(final, default=math.nan)),
+            "acc_P_after_adaptation": _num(r.fleet_mean("acc_P")), "forgetting_P": _num(r.forgetting),
+            "target": target_of[r.scenario], "seconds_to_target": _num(seconds), "joules_to_target": _num(joules),
+            "steps": int(sum(row["steps"] for row in ok)), "energy_j": _num(sum(row["energy_j"] for row in ok)),
+            "failed_nodes": r.failed_nodes, "directory": str(r.directory)})
+    io.write_text(path, buffer.getvalue())
+
+
+def _num(value: float) -> str:
+    return "" if value is None or math.isnan(value) else f"{value:.6g}"
+
+
+def _seed_values(group: list[FleetResult], value) -> dict[int, float]:
+    return {r.seed: value(r) for r in group}
+
+
+def gap_table(results: list[FleetResult]) -> list[str]:
+    """The paper's two gaps at every size, paired by seed: extra − task_only, and LRP − IMP."""
+    lines = ["| size (params) | iteration | gap | after pruning, on P | after adaptation |", "|---|---|---|---|---|"]
+    cells = _by(results, "iteration", "pruning", "pretrain")
+    prune_curves = {key: pruning_curve(group) for key, group in _by(results, "pruning", "pretrain").items()}
+    iterations = sorted({it for curve in prune_curves.values() for it in curve})
+    params = {it: next(p for curve in prune_curves.values() for s, (p, _) in curve.get(it, {}).items()) for it in iterations}
+    comparisons = [(f"extra − task_only ({m.upper()})", (m, "extra"), (m, "task_only")) for m in ("lrp", "imp")]
+    comparisons += [(f"LRP − IMP ({p})", ("lrp", p), ("imp", p)) for p in ("extra", "task_only")]
+    for it in iterations:
+        for label, a, b in comparisons:
+            pa = {s: acc for s, (_, acc) in prune_curves.get(a, {}).get(it, {}).items()}
+            pb = {s: acc for s, (_, acc) in prune_curves.get(b, {}).get(it, {}).items()}
+            fa = _seed_values(cells.get((it, *a), []), lambda r: r.fleet_mean())
+            fb = _seed_values(cells.get((it, *b), []), lambda r: r.fleet_mean())
+            pruned, adapted = paired_difference(pa, pb), paired_difference(fa, fb)
+            if pruned.n or adapted.n:
+                lines.append(f"| {params[it] / 1e6:.3f}M | {it} | {label} | {_signed(pruned)} | {_signed(adapted)} |")
+    return lines
+
+
+def _signed(e: Estimate) -> str:
+    if e.n == 0:
+        return "-"
+    text = f"{e.mean:+.3f}"
+    return text + (f" [{e.low:+.3f}, {e.high:+.3f}] (n={e.n})" if e.n > 1 else " (n=1)")
+
+
+def setting_table(results: list[FleetResult], target: float) -> list[str]:
+    """Per setting and size: accuracy after pruning and after adaptation, forgetting, cost to target."""
+    lines = ["| pruning | pretrain | iteration | params | on P after pruning | after adaptation | acc P after adaptation "
+             "| forgetting on P | s to target | J to target | seeds reaching target |", "|---|" * 1 + "---|" * 10]
+    for (pruning, pretrain, iteration), group in _by(results, "pruning", "pretrain", "iteration").items():
+        costs = [r.to_target(target) for r in group]
+        reached = [c for c in costs if not math.isnan(c[0])]
+        lines.append(f"| {pruning} | {pretrain} | {iteration} | {group[0].params / 1e6:.3f}M | "
+                     f"{estimate(r.pruned_accuracy for r in group)} | {estimate(r.fleet_mean() for r in group)} | "
+                     f"{estimate(r.fleet_mean('acc_P') for r in group)} | {estimate(r.forgetting for r in group)} | "
+                     f"{_cost(estimate(c[0] for c in reached))} | {_cost(estimate(c[1] for c in reached))} | "
+                     f"{len(reached)}/{len(group)} |")
+    return lines
+
+
+def _cost(e: Estimate) -> str:
+    if e.n == 0:
+        return "not reached"
+    return f"{e.mean:.0f}" + (f" ± {e.half_width:.0f}" if e.n > 1 else "")
+
+
+def fleet_table(results: list[FleetResult]) -> list[str]:
+    lines = ["| pretrain | iteration | LRP fleet mean | IMP fleet mean | LRP − IMP (paired by seed) |",
+             "|---|---|---|---|---|"]
+    for (pretrain, iteration), group in _by(results, "pretrain", "iteration").items():
+        lrp = _seed_values([r for r in group if r.pruning == "lrp"], lambda r: r.fleet_mean())
+        imp = _seed_values([r for r in group if r.pruning == "imp"], lambda r: r.fleet_mean())
+        if lrp and imp:
+            lines.append(f"| {pretrain} | {iteration} | {estimate(lrp.values())} | {estimate(imp.values())} | "
+                         f"{_signed(paired_difference(lrp, imp))} |")
+    return lines if len(lines) > 2 else []
+
+
+def write(directories: list[Path], out: Path, target: float | None = None) -> list[FleetResult]:
+    results, problems = collect(directories)
+    out.mkdir(parents=True, exist_ok=True)
+    target_of = targets(results, target)
+    write_csv(out / "results.csv", results, target_of)
+    lines = ["# Fleet report", "", f"{len(results)} fleet results from {', '.join(str(d) for d in directories)}. "
+             "Means over seeds with 95% Student-t intervals; differences are paired by seed (only seeds both "
+             "sides ran). Machine-readable: [results.csv](results.csv).", ""]
+    if problems:
+        lines += ["Skipped:", ""] + [f"- {p}" for p in problems] + [""]
+    for (scenario, model, variant), group in _by(results, "scenario", "model", "fleet_variant").items():
+        mode = group[0].mode
+        metric = "P ∪ F" if mode == "continual" else "F"
+        seeds = sorted({r.seed for r in group})
+        lines += [f"## {scenario} · {model} · fleet {variant}", "",
+                  f"Adaptation is judged on {metric} ({group[0].target_metric}), the fleet mean after the last "
+                  f"window; seeds {seeds}; {len({r.budget_label for r in group})} budget(s).", ""]
+        failed = sum(r.failed_nodes for r in group)
+        if failed:
+            lines += [f"**{failed} node(s) failed** in these runs; their rows are left out of the means.", ""]
+        stem = f"{scenario}" if len(_by(results, "scenario", "model", "fleet_variant")) == len(_by(results, "scenario")) \
+            else f"{scenario}-{model}-{variant}"
+        budgets = _by(group, "budget_kind", "budget_value")
+        for (_, _), budget_group in budgets.items():
+            label = budget_group[0].budget_label
+            suffix = "" if len(budgets) == 1 else "-" + label.split()[0].replace(".", "p")
+            fig3, boxes = f"fig3_{stem}{suffix}.png", f"fleet_{stem}{suffix}.png"
+            title = f"{scenario} · {model} · budget {label}"
+            plot_fig3(budget_group, out / fig3, title)
+            plot_fleets(budget_group, out / boxes, title)
+            lines += [f"### Budget {label}", "", f"![Fig. 3]({fig3})", "", f"![LRP vs IMP fleets]({boxes})", "",
+                      "Per setting and size (forgetting: P accuracy of the received model minus the fleet's after "
+                      f"adaptation; cost to reach the target {target_of[scenario]:.3f} on {metric}, per node, "
+                      "over the seeds that reached it):", "", *setting_table(budget_group, target_of[scenario]), "",
+                      "Gaps the paper reports (a: extra − task_only > 0 at every size; b: LRP keeps it at high "
+                      "compression better than IMP), 95% interval over seeds:", "", *gap_table(budget_group), ""]
+            comparison = fleet_table(budget_group)
+            if comparison:
+                lines += ["Fleet comparison, mean accuracy after adaptation:", "", *comparison, ""]
+        if len(budgets) > 1:
+            name = f"budget_{stem}.png"
+            plot_budget(group, out / name, f"{scenario} · {model}: accuracy after adaptation vs budget")
+            lines += ["### Accuracy against budget", "", f"![budget curves]({name})", ""]
+    io.write_text(out / "report.md", "\n".join(lines) + "\n")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m swarm.report", description=__doc__.splitlines()[0])
+    parser.add_argument("directories", nargs="+", type=Path, help="run or multirun directories of swarm.simulate")
+    parser.add_argument("--out", type=Path, help="where report.md, results.csv and figures go "
+                                                 "(default: <first directory>/report)")
+    parser.add_argument("--target", type=float, help="accuracy for time- and energy-to-accuracy "
+                                                     "(default: 90%% of the best fleet mean per scenario)")
+    args = parser.parse_args(argv)
+    if args.target is not None and not 0 < args.target <= 1:
+        print(f"error: --target {args.target} is not an accuracy in (0, 1]", file=sys.stderr)
+        return 2
+    out = args.out or args.directories[0] / "report"
+    try:
+        results = write(args.directories, out, args.target)
+    except SwarmError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    print(f"{len(results)} fleet results -> {out / 'report.md'}, {out / 'results.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

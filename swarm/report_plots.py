@@ -1,0 +1,151 @@
+"""The figures of ``swarm.report``: the paper's Fig. 3, fleet box plots and budget curves.
+
+Colours name the pruning criterion (LRP blue, IMP orange), line styles the pre-training (extra
+solid, task_only dashed), as in the paper. Shaded bands are 95% intervals over seeds. Parameter
+axes run from the full model on the left to the most compressed on the right, as in Fig. 3.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from swarm.results import FleetResult, estimate, pruning_curve  # noqa: E402
+
+COLOURS = {"lrp": "tab:blue", "imp": "tab:orange"}
+STYLES = {"extra": "-", "task_only": "--"}
+SETTINGS = [("lrp", "extra"), ("lrp", "task_only"), ("imp", "extra"), ("imp", "task_only")]
+
+
+def _label(pruning: str, pretrain: str) -> str:
+    return f"{pruning.upper()}, {'pre-trained on T ∪ P' if pretrain == 'extra' else 'P only'}"
+
+
+def _curve(ax, points: dict[int, tuple[float, list[float]]], pruning: str, pretrain: str) -> None:
+    """points: iteration -> (params, values over seeds); draws the mean and its 95% band."""
+    xs, means, lows, highs = [], [], [], []
+    for iteration in sorted(points):
+        params, values = points[iteration]
+        e = estimate(values)
+        if e.n == 0:
+            continue
+        xs.append(params / 1e6)
+        means.append(e.mean)
+        lows.append(e.low if e.n > 1 else e.mean)
+        highs.append(e.high if e.n > 1 else e.mean)
+    if not xs:
+        return
+    colour = COLOURS.get(pruning, "tab:gray")
+    ax.plot(xs, means, STYLES.get(pretrain, ":"), color=colour, marker="o", ms=4, label=_label(pruning, pretrain))
+    ax.fill_between(xs, lows, highs, color=colour, alpha=0.15, lw=0)
+
+
+def _settings(results: list[FleetResult]) -> list[tuple[str, str, list[FleetResult]]]:
+    out = []
+    for pruning, pretrain in SETTINGS + sorted({(r.pruning, r.pretrain) for r in results} - set(SETTINGS)):
+        group = [r for r in results if r.pruning == pruning and r.pretrain == pretrain]
+        if group:
+            out.append((pruning, pretrain, group))
+    return out
+
+
+def plot_fig3(results: list[FleetResult], path: Path, title: str) -> None:
+    """Accuracy against parameters: on P after pruning and recovery, and after adaptation."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100, sharex=True)
+    metric = "P ∪ F" if results[0].mode == "continual" else "F"
+    for pruning, pretrain, group in _settings(results):
+        pruned = {it: (next(iter(by_seed.values()))[0], [acc for _, acc in by_seed.values()])
+                  for it, by_seed in pruning_curve(group).items()}
+        _curve(left, pruned, pruning, pretrain)
+        adapted: dict[int, tuple[float, list[float]]] = {}
+        for result in group:
+            adapted.setdefault(result.iteration, (result.params, []))[1].append(result.fleet_mean())
+        _curve(right, adapted, pruning, pretrain)
+    left.set_title("on P after pruning and recovery")
+    right.set_title(f"on {metric} after the fleet's adaptation (fleet mean)")
+    for ax in (left, right):
+        ax.set_xlabel("parameters (millions)")
+        ax.set_ylabel("test accuracy")
+        ax.grid(alpha=0.3)
+    left.invert_xaxis()
+    right.legend(loc="lower left", fontsize=8)
+    fig.suptitle(f"{title}\naccuracy over the pruning iterations: mean and 95% interval over seeds", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_fleets(results: list[FleetResult], path: Path, title: str) -> None:
+    """Per-node accuracy after adaptation (all seeds pooled), LRP and IMP side by side at every size."""
+    pretrains = sorted({r.pretrain for r in results}, key=lambda p: (p != "extra", p))
+    iterations = sorted({r.iteration for r in results})
+    fig, axes = plt.subplots(1, len(pretrains), figsize=(5.5 * len(pretrains), 4.2), dpi=100, squeeze=False,
+                             sharey=True)
+    metric = results[0].target_metric
+    for ax, pretrain in zip(axes[0], pretrains):
+        positions, data, colours = [], [], []
+        for i, iteration in enumerate(iterations):
+            for j, pruning in enumerate(("lrp", "imp")):
+                values = [v for r in results if r.pretrain == pretrain and r.pruning == pruning
+                          and r.iteration == iteration for v in r.final_per_node()]
+                if values:
+                    positions.append(i * 3 + j)
+                    data.append(values)
+                    colours.append(COLOURS[pruning])
+        if data:
+            boxes = ax.boxplot(data, positions=positions, widths=0.8, patch_artist=True, showmeans=True)
+            for box, colour in zip(boxes["boxes"], colours):
+                box.set_facecolor(colour)
+                box.set_alpha(0.5)
+        params = {r.iteration: r.params for r in results}
+        ax.set_xticks([i * 3 + 0.5 for i in range(len(iterations))],
+                      [f"it {it}\n{params[it] / 1e6:.3f}M" for it in iterations])
+        ax.set_xlabel("pruning iteration, parameters")
+        ax.set_title(f"pre-training: {pretrain}")
+        ax.grid(alpha=0.3, axis="y")
+    axes[0][0].set_ylabel(f"per-node test accuracy ({metric}), last window")
+    for pruning in ("lrp", "imp"):
+        axes[0][-1].plot([], [], "s", color=COLOURS[pruning], alpha=0.5, label=f"{pruning.upper()} fleet nodes")
+    axes[0][-1].legend(loc="lower left", fontsize=8)
+    fig.suptitle(f"{title}\nper-node accuracy after adaptation, all seeds", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_budget(results: list[FleetResult], path: Path, title: str) -> None:
+    """Fleet accuracy after adaptation against the per-window budget, per criterion and model size."""
+    kinds = sorted({r.budget_kind for r in results if r.budget_value is not None})
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=100)
+    groups: dict[tuple[str, str, int], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in results:
+        if r.budget_value is not None:
+            groups[(r.pruning, r.pretrain, r.iteration)][r.budget_value].append(r.fleet_mean())
+    markers = "osD^v<>p*"
+    iterations = sorted({key[2] for key in groups})
+    for (pruning, pretrain, iteration), by_budget in sorted(groups.items()):
+        xs = sorted(by_budget)
+        estimates = [estimate(by_budget[x]) for x in xs]
+        ys = [e.mean for e in estimates]
+        errors = [0 if math.isnan(e.half_width) else e.half_width for e in estimates]
+        params = next(r.params for r in results if r.iteration == iteration)
+        ax.errorbar(xs, ys, yerr=errors, fmt=STYLES.get(pretrain, ":"), color=COLOURS.get(pruning, "tab:gray"),
+                     marker=markers[iterations.index(iteration) % len(markers)], capsize=3, ms=5,
+                     label=f"{_label(pruning, pretrain)}, {params / 1e6:.3f}M (it {iteration})")
+    unit = {"energy_j": "training energy per window (J)", "compute_s": "compute time per window (s)",
+            "flops": "training FLOPs per window"}
+    ax.set_xlabel(" / ".join(unit[k] for k in kinds) or "budget")
+    ax.set_xscale("log")
+    ax.set_ylabel(f"fleet mean accuracy ({results[0].target_metric}), last window")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

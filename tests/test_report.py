@@ -1,0 +1,136 @@
+"""swarm.report: aggregation over seeds, intervals, paired gaps, missing points, figures, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+
+import pytest
+
+from server.fleet import write_csv
+from swarm import report
+from swarm.results import collect, estimate, paired_difference
+
+
+def fake_run(root, *, pruning="lrp", pretrain="extra", seed=0, iteration=0, finals=(0.6, 0.8), windows=2,
+             budget=20.0, mode="finetune", scenario="fmnist_new_subclasses", failed_node=None, p_acc=0.95):
+    """A fleet run directory as swarm.simulate leaves it: run.json and nodes.csv.
+
+    Node n's accuracy rises linearly to ``finals[n]`` over the windows; each node spends 5 J a window."""
+    directory = root / f"{scenario}-{pruning}-{pretrain}-s{seed}-b{budget}" / f"iteration_{iteration:02d}"
+    directory.mkdir(parents=True)
+    metric = "acc_PF" if mode == "continual" else "acc_F"
+    rows = []
+    for window in range(windows):
+        for node, final in enumerate(finals):
+            row = {"node": node, "profile": "raspberry_pi_4", "window": window, "sim_time_s": 100.0 * (window + 1),
+                   "steps": 10, "samples_seen": 50, "flops": 1e9, "energy_j": 5.0, "acc_P": 0.9, "acc_F": math.nan,
+                   "acc_PF": math.nan, "status": "ok", "error": ""}
+            row[metric] = final * (window + 1) / windows
+            if node == failed_node and window == windows - 1:
+                row.update(status="failed", error="RuntimeError: boom", acc_P=math.nan, **{metric: math.nan})
+            rows.append(row)
+    write_csv(directory / "nodes.csv", rows)
+    coordinator = [{"iteration": i, "params": 1000 * (10 - i), "macs": 1, "test_acc": p_acc - 0.01 * i,
+                    "val_acc": p_acc} for i in range(3)]
+    record = {"scenario": scenario, "mode": mode, "pruning": pruning, "pretrain": pretrain, "model": "resnet_small",
+              "seed": seed, "iteration": iteration, "params": 1000 * (10 - iteration), "macs": 1,
+              "coordinator_key": f"{pruning}-{pretrain}-{seed}", "coordinator": coordinator,
+              "fleet_key": f"{pruning}-{pretrain}-{seed}-{iteration}-{budget}",
+              "fleet": {"nodes": len(finals), "windows": windows, "window_s": 100.0,
+                        "budget": {"energy_j": budget, "compute_s": None, "flops": None}}}
+    (directory / "run.json").write_text(json.dumps(record))
+    return directory
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_estimate_is_a_student_t_interval():
+    e = estimate([0.8, 0.9, 1.0])
+    assert e.mean == pytest.approx(0.9) and e.n == 3
+    assert e.half_width == pytest.approx(4.303 * 0.1 / math.sqrt(3), rel=1e-6)
+    one = estimate([0.7, math.nan])
+    assert one.n == 1 and one.mean == 0.7 and math.isnan(one.half_width)
+    assert estimate([]).n == 0
+
+
+def test_paired_difference_uses_only_seeds_both_sides_have():
+    d = paired_difference({0: 0.9, 1: 0.8, 2: 0.7}, {0: 0.5, 1: 0.6})
+    assert d.n == 2 and d.mean == pytest.approx((0.4 + 0.2) / 2)
+
+
+def test_collect_reads_every_run_once(tmp_path):
+    first = fake_run(tmp_path / "sweep1", seed=0)
+    fake_run(tmp_path / "sweep1", seed=1)
+    shutil.copytree(first.parent, tmp_path / "sweep2" / "copy")  # the same result restored into a second sweep
+    (tmp_path / "sweep1" / "broken").mkdir()
+    (tmp_path / "sweep1" / "broken" / "run.json").write_text("{}")
+    results, problems = collect([tmp_path / "sweep1", tmp_path / "sweep2"])
+    assert sorted(r.seed for r in results) == [0, 1]
+    assert results[0].fleet_mean() == pytest.approx(0.7)
+    assert results[0].curve() == [(100.0, 5.0, pytest.approx(0.35)), (200.0, 10.0, pytest.approx(0.7))]
+    assert len(problems) == 1 and "broken" in problems[0] and "without nodes.csv" in problems[0]
+
+
+def test_report_aggregates_settings_seeds_and_missing_points(tmp_path):
+    runs = tmp_path / "runs"
+    for pruning, pretrain, seeds, final in [("lrp", "extra", (0, 1, 2), 0.8), ("lrp", "task_only", (0, 1, 2), 0.6),
+                                            ("imp", "extra", (0, 1), 0.7), ("imp", "task_only", (0, 1, 2), 0.5)]:
+        for seed in seeds:
+            for iteration in (0, 2):
+                fake_run(runs, pruning=pruning, pretrain=pretrain, seed=seed, iteration=iteration,
+                         finals=(final - 0.1 + 0.01 * seed, final + 0.1 + 0.01 * seed))
+    out = tmp_path / "report"
+    assert report.main([str(runs), "--out", str(out), "--target", "0.5"]) == 0
+    rows = read_csv(out / "results.csv")
+    assert len(rows) == 2 * (3 + 3 + 2 + 3)
+    row = next(r for r in rows if (r["pruning"], r["pretrain"], r["seed"], r["iteration"]) == ("lrp", "extra", "1", "2"))
+    assert float(row["adapted_mean"]) == pytest.approx(0.81)
+    assert float(row["p_acc_after_pruning"]) == pytest.approx(0.93)
+    assert float(row["forgetting_P"]) == pytest.approx(0.93 - 0.9)
+    assert float(row["seconds_to_target"]) == 200 and float(row["joules_to_target"]) == 10.0
+    assert row["budget"] == "20 J/window" and row["failed_nodes"] == "0"
+    text = (out / "report.md").read_text()
+    # extra − task_only under LRP: 0.2 at every seed, so no spread; LRP − IMP (extra) over the 2 common seeds.
+    assert "| 0.010M | 0 | extra − task_only (LRP) | +0.000 (n=3) |" not in text
+    assert "extra − task_only (LRP) | +0.000 [+0.000, +0.000] (n=3) | +0.200 [+0.200, +0.200] (n=3) |" in text
+    assert "LRP − IMP (extra) | +0.000 [+0.000, +0.000] (n=2) | +0.100 [+0.100, +0.100] (n=2) |" in text
+    assert "| lrp | extra | 2 | 0.008M |" in text
+    # The IMP extra fleet has two seeds: its cell says so.
+    assert "| imp | extra | 2 | 0.008M | 0.930 ± 0.000 (n=2) | 0.705 ± 0.064 (n=2) |" in text
+    for name in ("fig3_fmnist_new_subclasses.png", "fleet_fmnist_new_subclasses.png"):
+        assert (out / name).stat().st_size > 5000 and f"({name})" in text
+    assert not list(out.glob("budget_*.png"))  # one budget: no budget curve
+
+
+def test_report_draws_budget_curves_and_counts_failed_nodes(tmp_path):
+    runs = tmp_path / "runs"
+    for budget, final in ((5.0, 0.5), (20.0, 0.7), (80.0, 0.8)):
+        for pruning in ("lrp", "imp"):
+            for seed in (0, 1):
+                fake_run(runs, pruning=pruning, seed=seed, budget=budget, finals=(final, final), mode="continual",
+                         scenario="fmnist_new_classes", failed_node=1 if (budget, pruning, seed) == (5.0, "imp", 0) else None)
+    out = tmp_path / "out"
+    report.write([runs], out)
+    assert (out / "budget_fmnist_new_classes.png").stat().st_size > 5000
+    text = (out / "report.md").read_text()
+    assert "**1 node(s) failed**" in text and "### Budget 80 J/window" in text
+    failed = [r for r in read_csv(out / "results.csv") if r["failed_nodes"] == "1"]
+    assert len(failed) == 1 and float(failed[0]["adapted_mean"]) == pytest.approx(0.5)
+    assert failed[0]["adapted_metric"] == "acc_PF"
+    # Default target: 90% of the best fleet mean of the scenario (0.8).
+    assert {r["target"] for r in read_csv(out / "results.csv")} == {"0.72"}
+
+
+def test_cli_bad_input_is_one_line(tmp_path, capsys):
+    assert report.main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: no fleet results")
+    assert report.main([str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert report.main([str(tmp_path), "--target", "75"]) == 2
+    assert "not an accuracy" in capsys.readouterr().err
