@@ -22,13 +22,14 @@ def run(server_app, client_app, num_nodes: int, *, cpus_per_node: float = 1.0) -
     os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Flower logs at DEBUG and its state store through alembic at INFO (already while being
+    # imported); keep the run's log readable.
+    for name in ("flwr", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         from flwr.simulation import run_simulation
 
-        # Flower logs at DEBUG and its state store through alembic at INFO; keep the run's log readable.
-        for name in ("flwr", "alembic"):
-            logging.getLogger(name).setLevel(logging.WARNING)
         os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
         _start_ray()
         run_simulation(

@@ -56,28 +56,51 @@ FLEET = ["fleet.nodes=2", "fleet.windows=2", "fleet.window_s=100", "fleet.stream
 
 
 def test_simulate_runs_coordinator_and_a_real_flower_fleet(tmp_path):
-    """One real Ray run with 2 nodes, end to end."""
+    """One real Ray run with 2 nodes, end to end; two model sizes share one engine start."""
     args = [*TINY, "prune.iterations=1", "scenario.dataset.image_size=16", f"cache_dir={tmp_path / 'cache'}", *FLEET]
     run = tmp_path / "run"
-    result = run_module("swarm.simulate", *args, f"hydra.run.dir={run}", timeout=400)
+    result = run_module("swarm.simulate", *args, "fleet.checkpoint=all", f"hydra.run.dir={run}", timeout=400)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     coordinator = json.loads((run / "coordinator.json").read_text())
     assert [it["iteration"] for it in coordinator["iterations"]] == [0, 1]
-    with open(run / "nodes.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert [(r["window"], r["node"]) for r in rows] == [("0", "0"), ("0", "1"), ("1", "0"), ("1", "1")]
-    assert {r["profile"] for r in rows} == {"raspberry_pi_4", "jetson_nano"}
-    assert all(r["status"] in ("ok", "budget_exhausted") and 0 <= float(r["acc_F"]) <= 1 for r in rows)
-    summary = json.loads((run / "summary.json").read_text())
-    assert len(summary["windows"]) == 2 and summary["totals"]["node_windows"] == 4
-    assert {"mean", "median", "min", "max"} <= set(summary["windows"][1]["acc_F"])
-    assert (run / "accuracy_over_time.png").stat().st_size > 1000
-    assert (run / "final_accuracy.png").stat().st_size > 1000
-    assert "| node | profile |" in (run / "report.md").read_text()
-    assert "fleet mean after the last window" in result.stdout
+    log = result.stdout + result.stderr
+    assert log.count("fleet 1/2: ") == 1 and log.count("fleet 2/2: ") == 1
+    assert "setup plugin" not in log  # alembic's import-time chatter stays out of the log
+    for iteration in (0, 1):
+        out = run / f"iteration_{iteration:02d}"
+        with open(out / "nodes.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert [(r["window"], r["node"]) for r in rows] == [("0", "0"), ("0", "1"), ("1", "0"), ("1", "1")]
+        assert {r["profile"] for r in rows} == {"raspberry_pi_4", "jetson_nano"}
+        assert all(r["status"] in ("ok", "budget_exhausted") and 0 <= float(r["acc_F"]) <= 1 for r in rows)
+        summary = json.loads((out / "summary.json").read_text())
+        assert len(summary["windows"]) == 2 and summary["totals"]["node_windows"] == 4
+        assert {"mean", "median", "min", "max"} <= set(summary["windows"][1]["acc_F"])
+        assert (out / "accuracy_over_time.png").stat().st_size > 1000
+        assert (out / "final_accuracy.png").stat().st_size > 1000
+        assert "| node | profile |" in (out / "report.md").read_text()
+        record = json.loads((out / "run.json").read_text())
+        assert record["iteration"] == iteration and record["params"] == coordinator["iterations"][iteration]["params"]
+        assert record["pruning"] == "lrp" and record["from_cache"] is False
+    assert result.stdout.count("fleet mean after the last window") == 2
 
-    bad = run_module("swarm.simulate", *args, "fleet.checkpoint=7", f"hydra.run.dir={tmp_path / 'run3'}")
-    assert bad.returncode == 2 and "fleet.checkpoint=7" in bad.stderr
+    # A sweep over the same setting: a bad point fails alone, the other points restore the finished
+    # fleets from the cache (no engine start), and the sweep exits non-zero at the end.
+    sweep = tmp_path / "sweep"
+    resumed = run_module("swarm.simulate", "-m", *args, "fleet.checkpoint=7,all,1", f"hydra.sweep.dir={sweep}",
+                         timeout=400)
+    assert resumed.returncode != 0
+    assert "error: fleet.checkpoint=7: the coordinator has iterations 0..1" in resumed.stderr
+    assert "run_simulation" not in resumed.stdout + resumed.stderr and "fleet 1/2" not in resumed.stdout
+    assert "2 from the cache" in resumed.stdout and "1 from the cache" in resumed.stdout
+    for job, iteration in (("1", 0), ("1", 1), ("2", 1)):
+        where = sweep / job / f"iteration_{iteration:02d}" if job == "1" else sweep / job
+        assert (where / "nodes.csv").read_text() == (run / f"iteration_{iteration:02d}" / "nodes.csv").read_text()
+        assert json.loads((where / "run.json").read_text())["from_cache"] is True
+        assert (where / "report.md").exists()
+
+    bad = run_module("swarm.simulate", *args, "fleet.checkpoint=[0,x]", f"hydra.run.dir={tmp_path / 'run2'}")
+    assert bad.returncode == 2 and "use last, all, an iteration number or a list" in bad.stderr
     unknown = run_module("swarm.simulate", *args, "fleet.profiles=[toaster]", f"hydra.run.dir={tmp_path / 'run4'}")
     assert unknown.returncode == 2 and "unknown device profile 'toaster'; profiles:" in unknown.stderr
     crowded = run_module("swarm.simulate", *args, "fleet.nodes=5000", f"hydra.run.dir={tmp_path / 'run5'}")

@@ -72,6 +72,29 @@ def test_cache_key_covers_what_results_depend_on(tiny):
         assert coordinator.cache_key(tiny(same)) == base, same
 
 
+def test_lrp_and_imp_share_one_pre_training(tiny, monkeypatch, tmp_path):
+    """IMP after LRP reuses LRP's pre-trained model, and gets exactly what it would have trained itself."""
+    lrp_cfg = tiny("prune.iterations=1")
+    data = build(scenario_of(lrp_cfg), data_options(lrp_cfg))
+    lrp = coordinator.run(lrp_cfg, data)
+    assert coordinator.pretrain_key(tiny("pruning=imp")) == coordinator.pretrain_key(lrp_cfg)
+    assert coordinator.pretrain_key(tiny("pretrain=task_only")) != coordinator.pretrain_key(lrp_cfg)
+    calls = []
+    real_fit = coordinator.fit
+    monkeypatch.setattr(coordinator, "fit", lambda *a, **k: calls.append(k["desc"]) or real_fit(*a, **k))
+    imp = coordinator.run(tiny("pruning=imp", "prune.iterations=1"), data)
+    assert calls == ["iteration 1/1: recover on P"]
+    assert imp.iterations[0]["test_acc"] == lrp.iterations[0]["test_acc"]
+    assert imp.iterations[0]["epochs"] == lrp.iterations[0]["epochs"]
+    shared, _, _ = checkpoints.load(imp.checkpoint(0))
+    for name, tensor in checkpoints.load(lrp.checkpoint(0))[0].state_dict().items():
+        assert torch.equal(tensor, shared.state_dict()[name]), name
+    # The same IMP run with its own pre-training (a fresh cache) gives the same results.
+    monkeypatch.setattr(coordinator, "fit", real_fit)
+    alone = coordinator.run(tiny("pruning=imp", "prune.iterations=1", f"cache_dir={tmp_path / 'other'}"), data)
+    assert [it["test_acc"] for it in alone.iterations] == [it["test_acc"] for it in imp.iterations]
+
+
 def test_extending_a_run_trains_only_the_new_iterations(tiny, monkeypatch):
     cfg = tiny("prune.iterations=1")
     data = build(scenario_of(cfg), data_options(cfg))

@@ -100,6 +100,43 @@ def test_a_node_that_raises_is_reported_and_the_others_finish(plan_file, monkeyp
     assert all(r["status"] != "failed" for r in rows if r["node"] != 1)
 
 
+def test_simulate_with_a_failing_node_writes_everything_and_exits_1(make_cfg, tmp_path, monkeypatch):
+    """swarm.simulate end to end with the engine swapped for the fake grid: the real ServerApp runs
+    both plans of fleet.checkpoint=all, node 1 raises in every window of every plan."""
+    import json
+
+    from server import server_app
+    from swarm import simulate
+    from swarm.errors import FleetFailure
+
+    def engine(plans, num_nodes):  # what Flower's simulation does: run the ServerApp's plans on the nodes
+        for plan in plans:
+            server_app.run_plan(FakeGrid(num_nodes), plan)
+
+    real = NodeRuntime.run_window
+
+    def flaky(self, window, weights=None):
+        if self.me.partition == 1:
+            raise RuntimeError("sensor on fire")
+        return real(self, window, weights)
+
+    monkeypatch.setattr(simulate, "_run_flower", engine)
+    monkeypatch.setattr(NodeRuntime, "run_window", flaky)
+    cfg = make_cfg(*TINY, "fleet.nodes=2", "fleet.windows=2", "fleet.checkpoint=all", "prune.iterations=1",
+                   "train.max_epochs=1", f"cache_dir={tmp_path / 'cache'}")
+    with pytest.raises(FleetFailure, match=r"iteration 0: nodes \[1\]; iteration 1: nodes \[1\] failed") as caught:
+        simulate.run(cfg, tmp_path / "run")
+    assert caught.value.exit_code == 1
+    for iteration in (0, 1):
+        out = tmp_path / "run" / f"iteration_{iteration:02d}"
+        rows = read_rows(out / "nodes.csv")
+        assert [r["status"] for r in rows if r["node"] == "1"] == ["failed", "failed"]
+        assert all(r["status"] != "failed" for r in rows if r["node"] == "0")
+        assert "sensor on fire" in (out / "report.md").read_text()
+        assert json.loads((out / "run.json").read_text())["failed_nodes"] == [1]
+    assert not (tmp_path / "cache" / "fleet").exists()  # a failed run is not cached: the next run retries
+
+
 def test_fedavg_averages_the_adapted_models(plan_file):
     path = plan_file(2, "fleet.strategy=fedavg")
     rows = fleet.run_fleet(FakeGrid(2), path, strategy="fedavg", join_timeout_s=5)
