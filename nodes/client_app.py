@@ -58,7 +58,8 @@ def _data(settings: str) -> ScenarioData:
 
 def load_plan_and_data(path: str) -> tuple[FleetPlan, ScenarioData]:
     plan = _plan(path, Path(path).stat().st_mtime)
-    settings = json.dumps({k: plan.config[k] for k in ("scenario", "pretrain", "data", "seed")}, sort_keys=True)
+    # Not sort_keys: a scenario's label_groups are ordered (their order is the label index).
+    settings = json.dumps({k: plan.config[k] for k in ("scenario", "pretrain", "data", "seed")})
     return plan, _data(settings)
 
 

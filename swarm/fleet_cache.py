@@ -16,12 +16,16 @@ from typing import Any, Mapping
 from swarm import io
 
 FILES = ("nodes.csv",)
+# Bump when the meaning of cached fleet results changes, so that old entries are not reused
+# (2: nodes built their data with label groups re-ordered before this).
+CACHE_VERSION = 2
 NOT_IN_KEY = ("join_timeout_s", "window_timeout_s", "checkpoint")
 
 
 def fleet_key(coordinator_key: str, iteration: int, fleet: Mapping[str, Any], seed: int) -> str:
     settings = {k: v for k, v in fleet.items() if k not in NOT_IN_KEY}
-    blob = {"coordinator": coordinator_key, "iteration": int(iteration), "fleet": settings, "seed": int(seed)}
+    blob = {"version": CACHE_VERSION, "coordinator": coordinator_key, "iteration": int(iteration),
+            "fleet": settings, "seed": int(seed)}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -152,3 +152,14 @@ def test_the_server_does_not_wait_forever(plan_file):
         fleet.run_fleet(FakeGrid(3, joined=1), plan_file(3), join_timeout_s=1)
     with pytest.raises(SwarmError, match="fleet.strategy"):
         fleet.run_fleet(FakeGrid(3), plan_file(3), strategy="gossip")
+
+
+def test_nodes_build_the_same_labels_as_the_coordinator(make_cfg, tmp_path, cifar10_root):
+    """Label groups are ordered (vehicle = 0, animal = 1): a node must not reorder them."""
+    cfg = make_cfg("scenario=cifar10_new_subclasses", f"data.root={cifar10_root}", "fleet.nodes=2")
+    path, coordinator_data = write_fleet_plan(cfg, tmp_path, "run", windows=1)
+    client_app._data.cache_clear()
+    _, node_data = client_app.load_plan_and_data(str(path))
+    assert node_data.label_names == coordinator_data.label_names == ["vehicle", "animal"]
+    for role in ("P", "F"):
+        assert torch.equal(node_data.datasets[role]["test"].targets, coordinator_data.datasets[role]["test"].targets)
