@@ -2,6 +2,7 @@
 
     python benchmarks/fleet_overhead.py --nodes 8 32            # overhead ratio at 8 and 32 nodes
     python benchmarks/fleet_overhead.py --nodes 8 200 --no-plain  # scale: time per node-window, memory
+    python benchmarks/fleet_overhead.py --nodes 8 --plans 3       # 3 model sizes in one engine start
 
 For each fleet size it draws one plan (synthetic data, an untrained resnet_small, tiny
 per-window budgets so that Flower's share is visible), then runs every window of every node
@@ -13,7 +14,8 @@ per-window budgets so that Flower's share is visible), then runs every window of
 each into its own run directory (2 training steps per node and window on the Pi 4 profile), and reports wall times, their ratio (goal <= 1.3) and the time
 per node-window. While Flower runs, the resident memory of this process and all its descendants
 (Ray's raylet, GCS and workers) is sampled every 0.5 s; the peak is reported (goal <= 4 GB at 200
-nodes). Flower's wall time includes starting and stopping Ray.
+nodes). Flower's wall time includes starting and stopping Ray. With ``--plans K`` the work is K
+plans (as ``fleet.checkpoint=all`` runs K model sizes), one after the other in one engine start.
 """
 
 from __future__ import annotations
@@ -102,38 +104,37 @@ def make_plan(nodes: int, windows: int, workdir: Path, name: str):
     return run / "fleet_plan.json", data
 
 
-def plain(nodes: int, windows: int, workdir: Path) -> float:
+def plain(nodes: int, windows: int, plans: int, workdir: Path) -> float:
     from nodes.node import NodeRuntime
     from nodes.plan import FleetPlan
+    from swarm import checkpoints
 
-    path, data = make_plan(nodes, windows, workdir, f"plain-{nodes}")
-    plan = FleetPlan.load(path)
+    made = [make_plan(nodes, windows, workdir, f"plain-{nodes}-{k}") for k in range(plans)]
     start = time.perf_counter()
-    runtimes = [NodeRuntime(plan, p, data) for p in range(nodes)]
-    model_state = None
-    for window in range(windows):
-        for runtime in runtimes:
-            if window == 0:
-                from swarm import checkpoints
-
-                model_state = checkpoints.load(Path(plan.checkpoint))[0].state_dict()
-            runtime.run_window(window, model_state if window == 0 else None)
+    for path, data in made:
+        plan = FleetPlan.load(path)
+        runtimes = [NodeRuntime(plan, p, data) for p in range(nodes)]
+        model_state = checkpoints.load(Path(plan.checkpoint))[0].state_dict()
+        for window in range(windows):
+            for runtime in runtimes:
+                runtime.run_window(window, model_state if window == 0 else None)
     return time.perf_counter() - start
 
 
-def flower(nodes: int, windows: int, workdir: Path) -> tuple[float, float]:
+def flower(nodes: int, windows: int, plans: int, workdir: Path) -> tuple[float, float]:
     from nodes.client_app import app as client_app
     from server.server_app import app as server_app
     from swarm import flower_sim
 
-    path, _ = make_plan(nodes, windows, workdir, f"flower-{nodes}")
-    os.environ["SWARM_FLEET_PLAN"] = str(path)
+    paths = [make_plan(nodes, windows, workdir, f"flower-{nodes}-{k}")[0] for k in range(plans)]
+    os.environ["SWARM_FLEET_PLAN"] = os.pathsep.join(str(p) for p in paths)
     with PeakMemory() as memory:
         start = time.perf_counter()
         flower_sim.run(server_app, client_app, nodes)
         seconds = time.perf_counter() - start
-    rows = (path.parent / "nodes.csv").read_text().strip().splitlines()
-    assert len(rows) == nodes * windows + 1, "the fleet did not finish"
+    for path in paths:
+        rows = (path.parent / "nodes.csv").read_text().strip().splitlines()
+        assert len(rows) == nodes * windows + 1, "the fleet did not finish"
     return seconds, memory.peak
 
 
@@ -141,20 +142,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--windows", type=int, default=2)
+    parser.add_argument("--plans", type=int, default=1, help="plans (model sizes) per engine start")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/swarm-fleet-bench"))
     parser.add_argument("--no-plain", action="store_true", help="skip the plain loop (scale runs)")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     results = []
     for n in args.nodes:
-        plain_s = None if args.no_plain else plain(n, args.windows, args.workdir)
-        flower_s, peak = flower(n, args.windows, args.workdir)
+        plain_s = None if args.no_plain else plain(n, args.windows, args.plans, args.workdir)
+        flower_s, peak = flower(n, args.windows, args.plans, args.workdir)
         results.append((n, plain_s, flower_s, peak))
-    print(f"\n{'nodes':>5} {'plain s':>8} {'flower s':>9} {'ratio':>6} {'s / node-window':>16} {'peak RSS MB':>12}")
+    print(f"\n{args.windows} windows, {args.plans} plan(s) per engine start")
+    print(f"{'nodes':>5} {'plain s':>8} {'flower s':>9} {'ratio':>6} {'s / node-window':>16} {'peak RSS MB':>12}")
     for n, plain_s, flower_s, peak in results:
         ratio = f"{flower_s / plain_s:.2f}" if plain_s else "-"
         plain_txt = f"{plain_s:.1f}" if plain_s else "-"
-        print(f"{n:>5} {plain_txt:>8} {flower_s:>9.1f} {ratio:>6} {flower_s / (n * args.windows):>16.3f} {peak:>12.0f}")
+        print(f"{n:>5} {plain_txt:>8} {flower_s:>9.1f} {ratio:>6} {flower_s / (n * args.windows * args.plans):>16.3f} {peak:>12.0f}")
 
 
 if __name__ == "__main__":
