@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 from swarm.results import FleetResult, estimate, pruning_curve  # noqa: E402
 
@@ -130,6 +131,8 @@ def plot_budget(results: list[FleetResult], path: Path, title: str) -> None:
     markers = "osD^v<>p*"
     iterations = sorted({key[2] for key in groups})
     for (pruning, pretrain, iteration), by_budget in sorted(groups.items()):
+        if len(by_budget) < 2:  # a setting run at one budget has no curve
+            continue
         xs = sorted(by_budget)
         estimates = [estimate(by_budget[x]) for x in xs]
         ys = [e.mean for e in estimates]
@@ -142,6 +145,8 @@ def plot_budget(results: list[FleetResult], path: Path, title: str) -> None:
             "flops": "training FLOPs per window"}
     ax.set_xlabel(" / ".join(unit[k] for k in kinds) or "budget")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.set_ylim(top=1.02)
     ax.set_ylabel(f"fleet mean accuracy ({results[0].target_metric}), last window")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
