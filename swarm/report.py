@@ -34,7 +34,6 @@ CSV_COLUMNS = ["scenario", "mode", "model", "pruning", "pretrain", "seed", "iter
                "fleet_variant", "p_acc_after_pruning", "adapted_metric", "adapted_mean", "adapted_min",
                "adapted_max", "acc_P_after_adaptation", "forgetting_P", "target", "seconds_to_target",
                "joules_to_target", "steps", "energy_j", "failed_nodes", "directory"]
-SETTINGS = [("lrp", "extra"), ("lrp", "task_only"), ("imp", "extra"), ("imp", "task_only")]
 
 
 def _by(results: Iterable[FleetResult], *fields: str) -> dict[tuple, list[FleetResult]]:
@@ -165,7 +164,10 @@ def write(directories: list[Path], out: Path, target: float | None = None) -> li
              "sides ran). Machine-readable: [results.csv](results.csv).", ""]
     if problems:
         lines += ["Skipped:", ""] + [f"- {p}" for p in problems] + [""]
-    for (scenario, model, variant), group in _by(results, "scenario", "model", "fleet_variant").items():
+    sections = _by(results, "scenario", "model", "fleet_variant")
+    # Figures are named by scenario, unless a scenario was run with several models or fleets.
+    one_per_scenario = len(sections) == len(_by(results, "scenario"))
+    for (scenario, model, variant), group in sections.items():
         mode = group[0].mode
         metric = "P ∪ F" if mode == "continual" else "F"
         seeds = sorted({r.seed for r in group})
@@ -175,10 +177,9 @@ def write(directories: list[Path], out: Path, target: float | None = None) -> li
         failed = sum(r.failed_nodes for r in group)
         if failed:
             lines += [f"**{failed} node(s) failed** in these runs; their rows are left out of the means.", ""]
-        stem = f"{scenario}" if len(_by(results, "scenario", "model", "fleet_variant")) == len(_by(results, "scenario")) \
-            else f"{scenario}-{model}-{variant}"
+        stem = scenario if one_per_scenario else f"{scenario}-{model}-{variant}"
         budgets = _by(group, "budget_kind", "budget_value")
-        for (_, _), budget_group in budgets.items():
+        for budget_group in budgets.values():
             label = budget_group[0].budget_label
             suffix = "" if len(budgets) == 1 else "-" + label.split()[0].replace(".", "p")
             fig3, boxes = f"fig3_{stem}{suffix}.png", f"fleet_{stem}{suffix}.png"

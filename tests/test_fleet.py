@@ -84,7 +84,9 @@ def test_same_seed_same_nodes_csv(plan_file, tmp_path):
     assert read_rows(first.parent / "nodes.csv") == rows
 
 
-def test_a_node_that_raises_is_reported_and_the_others_finish(plan_file, monkeypatch):
+@pytest.fixture
+def node_1_fails(monkeypatch):
+    """Node 1 raises in every window; the others run for real."""
     real = NodeRuntime.run_window
 
     def flaky(self, window, weights=None):
@@ -93,6 +95,9 @@ def test_a_node_that_raises_is_reported_and_the_others_finish(plan_file, monkeyp
         return real(self, window, weights)
 
     monkeypatch.setattr(NodeRuntime, "run_window", flaky)
+
+
+def test_a_node_that_raises_is_reported_and_the_others_finish(plan_file, node_1_fails):
     rows = fleet.run_fleet(FakeGrid(3), plan_file(3), join_timeout_s=5)
     failed = [r for r in rows if r["status"] == "failed"]
     assert {r["node"] for r in failed} == {1} and len(failed) == 2
@@ -100,7 +105,7 @@ def test_a_node_that_raises_is_reported_and_the_others_finish(plan_file, monkeyp
     assert all(r["status"] != "failed" for r in rows if r["node"] != 1)
 
 
-def test_simulate_with_a_failing_node_writes_everything_and_exits_1(make_cfg, tmp_path, monkeypatch):
+def test_simulate_with_a_failing_node_writes_everything_and_exits_1(make_cfg, tmp_path, monkeypatch, node_1_fails):
     """swarm.simulate end to end with the engine swapped for the fake grid: the real ServerApp runs
     both plans of fleet.checkpoint=all, node 1 raises in every window of every plan."""
     import json
@@ -113,15 +118,7 @@ def test_simulate_with_a_failing_node_writes_everything_and_exits_1(make_cfg, tm
         for plan in plans:
             server_app.run_plan(FakeGrid(num_nodes), plan)
 
-    real = NodeRuntime.run_window
-
-    def flaky(self, window, weights=None):
-        if self.me.partition == 1:
-            raise RuntimeError("sensor on fire")
-        return real(self, window, weights)
-
     monkeypatch.setattr(simulate, "_run_flower", engine)
-    monkeypatch.setattr(NodeRuntime, "run_window", flaky)
     cfg = make_cfg(*TINY, "fleet.nodes=2", "fleet.windows=2", "fleet.checkpoint=all", "prune.iterations=1",
                    "train.max_epochs=1", f"cache_dir={tmp_path / 'cache'}")
     with pytest.raises(FleetFailure, match=r"iteration 0: nodes \[1\]; iteration 1: nodes \[1\] failed") as caught:
