@@ -77,12 +77,11 @@ class PeakMemory:
 
 
 def make_plan(nodes: int, windows: int, workdir: Path, name: str):
-    from nodes.plan import draw_plan
+    from nodes.plan import plan_from_config
     from swarm import checkpoints
     from swarm.config import data_options, scenario_of
     from swarm.data.build import build
     from swarm.models import build_model
-    from swarm.simulate import f_groups
 
     overrides = ["scenario.dataset.train_per_group=40", "scenario.dataset.test_per_group=5", f"fleet.nodes={nodes}",
                  f"fleet.windows={windows}", "fleet.window_s=100", "fleet.stream_rate=1", "fleet.drift.low=0",
@@ -97,9 +96,8 @@ def make_plan(nodes: int, windows: int, workdir: Path, name: str):
     checkpoints.save(workdir / "start.pt", model, arch)
     run = workdir / name
     shutil.rmtree(run, ignore_errors=True)
-    plan = draw_plan(run_dir=run, config=OmegaConf.to_container(cfg, resolve=True), checkpoint=workdir / "start.pt",
-                     architecture=arch, f_groups=f_groups(data), num_nodes=nodes, profiles=["raspberry_pi_4"],
-                     alpha=0.5, drift=dict(cfg.fleet.drift), window_s=100.0, windows=windows, seed=0)
+    plan = plan_from_config(OmegaConf.to_container(cfg, resolve=True), data, checkpoint=workdir / "start.pt",
+                            run_dir=run)
     plan.save(run / "fleet_plan.json")
     return run / "fleet_plan.json", data
 

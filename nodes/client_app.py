@@ -6,7 +6,8 @@ Messages (Flower's Message API):
   identifies it in the fleet plan (Flower's own node ids are random).
 * ``train.adapt`` with ``{"config": ConfigRecord{"plan": path, "window": w}}`` and, in window 0
   (or every window under FedAvg), ``{"arrays": ArrayRecord}`` with the model weights ->
-  ``{"metrics": MetricRecord, "info": ConfigRecord{"profile", "status", "error"}}`` and, when
+  ``{"metrics": MetricRecord, "info": ConfigRecord{"profile", "status", "error"}}``; in window 0
+  also ``{"received": MetricRecord}``, the model as received, evaluated before training; and, when
   asked for (``"return_weights"``), the adapted weights.
 
 Large state (model, optimizer, replay buffer) lives on disk under the run directory, not in
@@ -33,6 +34,7 @@ from swarm.data.scenario import Scenario
 app = ClientApp()
 
 NUMERIC = ("node", "window", "sim_time_s", "steps", "samples_seen", "flops", "energy_j", "acc_P", "acc_F", "acc_PF")
+LISTS = ("acc_F_groups",)
 
 
 def partition_of(context: Context) -> int:
@@ -68,6 +70,8 @@ def metrics_record(metrics: WindowMetrics) -> MetricRecord:
     for key in NUMERIC:
         value = getattr(metrics, key)
         values[key] = float(value) if isinstance(value, float) else int(value)
+    for key in LISTS:
+        values[key] = [float(v) for v in getattr(metrics, key)]
     return MetricRecord(values)
 
 
@@ -82,11 +86,15 @@ def adapt(msg: Message, context: Context) -> Message:
     config = msg.content["config"]
     window = int(config["window"])
     profile = ""
+    received = None
     try:
         plan, data = load_plan_and_data(str(config["plan"]))
         profile = plan.node(node).profile
         weights = msg.content["arrays"].to_torch_state_dict() if "arrays" in msg.content else None
-        metrics, model = NodeRuntime(plan, node, data).run_window(window, weights)
+        runtime = NodeRuntime(plan, node, data)
+        if window == 0:
+            received = runtime.received(weights)
+        metrics, model = runtime.run_window(window, weights)
     except Exception as error:  # reported, so that the other nodes finish and the run says what broke
         nan = math.nan
         metrics = WindowMetrics(node, profile, window, nan, 0, 0, 0.0, 0.0, nan, nan, nan, "failed",
@@ -97,6 +105,8 @@ def adapt(msg: Message, context: Context) -> Message:
         "metrics": metrics_record(metrics),
         "info": ConfigRecord({"profile": metrics.profile, "status": metrics.status, "error": metrics.error}),
     })
+    if received is not None:
+        content["received"] = metrics_record(received)
     if model is not None and bool(config.get("return_weights", False)):
         content["arrays"] = ArrayRecord(model.state_dict())
     return Message(content, reply_to=msg)

@@ -30,7 +30,7 @@ from torch import nn
 
 from swarm.errors import SwarmError
 
-STATUSES = ("ok", "budget_exhausted", "does_not_fit", "unavailable", "failed")
+STATUSES = ("received", "ok", "budget_exhausted", "data_exhausted", "does_not_fit", "unavailable", "failed")
 # Profiles ship in the installed config tree (Hydra group `device`).
 PROFILE_DIR = Path(str(resources.files("scenarios") / "device"))
 
@@ -82,20 +82,34 @@ def load_profile(name: str, directory: Path = PROFILE_DIR) -> DeviceProfile:
 
 @dataclass(frozen=True)
 class Budget:
-    """What one window may spend on training. None = unlimited; the window length always applies."""
+    """What one window may spend on training. None = unlimited; the window length always applies.
+
+    ``duty_cycle`` is the share of the window a device may spend training (a background job that
+    leaves the device to its main work most of the time); it caps compute seconds like
+    ``compute_s``, so a fast device does more steps in it than a slow one, at its own power."""
 
     window_s: float
     energy_j: float | None = None
     compute_s: float | None = None
     flops: float | None = None
+    duty_cycle: float | None = None
 
     def __post_init__(self) -> None:
         if self.window_s <= 0:
             raise SwarmError("the window length must be positive")
-        for name in ("energy_j", "compute_s", "flops"):
+        for name in ("energy_j", "compute_s", "flops", "duty_cycle"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise SwarmError(f"budget {name} must be >= 0, not {value}")
+        if self.duty_cycle is not None and self.duty_cycle > 1:
+            raise SwarmError(f"budget duty_cycle is a share of the window, in [0, 1], not {self.duty_cycle}")
+
+    @property
+    def seconds(self) -> float | None:
+        """Compute seconds a window allows (the tighter of ``compute_s`` and the duty cycle)."""
+        limits = [v for v in (self.compute_s, None if self.duty_cycle is None else self.duty_cycle * self.window_s)
+                  if v is not None]
+        return min(limits) if limits else None
 
 
 @dataclass
@@ -118,22 +132,46 @@ def step_flops(forward_flops_per_sample: float, batch_size: int) -> float:
     return 3.0 * forward_flops_per_sample * batch_size
 
 
+@dataclass(frozen=True)
+class StreamCredit:
+    """How much training the local data allows: every sample that arrives may be trained on
+    ``passes`` times (an epoch budget over the device's own data), a step uses ``per_step`` sample
+    visits, and ``left`` visits remain from earlier windows. ``passes=None``: unlimited, a step only
+    needs one sample to exist."""
+
+    passes: float | None
+    per_step: int
+    left: float
+
+    @classmethod
+    def unlimited(cls, samples_before: int = 0) -> StreamCredit:
+        return cls(None, 1, float(samples_before))
+
+
 def simulate_window(profile: DeviceProfile, budget: Budget, flops_per_step: float, *, start_s: float = 0.0,
-                    arrivals: Sequence[float] = (), samples_before: int = 0, phase_s: float = 0.0) -> WindowReport:
+                    arrivals: Sequence[float] = (), samples_before: int = 0, phase_s: float = 0.0,
+                    credit: StreamCredit | None = None) -> WindowReport:
     """Run one window [start_s, start_s + window_s) of the device model and return what it granted.
 
-    ``arrivals`` are the simulated times at which new local samples arrive; a step needs at least
-    one sample (arrived now or ``samples_before`` the window). ``phase_s`` shifts the node's
-    availability cycle so that a fleet is not in lockstep.
+    ``arrivals`` are the simulated times at which new local samples arrive. With ``credit`` (see
+    :class:`StreamCredit`) a step spends sample visits and the device waits for new samples when
+    it has used its data up; without, a step needs at least one sample (arrived now or
+    ``samples_before`` the window). ``phase_s`` shifts the node's availability cycle so that a
+    fleet is not in lockstep.
     """
     if flops_per_step <= 0:
         raise SwarmError("a training step must cost a positive number of FLOPs")
+    credit = credit or StreamCredit.unlimited(samples_before)
+    consumes = credit.passes is not None
+    per_arrival = float(credit.passes) if consumes else 1.0
+    need = max(credit.per_step, 1) if consumes else 1
     env = simpy.Environment(initial_time=start_s)
     end = start_s + budget.window_s
     step_s = flops_per_step / profile.effective_flops
     step_j = step_s * profile.active_power_w
+    seconds = budget.seconds
     report = WindowReport()
-    data = simpy.Container(env, init=samples_before, capacity=math.inf)
+    data = simpy.Container(env, init=max(credit.left, 0.0), capacity=math.inf)
     state = {"available": profile.availability >= 1.0, "became_available": env.event()}
     on_s = profile.availability * profile.availability_cycle_s
 
@@ -154,11 +192,11 @@ def simulate_window(profile: DeviceProfile, budget: Budget, flops_per_step: floa
     def arrivals_process():
         for t in sorted(a for a in arrivals if start_s <= a < end):
             yield env.timeout(t - env.now)
-            yield data.put(1)
+            yield data.put(per_arrival)
 
     def affordable() -> bool:
         return not ((budget.energy_j is not None and report.energy_j + step_j > budget.energy_j + 1e-12)
-                    or (budget.compute_s is not None and report.busy_s + step_s > budget.compute_s + 1e-12)
+                    or (seconds is not None and report.busy_s + step_s > seconds + 1e-12)
                     or (budget.flops is not None and report.flops + flops_per_step > budget.flops + 1e-6))
 
     def trainer():
@@ -166,15 +204,21 @@ def simulate_window(profile: DeviceProfile, budget: Budget, flops_per_step: floa
             if not state["available"]:
                 yield state["became_available"] | env.timeout(end - env.now)
                 continue
-            if data.level == 0:
-                yield data.get(1) | env.timeout(end - env.now)  # wait for the first sample
-                if data.level == 0 and env.now >= end:
+            if data.level < need:
+                request = data.get(need)  # wait for enough data
+                yield request | env.timeout(end - env.now)
+                if not request.triggered:
+                    request.cancel()
+                    if consumes and report.status == "ok":
+                        report.status = "data_exhausted"  # trained its data as often as allowed
                     break
-                yield data.put(1)  # it was only a wait: the sample stays
+                yield data.put(need)  # it was only a wait: the data is used when a step starts
                 continue
             if not affordable():
                 report.status = "budget_exhausted"
                 break
+            if consumes:
+                yield data.get(credit.per_step)
             report.step_starts.append(env.now)
             yield env.timeout(step_s)
             report.steps += 1

@@ -18,8 +18,7 @@ The stream of a node: P-like samples arrive from time 0 until its drift time, th
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nodes.device import (Budget, WindowReport, activation_bytes_per_sample, load_profile, memory_check,
+from nodes.device import (Budget, StreamCredit, WindowReport, activation_bytes_per_sample, load_profile, memory_check,
                           memory_need, simulate_window, step_flops)
 from nodes.drift import arrival_times
 from nodes.plan import FleetPlan
@@ -36,9 +35,10 @@ from swarm import checkpoints, io
 from swarm.data.build import ScenarioData
 from swarm.errors import SwarmError
 from swarm.pruning import count_macs_and_params
-from swarm.training import evaluate, make_loader
+from swarm.evaluation import accuracies, test_sets
 
 P, F = 0, 1
+RECEIVED_WINDOW = -1  # the row of the model as received, before the first window
 _COSTS: dict[str, tuple[int, int]] = {}
 
 
@@ -69,13 +69,24 @@ class WindowMetrics:
     acc_PF: float
     status: str
     error: str = ""
+    acc_F_groups: list[float] = field(default_factory=list)  # accuracy on each group of F (its classes or domains)
+
+
+def train_mode(model: nn.Module, *, frozen_batchnorm: bool) -> None:
+    """Training mode; with ``frozen_batchnorm`` every BatchNorm keeps normalising with the running
+    statistics it was received with (its scale and shift still learn)."""
+    model.train()
+    if frozen_batchnorm:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
 
 
 def _budget(fleet: Mapping[str, Any], window_s: float) -> Budget:
     budget = fleet.get("budget") or {}
     value = lambda key: None if budget.get(key) is None else float(budget[key])  # noqa: E731
     return Budget(window_s=window_s, energy_j=value("energy_j"), compute_s=value("compute_s"),
-                  flops=value("flops"))
+                  flops=value("flops"), duty_cycle=value("duty_cycle"))
 
 
 class NodeRuntime:
@@ -89,6 +100,9 @@ class NodeRuntime:
         self.continual = plan.config["scenario"]["mode"] == "continual"
         self.state_path = Path(plan.run_dir) / "nodes" / f"node_{partition:03d}.pt"
         self.times, self.roles, self.indices = self._stream()
+        targets = {role: self.data.datasets[name]["train"].targets.numpy() for role, name in ((P, "P"), (F, "F"))}
+        self.labels = np.array([targets[r][i] for r, i in zip(self.roles, self.indices)], dtype=np.int64)
+        self.tests = test_sets(data, self.continual, int(self.fleet["eval_samples"]))
 
     # ------------------------------------------------------------------ the drifting stream
     def _stream(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -100,8 +114,19 @@ class NodeRuntime:
         p_times = arrival_times(0.0, expected, rate, rng)
         p_times = p_times[p_times < self.me.drift_s]
         p_indices = rng.integers(0, n_p, len(p_times))
-        f_indices = rng.permutation(np.asarray(self.me.f_indices, dtype=np.int64))
-        f_times = arrival_times(self.me.drift_s, len(f_indices), rate, rng)
+        # F arrives from the drift time on; with several drift events, each event's samples from
+        # its own start (or when the previous event's have all arrived, if later).
+        shares = np.asarray(self.me.f_indices, dtype=np.int64)
+        events = np.asarray(self.me.f_events or np.zeros(len(shares)), dtype=np.int64)
+        starts = self.me.event_starts(self.plan.event_gap_s, max(len(self.plan.f_tasks), 1))
+        f_indices, f_times, last = [], [], self.me.drift_s
+        for k, start in enumerate(starts):
+            members = rng.permutation(shares[events == k])
+            times_k = arrival_times(max(start, last), len(members), rate, rng)
+            last = float(times_k[-1]) if len(times_k) else max(start, last)
+            f_indices.append(members)
+            f_times.append(times_k)
+        f_indices, f_times = np.concatenate(f_indices), np.concatenate(f_times)
         times = np.concatenate([p_times, f_times])
         roles = np.concatenate([np.full(len(p_times), P), np.full(len(f_times), F)])
         return times, roles, np.concatenate([p_indices, f_indices])
@@ -122,7 +147,7 @@ class NodeRuntime:
             p_train = self.data.datasets["P"]["train"]
             order = np.random.default_rng(self.me.seed + 1).permutation(len(p_train))
             replay.offer(order, p_train.targets[order].tolist())
-        return {"model": model, "arch": arch, "optimizer": None, "replay": replay, "window": 0}
+        return {"model": model, "arch": arch, "optimizer": None, "replay": replay, "window": 0, "visits": 0}
 
     def _replay_capacity(self, model: nn.Module, arch: Mapping[str, Any]) -> int | None:
         setting = self.fleet["replay"]["capacity"]
@@ -149,12 +174,14 @@ class NodeRuntime:
         model = checkpoints.build_from_architecture(blob["arch"])
         model.load_state_dict(blob["model"])
         return {"model": model, "arch": blob["arch"], "optimizer": blob["optimizer"],
-                "replay": ReplayBuffer.from_state(_from_tensors(blob["replay"])), "window": int(blob["window"])}
+                "replay": ReplayBuffer.from_state(_from_tensors(blob["replay"])), "window": int(blob["window"]),
+                "visits": int(blob["visits"])}
 
     def _save(self, state: dict[str, Any], optimizer: torch.optim.Optimizer) -> None:
         io.save_tensors(self.state_path, {
             "model": state["model"].state_dict(), "arch": state["arch"], "optimizer": optimizer.state_dict(),
-            "replay": _to_tensors(state["replay"].state()), "window": state["window"]})
+            "replay": _to_tensors(state["replay"].state()), "window": state["window"],
+            "visits": state["visits"]})
 
     # ------------------------------------------------------------------ one window
     def run_window(self, window: int, weights: Mapping[str, torch.Tensor] | None = None) -> tuple[WindowMetrics, nn.Module]:
@@ -177,10 +204,14 @@ class NodeRuntime:
         else:
             macs, _ = model_costs(model, state["arch"])
             cost = step_flops(2.0 * macs, int(self.fleet["batch_size"]))
+            passes = self.fleet.get("passes")
+            stream_per_step = int(self.fleet["batch_size"]) - self._replayed_per_batch(replay)
+            credit = (StreamCredit.unlimited(before) if passes is None else
+                      StreamCredit(int(passes), stream_per_step, float(int(passes) * before - state["visits"])))
             report = simulate_window(self.profile, _budget(self.fleet, self.plan.window_s), cost, start_s=start,
-                                     arrivals=self.times[arrived].tolist(), samples_before=before,
-                                     phase_s=self.me.phase_s)
+                                     arrivals=self.times[arrived].tolist(), phase_s=self.me.phase_s, credit=credit)
             self._train(model, optimizer, replay, report.step_starts, window)
+            state["visits"] += report.steps * stream_per_step  # sample visits spent, counted by the credit
         # P samples that streamed in during the window join the replay buffer.
         new_p = arrived & (self.roles == P)
         p_targets = self.data.datasets["P"]["train"].targets
@@ -195,19 +226,28 @@ class NodeRuntime:
 
     def _train(self, model: nn.Module, optimizer: torch.optim.Optimizer, replay: ReplayBuffer,
                step_starts: list[float], window: int) -> None:
+        """Run the granted steps, each on a batch drawn from the newest ``fleet.recent_samples``
+        stream samples that had arrived when it began (plus replayed P in continual scenarios).
+
+        How many steps there are is the device model's answer (budget, availability, and
+        ``fleet.passes``: visits per sample seen, counted over the whole stream). Restricting each
+        batch to the samples with visits left was measured and dropped: once the P-like samples
+        were used up, batches held only the node's skewed share of F, and the fleet collapsed
+        (docs/adaptation.md)."""
         if not step_starts:
             return
         batch_size = int(self.fleet["batch_size"])
-        replay_share = float(self.fleet["replay"]["fraction"]) if self.continual else 0.0
-        recent = int(self.fleet["recent_samples"])
+        recent = self.fleet.get("recent_samples")
         rng = np.random.default_rng((self.me.seed, window))
         loss_fn = nn.CrossEntropyLoss()
-        model.train()
+        train_mode(model, frozen_batchnorm=self.fleet.get("batchnorm", "track") == "frozen")
+        masked = self.fleet.get("loss", "full") == "masked"
+        balanced = self.fleet.get("sampling", "uniform") == "balanced"
         for t in step_starts:
             seen = int(np.searchsorted(self.times, t, side="right"))  # the stream is in time order
-            pool = np.arange(max(0, seen - recent), seen)
-            n_replay = int(round(batch_size * replay_share)) if len(replay) else 0
-            picks = rng.choice(pool, batch_size - n_replay) if len(pool) else np.zeros(0, dtype=np.int64)
+            n_replay = self._replayed_per_batch(replay)
+            pool = np.arange(0 if recent is None else max(0, seen - int(recent)), seen)
+            picks = self._draw(pool, batch_size - n_replay, rng, balanced)
             samples = [self._sample(self.roles[k], self.indices[k]) for k in picks]
             samples += [self._sample(P, i) for i in replay.sample(n_replay)]
             if not samples:
@@ -215,25 +255,55 @@ class NodeRuntime:
             inputs = torch.stack([x for x, _ in samples])
             targets = torch.stack([y for _, y in samples])
             optimizer.zero_grad(set_to_none=True)
-            loss_fn(model(inputs), targets).backward()
+            logits = model(inputs)
+            if masked:  # only the classes this batch holds compete: absent classes are not pushed down
+                present = torch.zeros(logits.shape[1], dtype=torch.bool)
+                present[targets] = True
+                logits = logits.masked_fill(~present, -1e9)
+            loss_fn(logits, targets).backward()
             optimizer.step()
+        model.eval()
+
+    def _draw(self, pool: np.ndarray, count: int, rng: np.random.Generator, balanced: bool) -> np.ndarray:
+        """``count`` stream positions from ``pool``, with replacement: uniformly, or ``balanced``: each
+        draw first picks one of the labels the pool holds, then a sample of it (a node's share is
+        skewed; a minority class it does have is then learned rather than drowned)."""
+        if not len(pool) or count <= 0:
+            return np.zeros(0, dtype=np.int64)
+        if not balanced:
+            return rng.choice(pool, count)
+        labels = self.labels[pool]
+        classes = np.unique(labels)
+        chosen = rng.choice(classes, count)
+        picks = np.empty(count, dtype=np.int64)
+        for label in np.unique(chosen):
+            where = chosen == label
+            picks[where] = rng.choice(pool[labels == label], int(where.sum()))
+        return picks
+
+    def _replayed_per_batch(self, replay: ReplayBuffer) -> int:
+        """How many samples of each batch come from the replay buffer of P (continual scenarios)."""
+        replay_cfg = self.fleet["replay"]
+        share = float(replay_cfg["fraction"]) if (self.continual or replay_cfg.get("finetune")) else 0.0
+        return int(round(int(self.fleet["batch_size"]) * share)) if len(replay) else 0
 
     def _sample(self, role: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.data.datasets["P" if role == P else "F"]["train"][int(index)]
 
-    def _evaluate(self, model: nn.Module) -> dict[str, float]:
-        cap = int(self.fleet["eval_samples"])
-        result = {}
-        for name in ("P", "F", "PF"):
-            if name == "PF" and not self.continual:
-                result["acc_PF"] = math.nan
-                continue
-            dataset = self.data.union(name, "test")
-            if cap and len(dataset) > cap:  # the same seeded subset on every node
-                chosen = np.random.default_rng(0).choice(len(dataset), cap, replace=False)
-                dataset = torch.utils.data.Subset(dataset, sorted(chosen.tolist()))
-            result[f"acc_{name}"] = evaluate(model, make_loader(dataset, 256, shuffle=False), torch.device("cpu"))
-        return result
+    def _evaluate(self, model: nn.Module) -> dict[str, Any]:
+        return accuracies(model, self.tests, torch.device("cpu"))
+
+    def received(self, weights: Mapping[str, torch.Tensor] | None = None) -> WindowMetrics:
+        """The model as this node received it, evaluated before any training: the row (window -1,
+        status ``received``) every gain is measured against."""
+        if weights is None:
+            model = checkpoints.load(Path(self.plan.checkpoint))[0]
+        else:
+            model = checkpoints.build_from_architecture(self.plan.architecture)
+            model.load_state_dict(weights)
+        return WindowMetrics(node=self.me.partition, profile=self.me.profile, window=RECEIVED_WINDOW, sim_time_s=0.0,
+                             steps=0, samples_seen=0, flops=0.0, energy_j=0.0, status="received",
+                             **self._evaluate(model))
 
 
 def _to_tensors(state: dict[str, Any]) -> dict[str, Any]:

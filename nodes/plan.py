@@ -10,13 +10,16 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
-from nodes.device import load_profile
+from nodes.device import DeviceProfile, available_seconds, load_profile
 from nodes.drift import dirichlet_partition, drift_times
-from swarm import io
+from swarm import checkpoints, io
+from swarm.errors import SwarmError
+from swarm.data.build import ScenarioData
+from swarm.evaluation import f_groups
 
 
 @dataclass
@@ -27,6 +30,11 @@ class NodePlan:
     phase_s: float
     f_indices: list[int]  # positions in F's training split
     seed: int
+    f_events: list[int] = field(default_factory=list)  # drift event of each F sample (empty: all 0)
+
+    def event_starts(self, gap_s: float, events: int) -> list[float]:
+        """When each of this node's drift events begins (the first at its drift time)."""
+        return [self.drift_s + k * gap_s for k in range(events)]
 
 
 @dataclass
@@ -38,6 +46,8 @@ class FleetPlan:
     window_s: float
     windows: int
     nodes: list[NodePlan] = field(default_factory=list)
+    f_tasks: list[list[int]] = field(default_factory=list)  # the groups of F each drift event brings
+    event_gap_s: float = 0.0  # between a node's drift events
 
     def node(self, partition: int) -> NodePlan:
         return self.nodes[partition]
@@ -52,25 +62,69 @@ class FleetPlan:
         return cls(**data)
 
 
+def availability_phase(profile: DeviceProfile, span_s: float, rng: np.random.Generator, tries: int = 1000) -> float:
+    """A phase of the device's availability cycle, uniform among those in which it is available at
+    some time during the simulated span ``[0, span_s)``.
+
+    A run simulates a slice of time (an hour, say) of devices whose cycles are long (a phone that
+    charges 8 h a day): drawn uniformly, most such devices would be offline for the whole slice and
+    the fleet would be smaller than asked by accident. Conditioning on overlap keeps every device in
+    the fleet while their availability still starts and ends at random times inside the run."""
+    cycle = profile.availability_cycle_s
+    phase = float(rng.uniform(0, cycle))
+    if profile.availability <= 0 or profile.availability >= 1:
+        return phase
+    for _ in range(tries):
+        if available_seconds(profile, 0.0, span_s, phase) > 0:
+            return phase
+        phase = float(rng.uniform(0, cycle))
+    return phase
+
+
+def split_tasks(num_groups: int, events: int) -> list[list[int]]:
+    """F's groups in order, split into ``events`` consecutive tasks (one per drift event)."""
+    if not 1 <= events <= num_groups:
+        raise SwarmError(f"fleet.drift.events={events}: F has {num_groups} groups (classes or domains) to bring "
+                         f"in 1..{num_groups} drift events")
+    return [part.tolist() for part in np.array_split(np.arange(num_groups), events)]
+
+
 def draw_plan(*, run_dir: Path, config: dict[str, Any], checkpoint: Path, architecture: dict[str, Any],
               f_groups: np.ndarray,
               num_nodes: int, profiles: list[str], alpha: float, drift: dict[str, Any], window_s: float,
               windows: int, seed: int, min_f_per_node: int = 1) -> FleetPlan:
-    """Draw every node's profile, drift time, availability phase and share of F, from ``seed``.
+    """Draw every node's profile, drift time, availability phase (one that meets the run, see
+    :func:`availability_phase`) and share of F, from ``seed``.
 
     ``f_groups`` gives the group (class or domain) of each F training sample; ``profiles`` are
-    assigned round-robin, so a fleet of mixed devices is reproducible and balanced.
+    assigned round-robin, so a fleet of mixed devices is reproducible and balanced. With
+    ``drift["events"] > 1`` F's groups arrive as that many tasks, ``drift["event_gap_s"]`` apart.
     """
     for name in profiles:
         load_profile(name)  # an unknown profile fails here, listing the known ones
+    f_groups = np.asarray(f_groups)
+    tasks = split_tasks(len(np.unique(f_groups)), int(drift.get("events", 1)))
+    event_of_group = {g: k for k, task in enumerate(tasks) for g in task}
     rng = np.random.default_rng(seed)
     shares = dirichlet_partition(f_groups, num_nodes, alpha, rng, min_per_node=min_f_per_node)
     drifts = drift_times(num_nodes, drift, rng)
     nodes = []
     for i in range(num_nodes):
         profile = profiles[i % len(profiles)]
-        cycle = load_profile(profile).availability_cycle_s
+        events = [event_of_group[int(g)] for g in f_groups[shares[i]]] if len(tasks) > 1 else []
         nodes.append(NodePlan(partition=i, profile=profile, drift_s=float(drifts[i]),
-                              phase_s=float(rng.uniform(0, cycle)), f_indices=shares[i].tolist(),
-                              seed=int(rng.integers(0, 2**31 - 1))))
-    return FleetPlan(str(run_dir), config, str(checkpoint), dict(architecture), float(window_s), int(windows), nodes)
+                              phase_s=availability_phase(load_profile(profile), window_s * windows, rng),
+                              f_indices=shares[i].tolist(), seed=int(rng.integers(0, 2**31 - 1)), f_events=events))
+    return FleetPlan(str(run_dir), config, str(checkpoint), dict(architecture), float(window_s), int(windows), nodes,
+                     f_tasks=tasks, event_gap_s=float(drift.get("event_gap_s", 0.0)))
+
+
+def plan_from_config(config: Mapping[str, Any], data: ScenarioData, *, checkpoint: Path, run_dir: Path) -> FleetPlan:
+    """The fleet plan of a resolved run config (``fleet``, ``seed``, ...) for the model in ``checkpoint``:
+    the one place that turns configuration into a plan (simulation, tests and benchmarks)."""
+    fleet = config["fleet"]
+    _, arch, _ = checkpoints.load(Path(checkpoint))
+    return draw_plan(run_dir=run_dir, config=dict(config), checkpoint=checkpoint, architecture=arch,
+                     f_groups=f_groups(data, "train")[0], num_nodes=int(fleet["nodes"]), profiles=list(fleet["profiles"]),
+                     alpha=float(fleet["alpha"]), drift=dict(fleet["drift"]), window_s=float(fleet["window_s"]),
+                     windows=int(fleet["windows"]), seed=int(config["seed"]))

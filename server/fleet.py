@@ -25,7 +25,8 @@ from swarm.errors import SwarmError
 log = logging.getLogger("swarm.fleet")
 
 COLUMNS = ["node", "profile", "window", "sim_time_s", "steps", "samples_seen", "flops", "energy_j",
-           "acc_P", "acc_F", "acc_PF", "status", "error"]
+           "acc_P", "acc_F", "acc_PF", "status", "error", "acc_F_groups"]
+RECEIVED_WINDOW = -1  # nodes.csv's row of the model as each node received it
 STRATEGIES = ("local", "fedavg")
 
 
@@ -81,13 +82,30 @@ def _row(reply: Message | None, partition: int, window: int, profile: str, error
     return row
 
 
+def _received_row(reply: Message | None, partition: int, profile: str) -> dict[str, Any] | None:
+    """The node's evaluation of the model as it received it (window -1), if the reply carries one."""
+    if reply is None or reply.has_error() or "received" not in reply.content:
+        return None
+    metrics = reply.content["received"]
+    row = {k: metrics[k] for k in metrics}
+    row.update(node=partition, window=RECEIVED_WINDOW, profile=profile, status="received", error="")
+    return row
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    if isinstance(value, (list, tuple)):
+        return " ".join("nan" if math.isnan(v) else f"{v:.4f}" for v in value)
+    return value
+
+
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     buffer = text_io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
     writer.writeheader()
     for row in sorted(rows, key=lambda r: (r["window"], r["node"])):
-        writer.writerow({k: ("" if isinstance(row.get(k), float) and math.isnan(row[k]) else row.get(k, ""))
-                         for k in COLUMNS})
+        writer.writerow({k: _cell(row.get(k, "")) for k in COLUMNS})
     io.write_text(path, buffer.getvalue())
 
 
@@ -128,6 +146,9 @@ def run_fleet(grid: GridLike, plan_path: Path, *, strategy: str = "local", join_
             reply = replies.get(mapping[partition])
             row = _row(reply, partition, window, profile,
                        "" if reply is not None else f"no reply within {window_timeout_s:.0f} s")
+            received = _received_row(reply, partition, profile) if window == 0 else None
+            if received is not None:
+                rows.append(received)
             rows.append(row)
             if row["status"] == "failed":
                 failed[partition] = row["error"]
@@ -140,8 +161,10 @@ def run_fleet(grid: GridLike, plan_path: Path, *, strategy: str = "local", join_
         window_rows = [r for r in rows if r["window"] == window]
         done = [r for r in window_rows if r["status"] != "failed"]
         mean_f = sum(r["acc_F"] for r in done) / len(done) if done else math.nan
+        received = [r["acc_F"] for r in rows if r["window"] == RECEIVED_WINDOW]
         message = (f"window {window + 1}/{plan.windows}: {len(done)}/{count} nodes, "
-                   f"{sum(int(r['steps']) for r in done)} steps, mean acc F {mean_f:.3f}")
+                   f"{sum(int(r['steps']) for r in done)} steps, mean acc F {mean_f:.3f}"
+                   + (f" (as received {sum(received) / len(received):.3f})" if received else ""))
         log.info(message)
         if progress is not None:
             progress(window, window_rows)

@@ -16,6 +16,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 from swarm import io  # noqa: E402
 
 METRICS = ("acc_P", "acc_F", "acc_PF", "steps", "samples_seen", "flops", "energy_j")
+ACCURACIES = ("acc_P", "acc_F", "acc_PF")
+RECEIVED = -1  # the window number of each node's row for the model as received
+# Why a node that never trained did not, by the statuses of its windows.
+IDLE_REASONS = {
+    "unavailable": "never available while the run lasted (its availability cycle)",
+    "does_not_fit": "training does not fit in its RAM",
+    "budget_exhausted": "the budget of a window does not cover one training step",
+    "data_exhausted": "it never had enough local data for a step",
+    "ok": "no data arrived to train on",
+    "failed": "it failed",
+}
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -25,6 +36,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
             for key in METRICS + ("sim_time_s",):
                 row[key] = float(row[key]) if row.get(key) not in (None, "") else math.nan
             row["node"], row["window"] = int(row["node"]), int(row["window"])
+            row["acc_F_groups"] = [float(v) for v in (row.get("acc_F_groups") or "").split()]
             rows.append(row)
     return rows
 
@@ -36,8 +48,122 @@ def _stats(values: list[float]) -> dict[str, float] | None:
     return {"mean": statistics.fmean(values), "median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    windows = sorted({r["window"] for r in rows})
+def _mean(values: list[float]) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return statistics.fmean(values) if values else math.nan
+
+
+def final_rows(rows: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Each node's last window that did not fail."""
+    final: dict[int, dict[str, Any]] = {}
+    for row in sorted(rows, key=lambda r: r["window"]):
+        if row["window"] != RECEIVED and row["status"] != "failed":
+            final[row["node"]] = row
+    return final
+
+
+def gains(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per accuracy: fleet mean of (last window − as received) per node, the share of nodes that
+    improved, and the same by device profile (with how many of its nodes trained at all)."""
+    received = {r["node"]: r for r in rows if r["window"] == RECEIVED}
+    final = final_rows(rows)
+    steps = {n: sum(r["steps"] for r in rows if r["node"] == n and not math.isnan(r["steps"])) for n in final}
+    nodes = sorted(set(received) & set(final))
+    out: dict[str, Any] = {}
+    for metric in ACCURACIES:
+        pairs = [(n, received[n][metric], final[n][metric]) for n in nodes
+                 if not math.isnan(received[n][metric]) and not math.isnan(final[n][metric])]
+        if not pairs:
+            continue
+        by_profile = {}
+        for profile in sorted({final[n]["profile"] for n, _, _ in pairs}):
+            mine = [(n, b, a) for n, b, a in pairs if final[n]["profile"] == profile]
+            trained = [(n, b, a) for n, b, a in mine if steps[n] > 0]
+            by_profile[profile] = {
+                "nodes": len(mine), "trained": len(trained),
+                "received": _mean([b for _, b, _ in mine]), "final": _mean([a for _, _, a in mine]),
+                "gain": _mean([a - b for _, b, a in mine]),
+                "gain_trained": _mean([a - b for _, b, a in trained])}
+        out[metric] = {"received": _mean([b for _, b, _ in pairs]), "final": _mean([a for _, _, a in pairs]),
+                       "gain": _mean([a - b for _, b, a in pairs]),
+                       "improved_share": sum(a > b for _, b, a in pairs) / len(pairs), "by_profile": by_profile}
+    return out
+
+
+def f_group_accuracy(rows: list[dict[str, Any]], names: list[str]) -> dict[str, dict[str, float]]:
+    """Fleet mean accuracy on each group of F (its classes, or domains), as received and at the end."""
+    received = [r["acc_F_groups"] for r in rows if r["window"] == RECEIVED and r["acc_F_groups"]]
+    final = [r["acc_F_groups"] for r in final_rows(rows).values() if r["acc_F_groups"]]
+    if not received and not final:
+        return {}
+    width = len((received or final)[0])
+    names = names if len(names) == width else [f"class {i}" for i in range(width)]
+    return {name: {"received": _mean([v[i] for v in received]), "final": _mean([v[i] for v in final])}
+            for i, name in enumerate(names)}
+
+
+def accuracy_matrix(rows: list[dict[str, Any]], tasks: list[list[int]],
+                    event_starts: dict[int, list[float]]) -> dict[str, Any] | None:
+    """The continual-learning accuracy matrix over drift events, fleet mean over nodes.
+
+    Row 0 is the model as received, row i the end of the last window before event i + 1 begins (the
+    last window for the last event); column 0 is P, column j the groups task j brought. Also the
+    final average accuracy and the backward transfer (mean over tasks j < K of R[K][j] − R[j][j]:
+    negative when learning later tasks made the node forget earlier ones). None with one event."""
+    if len(tasks) < 2:
+        return None
+    by_node: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_node.setdefault(row["node"], []).append(row)
+
+    def accuracies(row: dict[str, Any]) -> list[float]:
+        groups = row["acc_F_groups"]
+        per_task = [_mean([groups[g] for g in task if g < len(groups)]) for task in tasks]
+        return [row["acc_P"], *per_task]
+
+    matrices = []
+    for node, starts in event_starts.items():
+        mine = by_node.get(node, [])
+        received = [r for r in mine if r["window"] == RECEIVED]
+        trained = sorted((r for r in mine if r["window"] != RECEIVED and r["status"] != "failed"),
+                         key=lambda r: r["window"])
+        if not received or not trained:
+            continue
+        matrix = [accuracies(received[0])]
+        for i, start in enumerate(starts):
+            following = starts[i + 1] if i + 1 < len(starts) else math.inf
+            after = [r for r in trained if start < r["sim_time_s"] <= following]
+            matrix.append(accuracies(after[-1]) if after else [math.nan] * (len(tasks) + 1))
+        matrices.append(matrix)
+    if not matrices:
+        return None
+    fleet = [[_mean([m[i][j] for m in matrices]) for j in range(len(tasks) + 1)] for i in range(len(tasks) + 1)]
+    last = len(tasks)
+    return {"columns": ["P"] + [f"task {j + 1}" for j in range(len(tasks))],
+            "rows": ["as received"] + [f"after event {i + 1}" for i in range(len(tasks))],
+            "matrix": fleet, "nodes": len(matrices),
+            "average_after_last": _mean(fleet[last]),
+            "backward_transfer": _mean([fleet[last][j] - fleet[j][j] for j in range(1, last)])}
+
+
+def idle_nodes(rows: list[dict[str, Any]]) -> dict[int, str]:
+    """Nodes that did not train a single step, with the reason their windows give."""
+    reasons = {}
+    for node in sorted({r["node"] for r in rows}):
+        mine = [r for r in rows if r["node"] == node and r["window"] != RECEIVED]
+        if sum(r["steps"] for r in mine if not math.isnan(r["steps"])) > 0:
+            continue
+        statuses = {r["status"] for r in mine}
+        for status in ("failed", "does_not_fit", "unavailable", "budget_exhausted", "data_exhausted", "ok"):
+            if status in statuses:
+                reasons[node] = IDLE_REASONS[status]
+                break
+    return reasons
+
+
+def summarize(rows: list[dict[str, Any]], f_group_names: list[str] | None = None,
+              events: tuple[list[list[int]], dict[int, list[float]]] | None = None) -> dict[str, Any]:
+    windows = sorted({r["window"] for r in rows} - {RECEIVED})
     per_window = []
     for window in windows:
         here = [r for r in rows if r["window"] == window]
@@ -48,14 +174,29 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             if stats is not None:
                 entry[metric] = stats
         per_window.append(entry)
-    ok = [r for r in rows if r["status"] != "failed"]
+    trained = [r for r in rows if r["window"] != RECEIVED]
+    ok = [r for r in trained if r["status"] != "failed"]
     totals = {"steps": sum(r["steps"] for r in ok), "flops": sum(r["flops"] for r in ok),
-              "energy_j": sum(r["energy_j"] for r in ok), "node_windows": len(rows),
-              "failed_node_windows": len(rows) - len(ok)}
-    return {"windows": per_window, "totals": totals}
+              "energy_j": sum(r["energy_j"] for r in ok), "node_windows": len(trained),
+              "failed_node_windows": len(trained) - len(ok)}
+    received = [r for r in rows if r["window"] == RECEIVED]
+    summary: dict[str, Any] = {
+        "received": {m: stats for m in ACCURACIES if (stats := _stats([r[m] for r in received])) is not None},
+        "windows": per_window, "gain": gains(rows), "totals": totals,
+        "idle_nodes": {str(node): reason for node, reason in idle_nodes(rows).items()}}
+    by_group = f_group_accuracy(rows, f_group_names or [])
+    if by_group:
+        summary["f_groups"] = by_group
+    if "acc_P" in summary["gain"]:
+        summary["forgetting_P"] = -summary["gain"]["acc_P"]["gain"]
+    matrix = accuracy_matrix(rows, *events) if events else None
+    if matrix:
+        summary["accuracy_matrix"] = matrix
+    return summary
 
 
-def _plot_over_time(rows: list[dict[str, Any]], metric: str, path: Path, title: str) -> None:
+def _plot_over_time(rows: list[dict[str, Any]], metric: str, path: Path, title: str,
+                    reference: float | None = None) -> None:
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     nodes = sorted({r["node"] for r in rows})
     for node in nodes:
@@ -68,7 +209,9 @@ def _plot_over_time(rows: list[dict[str, Any]], metric: str, path: Path, title: 
         if values:
             means.append((max(r["sim_time_s"] for r in rows if r["window"] == window), statistics.fmean(values)))
     if means:
-        ax.plot(*zip(*means), color="black", lw=2.5, marker="o", label="fleet mean")
+        ax.plot(*zip(*means), color="black", lw=2.5, marker="o", label="fleet mean (t=0: as received)")
+    if reference is not None and not math.isnan(reference):
+        ax.axhline(reference, color="tab:red", ls="--", lw=1.5, label="reference: central adaptation")
     ax.set_xlabel("simulated time (s)")
     ax.set_ylabel(f"{metric.replace('acc_', 'accuracy on ')} (test)")
     ax.set_ylim(0, 1)
@@ -97,29 +240,86 @@ def _plot_final_distribution(rows: list[dict[str, Any]], metrics: list[str], pat
     plt.close(fig)
 
 
-def write_report(run_dir: Path, title: str) -> dict[str, Any]:
-    """Write summary.json, report.md, accuracy_over_time.png and final_accuracy.png into ``run_dir``."""
+def _fmt(value: float, sign: bool = False) -> str:
+    if value is None or math.isnan(value):
+        return "-"
+    return f"{value:+.3f}" if sign else f"{value:.3f}"
+
+
+def _adaptation_lines(summary: dict[str, Any], target: str, reference: dict[str, Any] | None) -> list[str]:
+    lines = ["## Adaptation: after the last window against the model as received", "",
+             "| accuracy | as received | after | gain (mean over nodes) | nodes improved |"
+             + (" reference after |" if reference else ""),
+             "|---|---|---|---|---|" + ("---|" if reference else "")]
+    for metric, gain in summary["gain"].items():
+        ref = reference["after"].get(metric) if reference else None
+        lines.append(f"| {metric} | {_fmt(gain['received'])} | {_fmt(gain['final'])} | {_fmt(gain['gain'], True)} | "
+                     f"{gain['improved_share']:.0%} |" + (f" {_fmt(ref if ref is not None else math.nan)} |" if reference else ""))
+    if reference:
+        lines += ["", f"Reference: the paper's adaptation of the same model, trained centrally "
+                      f"({reference['epochs']} epochs, early stopping), evaluated on the same test subsets."]
+    if target in summary["gain"]:
+        lines += ["", f"By device class ({target}; gain of the nodes that trained in brackets):", "",
+                  "| profile | nodes | trained | as received | after | gain |", "|---|---|---|---|---|---|"]
+        for profile, entry in summary["gain"][target]["by_profile"].items():
+            lines.append(f"| {profile} | {entry['nodes']} | {entry['trained']} | {_fmt(entry['received'])} | "
+                         f"{_fmt(entry['final'])} | {_fmt(entry['gain'], True)} ({_fmt(entry['gain_trained'], True)}) |")
+    if "forgetting_P" in summary:
+        lines += ["", f"Forgetting on P (as received − after, same test subset): {_fmt(summary['forgetting_P'], True)}."]
+    if summary.get("f_groups"):
+        lines += ["", "Accuracy on each group of F (fleet mean):", "", "| group | as received | after |", "|---|---|---|"]
+        lines += [f"| {name} | {_fmt(v['received'])} | {_fmt(v['final'])} |" for name, v in summary["f_groups"].items()]
+    matrix = summary.get("accuracy_matrix")
+    if matrix:
+        lines += ["", f"Accuracy matrix over drift events (fleet mean of {matrix['nodes']} nodes; task j = the "
+                      "groups event j brought):", "", "| | " + " | ".join(matrix["columns"]) + " |",
+                  "|---|" + "---|" * len(matrix["columns"])]
+        lines += [f"| {name} | " + " | ".join(_fmt(v) for v in values) + " |"
+                  for name, values in zip(matrix["rows"], matrix["matrix"])]
+        lines += ["", f"Average accuracy after the last event {_fmt(matrix['average_after_last'])}, backward "
+                      f"transfer {_fmt(matrix['backward_transfer'], True)}."]
+    if summary["idle_nodes"]:
+        lines += ["", "Nodes that never trained:", ""]
+        lines += [f"* node {node}: {reason}" for node, reason in summary["idle_nodes"].items()]
+    return lines + [""]
+
+
+def write_report(run_dir: Path, title: str, *, target: str = "acc_F", f_group_names: list[str] | None = None,
+                 reference: dict[str, Any] | None = None,
+                 events: tuple[list[list[int]], dict[int, list[float]]] | None = None) -> dict[str, Any]:
+    """Write summary.json, report.md, accuracy_over_time.png and final_accuracy.png into ``run_dir``.
+
+    ``target`` is the accuracy adaptation is judged on; ``reference`` the coordinator's central
+    adaptation of the same model (``{"before", "after", "epochs"}``), drawn beside the fleet;
+    ``events`` the drift events' tasks and each node's event start times (the accuracy matrix)."""
     rows = read_rows(run_dir / "nodes.csv")
-    summary = summarize(rows)
+    summary = summarize(rows, f_group_names, events)
+    if reference:
+        summary["reference"] = reference
     io.write_json(run_dir / "summary.json", summary)
-    metrics = [m for m in ("acc_P", "acc_F", "acc_PF") if any(not math.isnan(r[m]) for r in rows)]
-    _plot_over_time(rows, "acc_F", run_dir / "accuracy_over_time.png", f"{title}: accuracy on F per node")
+    metrics = [m for m in ACCURACIES if any(not math.isnan(r[m]) for r in rows)]
+    _plot_over_time(rows, target, run_dir / "accuracy_over_time.png",
+                    f"{title}: {target.replace('acc_', 'accuracy on ')} per node",
+                    reference["after"].get(target) if reference else None)
     _plot_final_distribution(rows, metrics, run_dir / "final_accuracy.png", f"{title}: per-node accuracy, last window")
-    last = max(r["window"] for r in rows)
+    trained = [r for r in rows if r["window"] != RECEIVED]
+    last = max(r["window"] for r in trained)
+    received = {r["node"]: r for r in rows if r["window"] == RECEIVED}
     lines = [f"# {title}", "", f"{len({r['node'] for r in rows})} nodes, {last + 1} windows. "
              f"Totals: {summary['totals']['steps']:.0f} training steps, {summary['totals']['energy_j']:.1f} J, "
-             f"{summary['totals']['flops'] / 1e12:.3f} TFLOP.", "",
+             f"{summary['totals']['flops'] / 1e12:.3f} TFLOP.", "", *_adaptation_lines(summary, target, reference),
              "![accuracy over time](accuracy_over_time.png)", "", "![final accuracy](final_accuracy.png)", "",
              "## Per node (last window; steps and energy summed over all windows)", "",
-             "| node | profile | steps | energy (J) | " + " | ".join(metrics) + " | status |",
-             "|---|---|---|---|" + "---|" * len(metrics) + "---|"]
+             f"| node | profile | steps | energy (J) | {target} received | " + " | ".join(metrics) + " | status |",
+             "|---|---|---|---|---|" + "---|" * len(metrics) + "---|"]
     for node in sorted({r["node"] for r in rows}):
-        mine = [r for r in rows if r["node"] == node]
+        mine = [r for r in trained if r["node"] == node]
         final = max(mine, key=lambda r: r["window"])
         steps = sum(r["steps"] for r in mine if not math.isnan(r["steps"]))
         energy = sum(r["energy_j"] for r in mine if not math.isnan(r["energy_j"]))
-        accs = " | ".join("-" if math.isnan(final[m]) else f"{final[m]:.3f}" for m in metrics)
+        accs = " | ".join(_fmt(final[m]) for m in metrics)
+        before = _fmt(received[node][target]) if node in received else "-"
         status = final["status"] + (f" ({final['error']})" if final.get("error") else "")
-        lines.append(f"| {node} | {final['profile']} | {steps:.0f} | {energy:.1f} | {accs} | {status} |")
+        lines.append(f"| {node} | {final['profile']} | {steps:.0f} | {energy:.1f} | {before} | {accs} | {status} |")
     io.write_text(run_dir / "report.md", "\n".join(lines) + "\n")
     return summary

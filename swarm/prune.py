@@ -6,7 +6,9 @@
 Results are cached (``cache_dir``) and reused; ``coordinator.json`` is also written to the run
 directory, and the run ends with a table of iteration, parameters, MACs and P's accuracies.
 With ``prune.dry_run=true`` no data is read and nothing is trained: the schedule is applied to an
-untrained model (weight-magnitude scores) to count parameters and MACs.
+untrained model (weight-magnitude scores) to count parameters and MACs. With
+``reference.in_prune=true`` every iteration's checkpoint is also adapted centrally as the paper
+does (``server.reference``), and the table shows its accuracy on F before and after.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from server import coordinator
+from server import coordinator, reference
 from swarm import io
 from swarm.config import data_options, entry_point, scenario_of
 from swarm.data import sources
@@ -32,11 +34,17 @@ def _acc(value: Any) -> str:
 
 
 def table(record: dict[str, Any]) -> str:
-    rows = [f"{'iter':>4} {'params':>10} {'vs 0':>6} {'MACs':>10} {'val acc':>8} {'test acc':>8} {'seconds':>8}"]
+    """The coordinator's iterations; with reference adaptations, their accuracy on F before and after."""
+    with_reference = any("reference" in it for it in record["iterations"])
+    head = f"{'iter':>4} {'params':>10} {'vs 0':>6} {'MACs':>10} {'val acc':>8} {'test acc':>8} {'seconds':>8}"
+    rows = [head + (f" {'ref F before':>12} {'ref F after':>11}" if with_reference else "")]
     base = record["iterations"][0]["params"] if record["iterations"] else 1
     for it in record["iterations"]:
-        rows.append(f"{it['iteration']:>4} {it['params'] / 1e6:>9.2f}M {it['params'] / base:>6.1%} "
-                    f"{it['macs'] / 1e6:>9.1f}M {_acc(it['val_acc']):>8} {_acc(it['test_acc']):>8} {it['seconds']:>8.1f}")
+        line = (f"{it['iteration']:>4} {it['params'] / 1e6:>9.2f}M {it['params'] / base:>6.1%} "
+                f"{it['macs'] / 1e6:>9.1f}M {_acc(it['val_acc']):>8} {_acc(it['test_acc']):>8} {it['seconds']:>8.1f}")
+        if "reference" in it:
+            line += f" {_acc(it['reference']['before']['acc_F']):>12} {_acc(it['reference']['after']['acc_F']):>11}"
+        rows.append(line)
     return "\n".join(rows)
 
 
@@ -49,8 +57,15 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         channels, size = sources.geometry(scenario.dataset, options)
         record = coordinator.dry_run(cfg, len(scenario.label_names(classes)), channels, size)
     else:
-        result = coordinator.cached(cfg) or coordinator.run(cfg, build(scenario, options))
-        record = {**result.record, "cache_dir": str(result.directory), "cached": result.cached}
+        result = coordinator.cached(cfg)
+        data = None
+        if result is None or cfg.reference.in_prune:
+            data = build(scenario, options)
+            result = result or coordinator.run(cfg, data)
+        record = result.record
+        if cfg.reference.in_prune:
+            record = reference.annotate(cfg, data, result, [it["iteration"] for it in result.iterations])
+        record = {**record, "cache_dir": str(result.directory), "cached": result.cached}
     io.write_json(run_dir / "coordinator.json", record)
     criterion = "scores: weight magnitude" if cfg.prune.dry_run else f"pruning={cfg.pruning.name}"
     title = (f"{scenario.name} · pretrain={scenario.pretrain} · {criterion} · {cfg.model.name} · "

@@ -31,7 +31,8 @@ from swarm.report_plots import plot_budget, plot_fig3, plot_fleets
 from swarm.results import Estimate, FleetResult, collect, estimate, paired_difference, pruning_curve
 
 CSV_COLUMNS = ["scenario", "mode", "model", "pruning", "pretrain", "seed", "iteration", "params", "budget",
-               "fleet_variant", "p_acc_after_pruning", "adapted_metric", "adapted_mean", "adapted_min",
+               "fleet_variant", "p_acc_after_pruning", "adapted_metric", "received_mean", "adapted_mean", "gain",
+               "reference_before", "reference_after", "improved_share", "adapted_min",
                "adapted_max", "acc_P_after_adaptation", "forgetting_P", "target", "seconds_to_target",
                "joules_to_target", "steps", "energy_j", "failed_nodes", "directory"]
 
@@ -65,7 +66,10 @@ def write_csv(path: Path, results: list[FleetResult], target_of: dict[str, float
             "scenario": r.scenario, "mode": r.mode, "model": r.model, "pruning": r.pruning, "pretrain": r.pretrain,
             "seed": r.seed, "iteration": r.iteration, "params": r.params, "budget": r.budget_label,
             "fleet_variant": r.fleet_variant, "p_acc_after_pruning": _num(r.pruned_accuracy),
-            "adapted_metric": r.target_metric, "adapted_mean": _num(r.fleet_mean()),
+            "adapted_metric": r.target_metric, "received_mean": _num(r.received_mean()),
+            "adapted_mean": _num(r.fleet_mean()), "gain": _num(r.gain()),
+            "reference_before": _num(r.reference(when="before")), "reference_after": _num(r.reference()),
+            "improved_share": _num(r.improved_share()),
             "adapted_min": _num(min(final, default=math.nan)), "adapted_max": _num(max(final, default=math.nan)),
             "acc_P_after_adaptation": _num(r.fleet_mean("acc_P")), "forgetting_P": _num(r.forgetting),
             "target": target_of[r.scenario], "seconds_to_target": _num(seconds), "joules_to_target": _num(joules),
@@ -84,7 +88,8 @@ def _seed_values(group: list[FleetResult], value) -> dict[int, float]:
 
 def gap_table(results: list[FleetResult]) -> list[str]:
     """The paper's two gaps at every size, paired by seed: extra − task_only, and LRP − IMP."""
-    lines = ["| size (params) | iteration | gap | after pruning, on P | after adaptation |", "|---|---|---|---|---|"]
+    lines = ["| size (params) | iteration | gap | after pruning, on P | reference adaptation (paper's) | "
+             "fleet adaptation |", "|---|---|---|---|---|---|"]
     cells = _by(results, "iteration", "pruning", "pretrain")
     prune_curves = {key: pruning_curve(group) for key, group in _by(results, "pruning", "pretrain").items()}
     iterations = sorted({it for curve in prune_curves.values() for it in curve})
@@ -97,20 +102,25 @@ def gap_table(results: list[FleetResult]) -> list[str]:
     def adapted(setting: tuple[str, str], it: int) -> dict[int, float]:
         return _seed_values(cells.get((it, *setting), []), lambda r: r.fleet_mean())
 
+    def referenced(setting: tuple[str, str], it: int) -> dict[int, float]:
+        return _seed_values(cells.get((it, *setting), []), lambda r: r.reference())
+
     def gap(values, method: str, it: int) -> dict[int, float]:
         """extra − task_only per seed, for one pruning method."""
         extra, task = values((method, "extra"), it), values((method, "task_only"), it)
         return {s: extra[s] - task[s] for s in set(extra) & set(task)}
 
     for it in iterations:
-        rows = [(label, paired_difference(pruned(a, it), pruned(b, it)), paired_difference(adapted(a, it), adapted(b, it)))
+        rows = [(label, *(paired_difference(values(a, it), values(b, it)) for values in (pruned, referenced, adapted)))
                 for label, a, b in comparisons]
         # Claim (b): the pre-training gap under LRP minus the gap under IMP, paired by seed.
-        rows.append(("(extra − task_only): LRP − IMP", paired_difference(gap(pruned, "lrp", it), gap(pruned, "imp", it)),
-                     paired_difference(gap(adapted, "lrp", it), gap(adapted, "imp", it))))
-        for label, on_p, after in rows:
-            if on_p.n or after.n:
-                lines.append(f"| {params[it] / 1e6:.3f}M | {it} | {label} | {_signed(on_p)} | {_signed(after)} |")
+        rows.append(("(extra − task_only): LRP − IMP",
+                     *(paired_difference(gap(values, "lrp", it), gap(values, "imp", it))
+                       for values in (pruned, referenced, adapted))))
+        for label, on_p, reference, after in rows:
+            if on_p.n or reference.n or after.n:
+                lines.append(f"| {params[it] / 1e6:.3f}M | {it} | {label} | {_signed(on_p)} | {_signed(reference)} | "
+                             f"{_signed(after)} |")
     return lines
 
 
@@ -123,13 +133,16 @@ def _signed(e: Estimate) -> str:
 
 def setting_table(results: list[FleetResult], target: float) -> list[str]:
     """Per setting and size: accuracy after pruning and after adaptation, forgetting, cost to target."""
-    lines = ["| pruning | pretrain | iteration | params | on P after pruning | after adaptation | acc P after adaptation "
-             "| forgetting on P | s to target | J to target | seeds reaching target |", "|---|" * 1 + "---|" * 10]
+    lines = ["| pruning | pretrain | iteration | params | on P after pruning | reference after adaptation | "
+             "fleet as received | fleet after adaptation | fleet gain | acc P after adaptation "
+             "| forgetting on P | s to target | J to target | seeds reaching target |", "|---|" * 1 + "---|" * 13]
     for (pruning, pretrain, iteration), group in _by(results, "pruning", "pretrain", "iteration").items():
         costs = [r.to_target(target) for r in group]
         reached = [c for c in costs if not math.isnan(c[0])]
         lines.append(f"| {pruning} | {pretrain} | {iteration} | {group[0].params / 1e6:.3f}M | "
-                     f"{estimate(r.pruned_accuracy for r in group)} | {estimate(r.fleet_mean() for r in group)} | "
+                     f"{estimate(r.pruned_accuracy for r in group)} | {estimate(r.reference() for r in group)} | "
+                     f"{estimate(r.received_mean() for r in group)} | {estimate(r.fleet_mean() for r in group)} | "
+                     f"{estimate(r.gain() for r in group)} | "
                      f"{estimate(r.fleet_mean('acc_P') for r in group)} | {estimate(r.forgetting for r in group)} | "
                      f"{_cost(estimate(c[0] for c in reached))} | {_cost(estimate(c[1] for c in reached))} | "
                      f"{len(reached)}/{len(group)} |")

@@ -57,23 +57,33 @@ def _settings(results: list[FleetResult]) -> list[tuple[str, str, list[FleetResu
 
 
 def plot_fig3(results: list[FleetResult], path: Path, title: str) -> None:
-    """Accuracy against parameters: on P after pruning and recovery, and after adaptation."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100, sharex=True)
+    """Accuracy against parameters: on P after pruning and recovery, after the paper's (central)
+    adaptation of each checkpoint, and after the fleet's on-device adaptation, on one scale."""
+    with_reference = any(not math.isnan(r.reference()) for r in results)
+    panels = 3 if with_reference else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.2), dpi=100, sharex=True, sharey=True)
+    left, right = axes[0], axes[-1]
     metric = "P ∪ F" if results[0].mode == "continual" else "F"
     for pruning, pretrain, group in _settings(results):
         pruned = {it: (next(iter(by_seed.values()))[0], [acc for _, acc in by_seed.values()])
                   for it, by_seed in pruning_curve(group).items()}
         _curve(left, pruned, pruning, pretrain)
         adapted: dict[int, tuple[float, list[float]]] = {}
+        reference: dict[int, tuple[float, list[float]]] = {}
         for result in group:
             adapted.setdefault(result.iteration, (result.params, []))[1].append(result.fleet_mean())
+            reference.setdefault(result.iteration, (result.params, []))[1].append(result.reference())
         _curve(right, adapted, pruning, pretrain)
+        if with_reference:
+            _curve(axes[1], reference, pruning, pretrain)
     left.set_title("on P after pruning and recovery")
-    right.set_title(f"on {metric} after the fleet's adaptation (fleet mean)")
-    for ax in (left, right):
+    if with_reference:
+        axes[1].set_title(f"on {metric} after the paper's adaptation\n(central, early stopping)")
+    right.set_title(f"on {metric} after the fleet's adaptation\n(on-device, fleet mean)")
+    for ax in axes:
         ax.set_xlabel("parameters (millions)")
-        ax.set_ylabel("test accuracy")
         ax.grid(alpha=0.3)
+    left.set_ylabel("test accuracy")
     left.invert_xaxis()
     right.legend(loc="lower left", fontsize=8)
     fig.suptitle(f"{title}\naccuracy over the pruning iterations: mean and 95% interval over seeds", fontsize=11)
@@ -138,16 +148,30 @@ def plot_budget(results: list[FleetResult], path: Path, title: str) -> None:
         ys = [e.mean for e in estimates]
         errors = [0 if math.isnan(e.half_width) else e.half_width for e in estimates]
         params = next(r.params for r in results if r.iteration == iteration)
-        ax.errorbar(xs, ys, yerr=errors, fmt=STYLES.get(pretrain, ":"), color=COLOURS.get(pruning, "tab:gray"),
+        colour = COLOURS.get(pruning, "tab:gray")
+        ax.errorbar(xs, ys, yerr=errors, fmt=STYLES.get(pretrain, ":"), color=colour,
                      marker=markers[iterations.index(iteration) % len(markers)], capsize=3, ms=5,
                      label=f"{_label(pruning, pretrain)}, {params / 1e6:.3f}M (it {iteration})")
+        # No training at all (the model as received) and the paper's central adaptation bound the curve.
+        group = [r for r in results if (r.pruning, r.pretrain, r.iteration) == (pruning, pretrain, iteration)]
+        for value, style in ((estimate(r.received_mean() for r in group).mean, (0, (2, 2))),
+                             (estimate(r.reference() for r in group).mean, (0, (1, 3)))):
+            if not math.isnan(value):
+                ax.axhline(value, color=colour, ls=style, lw=1, alpha=0.6)
     unit = {"energy_j": "training energy per window (J)", "compute_s": "compute time per window (s)",
-            "flops": "training FLOPs per window"}
+            "flops": "training FLOPs per window", "duty_cycle": "training duty cycle (share of each window)"}
     ax.set_xlabel(" / ".join(unit[k] for k in kinds) or "budget")
-    ax.set_xscale("log")
+    budgets = sorted({r.budget_value for r in results if r.budget_value is not None})
+    positive = [b for b in budgets if b > 0]
+    if positive and budgets[0] == 0:  # "no training" sits at 0: linear near 0, logarithmic beyond
+        ax.set_xscale("symlog", linthresh=positive[0])
+    else:
+        ax.set_xscale("log")
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_ylim(top=1.02)
     ax.set_ylabel(f"fleet mean accuracy ({results[0].target_metric}), last window")
+    ax.plot([], [], color="gray", ls=(0, (2, 2)), lw=1, label="as received (no training)")
+    ax.plot([], [], color="gray", ls=(0, (1, 3)), lw=1, label="reference: central adaptation")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title(title)

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from swarm.errors import SwarmError
-from swarm.fleet_report import read_rows
+from swarm.fleet_report import RECEIVED, read_rows
 
 # Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom; beyond, the normal 1.96.
 _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-BUDGET_KINDS = {"energy_j": "J", "compute_s": "s", "flops": "FLOP"}
+BUDGET_KINDS = {"energy_j": "J/window", "compute_s": "s/window", "flops": "FLOP/window", "duty_cycle": "duty cycle"}
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,33 @@ class FleetResult:
         values = self.final_per_node(metric)
         return statistics.fmean(values) if values else math.nan
 
+    def received_mean(self, metric: str | None = None) -> float:
+        """Fleet mean of the model as the nodes received it (nodes.csv's window -1 rows)."""
+        metric = metric or self.target_metric
+        values = [r[metric] for r in self.rows if r["window"] == RECEIVED and not math.isnan(r[metric])]
+        return statistics.fmean(values) if values else math.nan
+
+    def gain(self, metric: str | None = None) -> float:
+        """Fleet mean after the last window minus as received."""
+        return self.fleet_mean(metric) - self.received_mean(metric)
+
+    def improved_share(self, metric: str | None = None) -> float:
+        """Share of nodes whose accuracy after the last window beats the model as they received it."""
+        metric = metric or self.target_metric
+        received = {r["node"]: r[metric] for r in self.rows if r["window"] == RECEIVED}
+        final = {r["node"]: r[metric] for r in self.rows if r["window"] == self.last_window and r["status"] != "failed"}
+        pairs = [(received[n], final[n]) for n in set(received) & set(final)
+                 if not math.isnan(received[n]) and not math.isnan(final[n])]
+        return sum(a > b for b, a in pairs) / len(pairs) if pairs else math.nan
+
+    def reference(self, metric: str | None = None, when: str = "after") -> float:
+        """The coordinator's central adaptation of this checkpoint (the paper's), ``before`` or ``after``."""
+        metric = metric or self.target_metric
+        for entry in self.coordinator:
+            if entry["iteration"] == self.iteration and "reference" in entry:
+                return float(entry["reference"][when].get(metric, math.nan))
+        return math.nan
+
     @property
     def pruned_accuracy(self) -> float:
         """Accuracy on P's test split after pruning and recovery (the coordinator's)."""
@@ -107,8 +134,10 @@ class FleetResult:
 
     @property
     def forgetting(self) -> float:
-        """Drop of accuracy on P from the received model to the fleet after adaptation."""
-        return self.pruned_accuracy - self.fleet_mean("acc_P")
+        """Drop of accuracy on P from the received model to the fleet after adaptation, on the same
+        test subset (older runs without received rows: from the coordinator's P accuracy)."""
+        received = self.received_mean("acc_P")
+        return (self.pruned_accuracy if math.isnan(received) else received) - self.fleet_mean("acc_P")
 
     @property
     def failed_nodes(self) -> int:
@@ -138,7 +167,7 @@ class FleetResult:
     def budget_label(self) -> str:
         if self.budget_value is None:
             return "unlimited"
-        return f"{self.budget_value:g} {BUDGET_KINDS[self.budget_kind]}/window"
+        return f"{self.budget_value:g} {BUDGET_KINDS[self.budget_kind]}"
 
 
 def _coordinator_accuracy(coordinator: list[dict[str, Any]], iteration: int) -> float:

@@ -23,16 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from nodes.plan import draw_plan
-from server import coordinator
-from swarm import checkpoints, fleet_cache, io
+from nodes.plan import FleetPlan, plan_from_config
+from server import coordinator, reference
+from swarm import fleet_cache, io
 from swarm.config import data_options, entry_point, scenario_of
 from swarm.data.build import ScenarioData, build
 from swarm.errors import FleetFailure, SwarmError
+from swarm.evaluation import f_groups
 from swarm.fleet_report import write_report
 from swarm.prune import table
 
@@ -57,15 +57,6 @@ def chosen_iterations(choice: Any, result: coordinator.CoordinatorResult) -> lis
     return sorted(set(wanted))
 
 
-def f_groups(data: ScenarioData) -> np.ndarray:
-    """The group of every F training sample for the non-IID split: its class, or its domain when F
-    holds a single class (new classes) but several domains."""
-    f_train = data.datasets["F"]["train"]
-    classes = np.asarray(data.catalog.train.class_idx)[f_train.indices]
-    domains = np.asarray(data.catalog.train.domain_idx)[f_train.indices]
-    return classes if len(np.unique(classes)) > 1 or len(np.unique(domains)) == 1 else domains
-
-
 @dataclass
 class FleetJob:
     """One fleet run: the model of one pruning iteration, adapted by the whole fleet."""
@@ -86,11 +77,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     log.info("scenario %s (%s, pretrain=%s, pruning=%s)", scenario.name, scenario.mode, scenario.pretrain,
              cfg.pruning.name)
     result = coordinator.run(cfg, data)
-    io.write_json(run_dir / "coordinator.json", {**result.record, "cache_dir": str(result.directory)})
-    print(f"\ncoordinator: {scenario.name} · pretrain={scenario.pretrain} · pruning={cfg.pruning.name} · "
-          f"{cfg.model.name}{' (from cache)' if result.cached else ''}\n{table(result.record)}")
-
     iterations = chosen_iterations(cfg.fleet.checkpoint, result)
+    record = reference.annotate(cfg, data, result, iterations)
+    io.write_json(run_dir / "coordinator.json", {**record, "cache_dir": str(result.directory)})
+    print(f"\ncoordinator: {scenario.name} · pretrain={scenario.pretrain} · pruning={cfg.pruning.name} · "
+          f"{cfg.model.name}{' (from cache)' if result.cached else ''}\n{table(record)}")
+
     config = OmegaConf.to_container(cfg, resolve=True)
     cache_dir = Path(str(cfg.cache_dir))
     jobs = [FleetJob(it, run_dir if len(iterations) == 1 else run_dir / f"iteration_{it:02d}",
@@ -100,8 +92,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         job.directory.mkdir(parents=True, exist_ok=True)
         (job.directory / "fleet_status.json").unlink(missing_ok=True)
         job.from_cache = fleet_cache.restore(cache_dir, job.key, job.directory)
-        if not job.from_cache:
-            _write_plan(cfg, config, data, result, job)
+        _write_plan(cfg, config, data, result, job)  # also for a cached result: its report reads the plan
     pending = [job for job in jobs if not job.from_cache]
     sizes = ", ".join(f"{result.iterations[j.iteration]['params'] / 1e6:.2f}M" for j in jobs)
     print(f"\nfleet: {cfg.fleet.nodes} nodes ({', '.join(cfg.fleet.profiles)}), {cfg.fleet.windows} windows of "
@@ -112,6 +103,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         _run_flower([job.plan_path for job in pending], int(cfg.fleet.nodes))
 
     errors, failed_nodes, finals = [], {}, []
+    target = "acc_PF" if scenario.mode == "continual" else "acc_F"
+    f_names = f_groups(data, "test")[1]
     for job in jobs:
         status = {"error": "", "failed_nodes": []} if job.from_cache else _status(job.directory)
         if status["error"]:
@@ -119,17 +112,17 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             continue
         title = (f"{scenario.name} · {cfg.pruning.name} · {cfg.pretrain.name} · seed {cfg.seed} · "
                  f"iteration {job.iteration}")
-        summary = write_report(job.directory, title)
+        entry = record["iterations"][job.iteration]
+        summary = write_report(job.directory, title, target=target, f_group_names=f_names,
+                               reference=entry.get("reference"), events=_events(job.plan_path))
         if status["failed_nodes"]:
             failed_nodes[job.iteration] = status["failed_nodes"]
         elif not job.from_cache:
             fleet_cache.store(cache_dir, job.key, job.directory)
-        _write_run_record(cfg, scenario.mode, result, job, summary, status)
-        last = summary["windows"][-1]
-        finals.append((job, {m: last[m]["mean"] for m in ("acc_P", "acc_F", "acc_PF") if m in last}, summary))
-    for job, acc, summary in finals:
-        print(f"\niteration {job.iteration}{' (from cache)' if job.from_cache else ''}: fleet mean after the last "
-              "window: " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()))
+        _write_run_record(cfg, scenario.mode, record, job, summary, status)
+        finals.append((job, summary))
+    for job, summary in finals:
+        print(f"\niteration {job.iteration}{' (from cache)' if job.from_cache else ''}: {_outcome(summary)}")
         print(f"totals: {summary['totals']['steps']:.0f} steps, {summary['totals']['energy_j']:.1f} J; "
               f"report: {job.directory / 'report.md'}")
     if errors:
@@ -137,18 +130,38 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if failed_nodes:
         where = "; ".join(f"iteration {it}: nodes {nodes}" for it, nodes in failed_nodes.items())
         raise FleetFailure(f"{where} failed; see report.md in {run_dir}")
-    return {"jobs": [(job.iteration, summary) for job, _, summary in finals]}
+    return {"jobs": [(job.iteration, summary) for job, summary in finals]}
+
+
+def _events(plan_path: Path) -> tuple[list[list[int]], dict[int, list[float]]] | None:
+    """The drift events of a plan: the tasks they bring and when each node's begin (None: one event)."""
+    if not plan_path.exists():
+        return None
+    plan = FleetPlan.load(plan_path)
+    if len(plan.f_tasks) < 2:
+        return None
+    return plan.f_tasks, {n.partition: n.event_starts(plan.event_gap_s, len(plan.f_tasks)) for n in plan.nodes}
+
+
+def _outcome(summary: dict[str, Any]) -> str:
+    """One line per accuracy: as received -> fleet mean after the last window (gain), and the reference."""
+    parts = []
+    for metric, gain in summary["gain"].items():
+        text = f"{metric} {gain['received']:.3f} -> {gain['final']:.3f} ({gain['gain']:+.3f})"
+        reference_after = summary.get("reference", {}).get("after", {}).get(metric)
+        parts.append(text + (f" [reference {reference_after:.3f}]" if reference_after is not None else ""))
+    idle = summary["idle_nodes"]
+    lines = ["fleet mean as received -> after the last window: " + ", ".join(parts)]
+    lines += [f"  node {node} never trained: {reason}" for node, reason in list(idle.items())[:5]]
+    if len(idle) > 5:
+        lines.append(f"  ... and {len(idle) - 5} more nodes that never trained (report.md lists them)")
+    return "\n".join(lines)
 
 
 def _write_plan(cfg: DictConfig, config: dict[str, Any], data: ScenarioData, result: coordinator.CoordinatorResult,
                 job: FleetJob) -> None:
     checkpoint = coordinator.checkpoint_path(result.directory, job.iteration)
-    _, arch, _ = checkpoints.load(checkpoint)
-    plan = draw_plan(run_dir=job.directory, config=config, checkpoint=checkpoint, architecture=arch,
-                     f_groups=f_groups(data), num_nodes=int(cfg.fleet.nodes), profiles=list(cfg.fleet.profiles),
-                     alpha=float(cfg.fleet.alpha), drift=dict(cfg.fleet.drift), window_s=float(cfg.fleet.window_s),
-                     windows=int(cfg.fleet.windows), seed=int(cfg.seed))
-    plan.save(job.plan_path)
+    plan_from_config(config, data, checkpoint=checkpoint, run_dir=job.directory).save(job.plan_path)
 
 
 def _run_flower(plans: list[Path], num_nodes: int) -> None:
@@ -168,19 +181,21 @@ def _status(directory: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def _write_run_record(cfg: DictConfig, mode: str, result: coordinator.CoordinatorResult, job: FleetJob,
+def _write_run_record(cfg: DictConfig, mode: str, record: dict[str, Any], job: FleetJob,
                       summary: dict[str, Any], status: dict[str, Any]) -> None:
     """``run.json``: what ``swarm.report`` needs to place this fleet result among others."""
     fleet = OmegaConf.to_container(cfg.fleet, resolve=True)
-    record = {
+    iterations = record["iterations"]
+    run_record = {
         "scenario": cfg.scenario.name, "mode": mode, "pruning": cfg.pruning.name, "pretrain": cfg.pretrain.name,
         "model": cfg.model.name, "seed": int(cfg.seed), "iteration": job.iteration,
-        "params": result.iterations[job.iteration]["params"], "macs": result.iterations[job.iteration]["macs"],
-        "coordinator_key": result.record["key"], "coordinator": result.iterations, "fleet_key": job.key,
+        "params": iterations[job.iteration]["params"], "macs": iterations[job.iteration]["macs"],
+        "coordinator_key": record["key"], "coordinator": iterations, "fleet_key": job.key,
         "fleet": {k: v for k, v in fleet.items() if k not in fleet_cache.NOT_IN_KEY},
         "from_cache": job.from_cache, "failed_nodes": status["failed_nodes"], "totals": summary["totals"],
+        "gain": summary["gain"],
     }
-    io.write_json(job.directory / "run.json", record)
+    io.write_json(job.directory / "run.json", run_record)
 
 
 @entry_point("config")

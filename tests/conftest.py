@@ -132,27 +132,32 @@ def domainnet_root(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def write_fleet_plan(cfg, workdir: Path, run_name: str, windows: int):
-    """A fleet plan for ``cfg`` starting from an untrained model (no coordinator): (plan path, data)."""
+def write_fleet_plan(cfg, workdir: Path, run_name: str, windows: int, pretrain_epochs: int = 0):
+    """A fleet plan for ``cfg`` starting from an untrained model (no coordinator), or one trained on P
+    for ``pretrain_epochs``: (plan path, data)."""
     import torch
     from omegaconf import OmegaConf
 
-    from nodes.plan import draw_plan
+    from nodes.plan import plan_from_config
     from swarm import checkpoints
     from swarm.config import data_options, scenario_of
     from swarm.data.build import build
     from swarm.models import build_model
-    from swarm.simulate import f_groups
 
     data = build(scenario_of(cfg), data_options(cfg))
     torch.manual_seed(0)
     model = build_model(cfg.model, data.num_outputs, data.channels, data.image_size)
+    if pretrain_epochs:
+        from swarm.training import TrainSettings, fit
+
+        fit(model, data.datasets["P"]["train"], data.datasets["P"]["val"],
+            TrainSettings(max_epochs=pretrain_epochs, patience=pretrain_epochs, device="cpu"))
+        model.cpu()
     arch = checkpoints.architecture(model, cfg.model, data.num_outputs, data.channels, data.image_size)
     checkpoints.save(workdir / "start.pt", model, arch)
     run = workdir / run_name
-    plan = draw_plan(run_dir=run, config=OmegaConf.to_container(cfg, resolve=True), checkpoint=workdir / "start.pt",
-                     architecture=arch, f_groups=f_groups(data), num_nodes=int(cfg.fleet.nodes),
-                     profiles=list(cfg.fleet.profiles), alpha=float(cfg.fleet.alpha), drift=dict(cfg.fleet.drift),
-                     window_s=float(cfg.fleet.window_s), windows=windows, seed=int(cfg.seed))
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config["fleet"]["windows"] = windows
+    plan = plan_from_config(config, data, checkpoint=workdir / "start.pt", run_dir=run)
     plan.save(run / "fleet_plan.json")
     return run / "fleet_plan.json", data

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
 
 from tests.conftest import run_module
 
@@ -70,19 +71,27 @@ def test_simulate_runs_coordinator_and_a_real_flower_fleet(tmp_path):
         out = run / f"iteration_{iteration:02d}"
         with open(out / "nodes.csv") as f:
             rows = list(csv.DictReader(f))
-        assert [(r["window"], r["node"]) for r in rows] == [("0", "0"), ("0", "1"), ("1", "0"), ("1", "1")]
+        assert [(r["window"], r["node"]) for r in rows] == [(w, n) for w in ("-1", "0", "1") for n in ("0", "1")]
         assert {r["profile"] for r in rows} == {"raspberry_pi_4", "jetson_nano"}
-        assert all(r["status"] in ("ok", "budget_exhausted") and 0 <= float(r["acc_F"]) <= 1 for r in rows)
+        assert all(r["status"] in ("received", "ok", "budget_exhausted", "data_exhausted")
+                   and 0 <= float(r["acc_F"]) <= 1 for r in rows)
         summary = json.loads((out / "summary.json").read_text())
         assert len(summary["windows"]) == 2 and summary["totals"]["node_windows"] == 4
         assert {"mean", "median", "min", "max"} <= set(summary["windows"][1]["acc_F"])
+        gain = summary["gain"]["acc_F"]
+        assert gain["gain"] == pytest.approx(gain["final"] - gain["received"])
+        assert set(gain["by_profile"]) == {"raspberry_pi_4", "jetson_nano"} and 0 <= gain["improved_share"] <= 1
+        assert len(summary["f_groups"]) == 12  # F: the 12 shapes in the painting style
+        reference = coordinator["iterations"][iteration]["reference"]
+        assert summary["reference"] == reference and reference["before"]["acc_F"] == pytest.approx(gain["received"], abs=1e-4)
         assert (out / "accuracy_over_time.png").stat().st_size > 1000
         assert (out / "final_accuracy.png").stat().st_size > 1000
         assert "| node | profile |" in (out / "report.md").read_text()
         record = json.loads((out / "run.json").read_text())
         assert record["iteration"] == iteration and record["params"] == coordinator["iterations"][iteration]["params"]
         assert record["pruning"] == "lrp" and record["from_cache"] is False
-    assert result.stdout.count("fleet mean after the last window") == 2
+    assert result.stdout.count("fleet mean as received -> after the last window: acc_P") == 2
+    assert "[reference " in result.stdout
 
     # A sweep over the same setting: a bad point fails alone, the other points restore the finished
     # fleets from the cache (no engine start), and the sweep exits non-zero at the end.

@@ -147,3 +147,23 @@ def test_dry_run_of_resnet50_needs_no_data(tmp_path):
         assert abs(ours - paper) / paper < 0.03
     assert all(it["macs"] > 0 for it in record["iterations"])
     assert "MACs" in result.stdout and "dry run" in result.stdout
+
+
+def test_reference_adaptation_is_recorded_and_cached(tiny, monkeypatch):
+    from server import reference
+
+    for mode, metrics in (("finetune", {"acc_P", "acc_F"}), ("continual", {"acc_P", "acc_F", "acc_PF"})):
+        cfg = tiny("prune.iterations=1", "reference.max_epochs=2", f"scenario.mode={mode}")
+        data = build(scenario_of(cfg), data_options(cfg))
+        result = coordinator.run(cfg, data)
+        record = reference.annotate(cfg, data, result, [1])
+        assert "reference" not in record["iterations"][0]  # only the chosen checkpoints
+        entry = record["iterations"][1]["reference"]
+        assert set(entry) == {"before", "after", "epochs"} and 1 <= entry["epochs"] <= 2
+        assert set(entry["before"]) == set(entry["after"]) == metrics
+        assert "reference" not in result.record["iterations"][1]  # the cached coordinator record is untouched
+        with monkeypatch.context() as patch:  # a second call reads the cache and trains nothing
+            patch.setattr(reference, "fit", lambda *a, **k: pytest.fail("trained again"))
+            assert reference.annotate(cfg, data, result, [1])["iterations"][1]["reference"] == entry
+        off = tiny("prune.iterations=1", "reference.adapt=false", f"scenario.mode={mode}")
+        assert "reference" not in reference.annotate(off, data, result, [1])["iterations"][1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nodes.device import (Budget, DeviceProfile, activation_bytes_per_sample, available_profiles,
+from nodes.device import (Budget, DeviceProfile, StreamCredit, activation_bytes_per_sample, available_profiles,
                           available_seconds, load_profile, memory_check, memory_need, simulate_window,
                           step_flops)
 from swarm.errors import SwarmError
@@ -32,6 +32,29 @@ def test_budgets_stop_training(budget, steps):
     report = simulate_window(BOARD, budget, STEP, samples_before=1)
     assert report.steps == steps and report.status == "budget_exhausted"
     assert report.idle_energy_j == pytest.approx((60 - 2 * steps) * 1.0)
+
+
+def test_a_duty_cycle_is_a_share_of_the_window_on_every_device():
+    assert Budget(window_s=60, duty_cycle=0.25).seconds == 15
+    assert Budget(window_s=60, duty_cycle=0.25, compute_s=6).seconds == 6  # the tighter one
+    report = simulate_window(BOARD, Budget(window_s=60, duty_cycle=0.25), STEP, samples_before=1)
+    assert report.steps == 7 and report.busy_s == pytest.approx(14) and report.status == "budget_exhausted"
+    fast = DeviceProfile("fast", 2e10, 1e10, 5.0, 1.0, 512)  # ten times the speed: ten times the steps
+    assert simulate_window(fast, Budget(window_s=60, duty_cycle=0.25), STEP, samples_before=1).steps == 75
+    with pytest.raises(SwarmError, match="duty_cycle is a share"):
+        Budget(window_s=60, duty_cycle=1.5)
+
+
+def test_stream_credit_bounds_training_by_the_data():
+    # 4 samples before the window, each may be trained on 3 times; a step uses 4 sample visits.
+    credit = StreamCredit(passes=3, per_step=4, left=4 * 3)
+    report = simulate_window(BOARD, Budget(window_s=60), STEP, credit=credit)
+    assert report.steps == 3 and report.status == "data_exhausted"
+    # Arrivals add credit: two samples at 20 s give 6 visits, one more step (and 2 visits left over).
+    report = simulate_window(BOARD, Budget(window_s=60), STEP, credit=credit, arrivals=[20.0, 20.0])
+    assert report.steps == 4 and report.step_starts == [0.0, 2.0, 4.0, 20.0]
+    # Visits used in earlier windows count: nothing left, nothing arrives, no step.
+    assert simulate_window(BOARD, Budget(window_s=60), STEP, credit=StreamCredit(3, 4, 0.0)).steps == 0
 
 
 def test_a_budget_too_small_for_one_step_reports_zero_steps():

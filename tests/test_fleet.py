@@ -66,10 +66,14 @@ def read_rows(path):
 def test_every_node_reports_every_window(plan_file):
     path = plan_file(3)
     rows = fleet.run_fleet(FakeGrid(3), path, join_timeout_s=5, window_timeout_s=60)
-    assert len(rows) == 6 and {r["status"] for r in rows} <= {"ok", "budget_exhausted"}
+    assert len(rows) == 9 and {r["status"] for r in rows} <= {"received", "ok", "budget_exhausted", "data_exhausted"}
     on_disk = read_rows(path.parent / "nodes.csv")
     assert list(on_disk[0]) == fleet.COLUMNS
-    assert [(int(r["window"]), int(r["node"])) for r in on_disk] == [(w, n) for w in range(2) for n in range(3)]
+    # First each node's evaluation of the model as received (window -1), then every window.
+    assert [(int(r["window"]), int(r["node"])) for r in on_disk] == [(w, n) for w in range(-1, 2) for n in range(3)]
+    received = [r for r in on_disk if r["window"] == "-1"]
+    assert {(r["status"], r["steps"], r["energy_j"]) for r in received} == {("received", "0", "0.0")}
+    assert len({r["acc_F"] for r in received}) == 1  # the same model on the same test subset
     assert {r["profile"] for r in on_disk} == {"raspberry_pi_4", "smartphone", "jetson_nano"}
     assert all(r["acc_PF"] == "" for r in on_disk)  # a finetune scenario has no P ∪ F accuracy
 
@@ -120,24 +124,29 @@ def test_simulate_with_a_failing_node_writes_everything_and_exits_1(make_cfg, tm
 
     monkeypatch.setattr(simulate, "_run_flower", engine)
     cfg = make_cfg(*TINY, "fleet.nodes=2", "fleet.windows=2", "fleet.checkpoint=all", "prune.iterations=1",
-                   "train.max_epochs=1", f"cache_dir={tmp_path / 'cache'}")
+                   "train.max_epochs=1", "reference.max_epochs=2", f"cache_dir={tmp_path / 'cache'}")
     with pytest.raises(FleetFailure, match=r"iteration 0: nodes \[1\]; iteration 1: nodes \[1\] failed") as caught:
         simulate.run(cfg, tmp_path / "run")
     assert caught.value.exit_code == 1
     for iteration in (0, 1):
         out = tmp_path / "run" / f"iteration_{iteration:02d}"
         rows = read_rows(out / "nodes.csv")
-        assert [r["status"] for r in rows if r["node"] == "1"] == ["failed", "failed"]
+        assert [r["status"] for r in rows if r["node"] == "1"] == ["received", "failed", "failed"]
         assert all(r["status"] != "failed" for r in rows if r["node"] == "0")
         assert "sensor on fire" in (out / "report.md").read_text()
         assert json.loads((out / "run.json").read_text())["failed_nodes"] == [1]
     assert not (tmp_path / "cache" / "fleet").exists()  # a failed run is not cached: the next run retries
+    # Both adapted checkpoints carry the paper's reference adaptation, in the run's coordinator.json.
+    record = json.loads((tmp_path / "run" / "coordinator.json").read_text())
+    for entry in record["iterations"]:
+        assert set(entry["reference"]) == {"before", "after", "epochs"}
+        assert set(entry["reference"]["after"]) == {"acc_P", "acc_F"} and entry["reference"]["epochs"] <= 2
 
 
 def test_fedavg_averages_the_adapted_models(plan_file):
     path = plan_file(2, "fleet.strategy=fedavg")
     rows = fleet.run_fleet(FakeGrid(2), path, strategy="fedavg", join_timeout_s=5)
-    assert len(rows) == 4
+    assert len(rows) == 6
     a = {"w": torch.tensor([1.0, 3.0]), "n": torch.tensor(5)}
     b = {"w": torch.tensor([3.0, 5.0]), "n": torch.tensor(9)}
     avg = fleet.average([a, b], [1.0, 3.0])

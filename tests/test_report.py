@@ -15,14 +15,21 @@ from swarm.results import collect, estimate, paired_difference
 
 
 def fake_run(root, *, pruning="lrp", pretrain="extra", seed=0, iteration=0, finals=(0.6, 0.8), windows=2,
-             budget=20.0, mode="finetune", scenario="fmnist_new_subclasses", failed_node=None, p_acc=0.95):
+             budget=20.0, mode="finetune", scenario="fmnist_new_subclasses", failed_node=None, p_acc=0.95,
+             received=0.3, reference=None):
     """A fleet run directory as swarm.simulate leaves it: run.json and nodes.csv.
 
-    Node n's accuracy rises linearly to ``finals[n]`` over the windows; each node spends 5 J a window."""
+    Every node received a model scoring ``received`` (its window -1 row); node n's accuracy rises
+    linearly to ``finals[n]`` over the windows; each node spends 5 J a window. ``reference``: the
+    coordinator's central adaptation of each iteration reaches this accuracy."""
     directory = root / f"{scenario}-{pruning}-{pretrain}-s{seed}-b{budget}" / f"iteration_{iteration:02d}"
     directory.mkdir(parents=True)
     metric = "acc_PF" if mode == "continual" else "acc_F"
     rows = []
+    for node in range(len(finals)):
+        rows.append({"node": node, "profile": "raspberry_pi_4", "window": -1, "sim_time_s": 0.0, "steps": 0,
+                     "samples_seen": 0, "flops": 0.0, "energy_j": 0.0, "acc_P": 0.95, "acc_F": math.nan,
+                     "acc_PF": math.nan, "status": "received", "error": "", metric: received})
     for window in range(windows):
         for node, final in enumerate(finals):
             row = {"node": node, "profile": "raspberry_pi_4", "window": window, "sim_time_s": 100.0 * (window + 1),
@@ -35,6 +42,10 @@ def fake_run(root, *, pruning="lrp", pretrain="extra", seed=0, iteration=0, fina
     write_csv(directory / "nodes.csv", rows)
     coordinator = [{"iteration": i, "params": 1000 * (10 - i), "macs": 1, "test_acc": p_acc - 0.01 * i,
                     "val_acc": p_acc} for i in range(3)]
+    if reference is not None:
+        for entry in coordinator:
+            entry["reference"] = {"before": {"acc_P": p_acc, metric: received}, "after": {"acc_P": p_acc, metric: reference},
+                                  "epochs": 7}
     record = {"scenario": scenario, "mode": mode, "pruning": pruning, "pretrain": pretrain, "model": "resnet_small",
               "seed": seed, "iteration": iteration, "params": 1000 * (10 - iteration), "macs": 1,
               "coordinator_key": f"{pruning}-{pretrain}-{seed}", "coordinator": coordinator,
@@ -73,7 +84,10 @@ def test_collect_reads_every_run_once(tmp_path):
     results, problems = collect([tmp_path / "sweep1", tmp_path / "sweep2"])
     assert sorted(r.seed for r in results) == [0, 1]
     assert results[0].fleet_mean() == pytest.approx(0.7)
-    assert results[0].curve() == [(100.0, 5.0, pytest.approx(0.35)), (200.0, 10.0, pytest.approx(0.7))]
+    # The curve starts at the model as received (time 0, nothing spent).
+    assert results[0].curve() == [(0.0, 0.0, pytest.approx(0.3)), (100.0, 5.0, pytest.approx(0.35)),
+                                  (200.0, 10.0, pytest.approx(0.7))]
+    assert results[0].received_mean() == pytest.approx(0.3) and results[0].gain() == pytest.approx(0.4)
     assert len(problems) == 1 and "broken" in problems[0] and "without nodes.csv" in problems[0]
 
 
@@ -92,20 +106,22 @@ def test_report_aggregates_settings_seeds_and_missing_points(tmp_path):
     row = next(r for r in rows if (r["pruning"], r["pretrain"], r["seed"], r["iteration"]) == ("lrp", "extra", "1", "2"))
     assert float(row["adapted_mean"]) == pytest.approx(0.81)
     assert float(row["p_acc_after_pruning"]) == pytest.approx(0.93)
-    assert float(row["forgetting_P"]) == pytest.approx(0.93 - 0.9)
+    assert float(row["forgetting_P"]) == pytest.approx(0.95 - 0.9)  # as received (same test subset) − after
+    assert float(row["received_mean"]) == pytest.approx(0.3) and float(row["gain"]) == pytest.approx(0.51)
+    assert float(row["improved_share"]) == 1.0 and row["reference_after"] == ""
     assert float(row["seconds_to_target"]) == 200 and float(row["joules_to_target"]) == 10.0
     assert row["budget"] == "20 J/window" and row["failed_nodes"] == "0"
     text = (out / "report.md").read_text()
     # extra − task_only under LRP: 0.2 at every seed, so no spread; LRP − IMP (extra) over the 2 common seeds.
     assert "| 0.010M | 0 | extra − task_only (LRP) | +0.000 (n=3) |" not in text
-    assert "extra − task_only (LRP) | +0.000 [+0.000, +0.000] (n=3) | +0.200 [+0.200, +0.200] (n=3) |" in text
-    assert "LRP − IMP (extra) | +0.000 [+0.000, +0.000] (n=2) | +0.100 [+0.100, +0.100] (n=2) |" in text
+    assert "extra − task_only (LRP) | +0.000 [+0.000, +0.000] (n=3) | - | +0.200 [+0.200, +0.200] (n=3) |" in text
+    assert "LRP − IMP (extra) | +0.000 [+0.000, +0.000] (n=2) | - | +0.100 [+0.100, +0.100] (n=2) |" in text
     assert "| lrp | extra | 2 | 0.008M |" in text
     # Claim (b): the pre-training gap is 0.2 under LRP and 0.15 under IMP, on the 2 seeds IMP extra has.
     assert "| 0.008M | 2 | (extra − task_only): LRP − IMP | " in text
     assert "| +0.050 [+0.050, +0.050] (n=2) |" in text
     # The IMP extra fleet has two seeds: its cell says so.
-    assert "| imp | extra | 2 | 0.008M | 0.930 ± 0.000 (n=2) | 0.705 ± 0.064 (n=2) |" in text
+    assert "| imp | extra | 2 | 0.008M | 0.930 ± 0.000 (n=2) | - | 0.300 ± 0.000 (n=2) | 0.705 ± 0.064 (n=2) |" in text
     for name in ("fig3_fmnist_new_subclasses.png", "fleet_fmnist_new_subclasses.png"):
         assert (out / name).stat().st_size > 5000 and f"({name})" in text
     assert not list(out.glob("budget_*.png"))  # one budget: no budget curve
@@ -130,6 +146,25 @@ def test_report_draws_budget_curves_and_counts_failed_nodes(tmp_path):
     assert {r["target"] for r in read_csv(out / "results.csv")} == {"0.72"}
 
 
+def test_report_sets_the_fleet_beside_the_papers_reference_adaptation(tmp_path):
+    runs = tmp_path / "runs"
+    for pretrain, reference, final in (("extra", 0.9, 0.7), ("task_only", 0.8, 0.6)):
+        for seed in (0, 1, 2):
+            for iteration in (0, 2):
+                fake_run(runs, pretrain=pretrain, seed=seed, iteration=iteration, finals=(final, final),
+                         reference=reference + 0.01 * seed)
+    out = tmp_path / "out"
+    results = report.write([runs], out)
+    assert {round(r.reference(), 3) for r in results} == {0.9, 0.91, 0.92, 0.8, 0.81, 0.82}
+    assert all(r.reference(when="before") == pytest.approx(0.3) for r in results)
+    text = (out / "report.md").read_text()
+    # Gap (a) on the reference: 0.1 at every seed; on the fleet 0.1 as well.
+    assert "extra − task_only (LRP) | +0.000 [+0.000, +0.000] (n=3) | +0.100 [+0.100, +0.100] (n=3) | " in text
+    row = next(r for r in read_csv(out / "results.csv") if r["pretrain"] == "extra" and r["seed"] == "1")
+    assert float(row["reference_after"]) == pytest.approx(0.91) and float(row["reference_before"]) == pytest.approx(0.3)
+    assert (out / "fig3_fmnist_new_subclasses.png").stat().st_size > 5000
+
+
 def test_cli_bad_input_is_one_line(tmp_path, capsys):
     assert report.main([str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip().startswith("error: no fleet results")
@@ -137,3 +172,20 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert report.main([str(tmp_path), "--target", "75"]) == 2
     assert "not an accuracy" in capsys.readouterr().err
+
+
+def test_accuracy_matrix_over_drift_events():
+    from swarm.fleet_report import accuracy_matrix
+
+    def row(window, t, acc_p, groups, status="ok"):
+        return {"node": 0, "window": window, "sim_time_s": t, "acc_P": acc_p, "acc_F_groups": groups, "status": status}
+
+    # Two tasks (groups 0-1, then 2); events begin at 50 s and 250 s; windows of 100 s.
+    rows = [row(-1, 0, 0.9, [0.0, 0.0, 0.0], "received"), row(0, 100, 0.85, [0.6, 0.8, 0.0]),
+            row(1, 200, 0.8, [0.7, 0.9, 0.0]), row(2, 300, 0.75, [0.5, 0.7, 0.6]), row(3, 400, 0.7, [0.4, 0.6, 0.9])]
+    matrix = accuracy_matrix(rows, [[0, 1], [2]], {0: [50.0, 250.0]})
+    assert matrix["columns"] == ["P", "task 1", "task 2"]
+    assert matrix["matrix"] == [[0.9, 0.0, 0.0], [0.8, pytest.approx(0.8), 0.0], [0.7, pytest.approx(0.5), 0.9]]
+    assert matrix["backward_transfer"] == pytest.approx(0.5 - 0.8)  # task 1 forgotten after task 2
+    assert matrix["average_after_last"] == pytest.approx((0.7 + 0.5 + 0.9) / 3)
+    assert accuracy_matrix(rows, [[0, 1, 2]], {0: [50.0]}) is None  # one event: no matrix

@@ -1,0 +1,90 @@
+"""The paper's own adaptation of a checkpoint, as the yardstick for the fleet.
+
+The paper adapts every pruned model centrally: ``finetune`` scenarios train on F, ``continual``
+ones on P ∪ F (all of P replayed), with the pre-training recipe (Adam 5e-4, batch 32, early
+stopping on a validation split of that training set with patience 4, best weights kept). Its
+"after adaptation" accuracy is what Fig. 3's lower panel shows; the fleet, which adapts on-device
+on skewed shares of F under budgets, is compared against it.
+
+The result is recorded per iteration as ``{"before": accs, "after": accs, "epochs": N}`` where
+``accs`` holds ``acc_P``, ``acc_F`` (and ``acc_PF`` for continual scenarios) on the same test
+subsets the nodes evaluate on (:mod:`swarm.evaluation`). It is cached next to the coordinator's
+checkpoints, keyed by everything it depends on, so sweeps compute it once per checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from server.coordinator import CoordinatorResult, checkpoint_path
+from swarm import checkpoints, io
+from swarm.data.build import ScenarioData
+from swarm.evaluation import accuracies, test_sets
+from swarm.training import TrainSettings, fit, resolve_device
+
+log = logging.getLogger("swarm.reference")
+
+VERSION = 1
+# Seeds of the reference fits are offset from the coordinator's so the two never share a stream.
+SEED_OFFSET = 10_000
+
+
+def _settings(cfg: DictConfig) -> TrainSettings:
+    train = OmegaConf.to_container(cfg.train, resolve=True)
+    train["max_epochs"] = int(cfg.reference.max_epochs)
+    return TrainSettings.from_config(train, cfg.data.num_workers)
+
+
+def reference_key(cfg: DictConfig, coordinator_key: str, iteration: int) -> str:
+    settings = _settings(cfg)
+    blob = {"version": VERSION, "coordinator": coordinator_key, "iteration": iteration,
+            "train": [settings.lr, settings.batch_size, settings.patience, settings.max_epochs],
+            "eval_samples": int(cfg.fleet.eval_samples), "mode": str(cfg.scenario.mode)}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _round(accs: dict[str, Any]) -> dict[str, float]:
+    return {k: round(float(v), 4) for k, v in accs.items() if k != "acc_F_groups" and not math.isnan(float(v))}
+
+
+def adapt(cfg: DictConfig, data: ScenarioData, result: CoordinatorResult, iteration: int) -> dict[str, Any]:
+    """The reference record of one coordinator iteration: from the cache, or trained now."""
+    key = reference_key(cfg, result.record["key"], iteration)
+    path = result.directory / f"reference_{iteration:02d}-{key}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    continual = cfg.scenario.mode == "continual"
+    roles = "PF" if continual else "F"
+    model, _, _ = checkpoints.load(checkpoint_path(result.directory, iteration))
+    settings = _settings(cfg)
+    tests = test_sets(data, continual, int(cfg.fleet.eval_samples))
+    device = resolve_device(settings.device)
+    model.to(device)
+    before = accuracies(model, tests, device)
+    fitted = fit(model, data.union(roles, "train"), data.union(roles, "val"), settings,
+                 seed=int(cfg.seed) + SEED_OFFSET + iteration,
+                 desc=f"reference: iteration {iteration} adapted centrally on {'∪'.join(roles)}")
+    after = accuracies(model, tests, device)
+    record = {"before": _round(before), "after": _round(after), "epochs": fitted.epochs}
+    io.write_json(path, record)
+    log.info("reference, iteration %d: acc_F %.3f -> %.3f (%d epochs on %s)", iteration, before["acc_F"],
+             after["acc_F"], fitted.epochs, "∪".join(roles))
+    return record
+
+
+def annotate(cfg: DictConfig, data: ScenarioData, result: CoordinatorResult, iterations: list[int]) -> dict[str, Any]:
+    """A copy of the coordinator's record whose chosen iterations carry their ``reference``
+    (all of them unchanged when ``reference.adapt`` is false)."""
+    record = json.loads(json.dumps(result.record))
+    if not bool(cfg.reference.adapt):
+        return record
+    for entry in record["iterations"]:
+        if entry["iteration"] in iterations:
+            entry["reference"] = adapt(cfg, data, result, int(entry["iteration"]))
+    return record

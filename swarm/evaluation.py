@@ -1,0 +1,99 @@
+"""What "accuracy" means for adaptation: the test sets of P, F and P ∪ F, and the metrics on them.
+
+One definition, used by every node after every window, by the node's evaluation of the model as it
+was received, and by the coordinator's reference adaptation, so that their numbers compare: the
+same seeded subset of each test split (``cap`` samples, 0 = all), top-1 accuracy, and the accuracy
+on every group of F: its classes (new classes, new subclasses), or its domains when F is one class
+in several domains. The groups are also what F is split by among nodes and into drift events.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset, Subset
+
+from swarm.data.build import ScenarioData
+
+SETS = ("P", "F", "PF")
+
+
+def f_groups(data: ScenarioData, split: str) -> tuple[np.ndarray, list[str]]:
+    """The group of every F sample of ``split`` (indices into the names), and the groups' names: F's
+    classes, or its domains when F holds a single class in several domains."""
+    f_set = data.datasets["F"][split]
+    train = data.datasets["F"]["train"]
+    catalog = data.catalog.split("train" if split in ("train", "val") else "test")
+    classes = np.asarray(catalog.class_idx)[f_set.indices]
+    domains = np.asarray(catalog.domain_idx)[f_set.indices]
+    every_class = np.asarray(data.catalog.train.class_idx)[train.indices]
+    every_domain = np.asarray(data.catalog.train.domain_idx)[train.indices]
+    by_class = len(np.unique(every_class)) > 1 or len(np.unique(every_domain)) == 1
+    values, names = (classes, data.catalog.classes) if by_class else (domains, data.catalog.domains)
+    present = sorted(set(np.unique(every_class if by_class else every_domain).tolist()))
+    position = {g: i for i, g in enumerate(present)}
+    return np.array([position.get(int(v), -1) for v in values], dtype=np.int64), [names[g] for g in present]
+
+
+@dataclass(frozen=True)
+class TestSets:
+    """The evaluation sets of a scenario, and the group of each F test sample (see :func:`f_groups`)."""
+
+    sets: dict[str, Dataset]
+    f_groups: np.ndarray
+    f_group_names: list[str]
+
+
+def test_sets(data: ScenarioData, continual: bool, cap: int) -> TestSets:
+    """P, F (and P ∪ F for continual scenarios) test sets, each cut to the same seeded ``cap`` samples."""
+    sets = {}
+    groups, names = f_groups(data, "test")
+    for name in SETS:
+        if name == "PF" and not continual:
+            continue
+        dataset = data.union(name, "test")
+        if cap and len(dataset) > cap:
+            chosen = sorted(np.random.default_rng(0).choice(len(dataset), cap, replace=False).tolist())
+            dataset = Subset(dataset, chosen)
+            if name == "F":
+                groups = groups[chosen]
+        sets[name] = dataset
+    return TestSets(sets, groups, names)
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    predicted, targets = [], []
+    for inputs, labels in loader:
+        predicted.append(model(inputs.to(device)).argmax(dim=1).cpu())
+        targets.append(labels)
+    if not predicted:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    return torch.cat(predicted), torch.cat(targets)
+
+
+def accuracies(model: nn.Module, tests: TestSets, device: torch.device | None = None) -> dict[str, object]:
+    """``acc_P``, ``acc_F``, ``acc_PF`` (NaN where a set does not exist) and ``acc_F_groups``: the
+    accuracy on each group of F (NaN for a group the subset lacks). The model is left in the mode
+    it came in."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    result: dict[str, object] = {}
+    for name in SETS:
+        if name not in tests.sets:
+            result[f"acc_{name}"] = math.nan
+            continue
+        predicted, targets = _predict(model, tests.sets[name], device)
+        result[f"acc_{name}"] = (predicted == targets).float().mean().item() if len(targets) else math.nan
+        if name == "F":
+            correct = (predicted == targets).numpy()
+            result["acc_F_groups"] = [float(correct[tests.f_groups == g].mean()) if (tests.f_groups == g).any()
+                                      else math.nan for g in range(len(tests.f_group_names))]
+    model.train(was_training)
+    return result
