@@ -169,3 +169,21 @@ def test_nodes_build_the_same_labels_as_the_coordinator(make_cfg, tmp_path, cifa
     assert node_data.label_names == coordinator_data.label_names == ["vehicle", "animal"]
     for role in ("P", "F"):
         assert torch.equal(node_data.datasets[role]["test"].targets, coordinator_data.datasets[role]["test"].targets)
+
+
+def test_drift_events_give_an_accuracy_matrix_end_to_end(plan_file):
+    from swarm.fleet_report import write_report
+    from swarm.simulate import _events
+
+    path = plan_file(2, "scenario.mode=continual", "scenario.split_by=class", "scenario.T=[]",
+                     "scenario.P=[circle,square]", "scenario.F=[ring,star,diamond,hexagon]",
+                     "fleet.drift.events=2", "fleet.drift.event_gap_s=150", "fleet.drift.high=20")
+    fleet.run_fleet(FakeGrid(2), path, join_timeout_s=5)
+    summary = write_report(path.parent, "events", target="acc_PF", f_group_names=["ring", "star", "diamond", "hexagon"],
+                           events=_events(path))
+    matrix = summary["accuracy_matrix"]
+    assert matrix["columns"] == ["P", "task 1", "task 2"] and matrix["nodes"] == 2
+    assert matrix["rows"] == ["as received", "after event 1", "after event 2"]
+    assert all(0 <= v <= 1 for row in matrix["matrix"] for v in row)  # every event ended inside the run
+    assert "Accuracy matrix over drift events" in (path.parent / "report.md").read_text()
+    assert set(summary["f_groups"]) == {"ring", "star", "diamond", "hexagon"}
