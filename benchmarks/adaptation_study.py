@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 OLD = ["fleet.batchnorm=track", "fleet.recent_samples=256", "fleet.loss=full", "fleet.sampling=uniform",
        "fleet.replay.finetune=false", "fleet.passes=null"]
 OLD_BUDGET = ["fleet.budget.energy_j=20", "fleet.budget.duty_cycle=null"]
-NEW_BUDGET = ["fleet.budget.energy_j=null", "fleet.budget.duty_cycle=0.1", "fleet.passes=20"]
+NEW_BUDGET = ["fleet.budget.energy_j=null", "fleet.budget.duty_cycle=0.1", "fleet.passes=20"]  # as first studied
 VARIANTS: dict[str, list[str]] = {
     "before": [*OLD, *OLD_BUDGET],
     "bn_frozen": [*OLD, *OLD_BUDGET, "fleet.batchnorm=frozen"],
