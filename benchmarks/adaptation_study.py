@@ -65,7 +65,7 @@ def run_variant(name: str, overrides: list[str], workdir: Path) -> list[dict]:
     rows = []
     for partition in range(len(plan.nodes)):
         node = NodeRuntime(plan, partition, data)
-        received = node._evaluate(received_model)
+        received = vars(node.received(weights))
         start = time.perf_counter()
         steps = 0
         for window in range(plan.windows):

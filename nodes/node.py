@@ -100,8 +100,11 @@ class NodeRuntime:
         self.continual = plan.config["scenario"]["mode"] == "continual"
         self.state_path = Path(plan.run_dir) / "nodes" / f"node_{partition:03d}.pt"
         self.times, self.roles, self.indices = self._stream()
-        targets = {role: self.data.datasets[name]["train"].targets.numpy() for role, name in ((P, "P"), (F, "F"))}
-        self.labels = np.array([targets[r][i] for r, i in zip(self.roles, self.indices)], dtype=np.int64)
+        # The label of every stream sample (balanced batches draw by label); built once per runtime.
+        self.labels = np.empty(len(self.indices), dtype=np.int64)
+        for role, name in ((P, "P"), (F, "F")):
+            mine = self.roles == role
+            self.labels[mine] = self.data.datasets[name]["train"].targets.numpy()[self.indices[mine]]
         self.tests = test_sets(data, self.continual, int(self.fleet["eval_samples"]))
 
     # ------------------------------------------------------------------ the drifting stream
