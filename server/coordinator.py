@@ -72,6 +72,13 @@ def cache_key(cfg: DictConfig) -> str:
     return _hash({**_key_parts(cfg), "pruning": _plain(cfg.pruning), "prune": prune})
 
 
+def model_key(cfg: DictConfig, iteration: int) -> str:
+    """The key of the model a pruning iteration produced: iteration 0 is the pre-trained model, the
+    same for LRP and IMP, so whatever is computed from it (the reference, a fleet's adaptation) is
+    computed once for both."""
+    return pretrain_key(cfg) if iteration == 0 else cache_key(cfg)
+
+
 def run_directory(cfg: DictConfig) -> Path:
     """Where this configuration's coordinator results are (or will be) cached."""
     return Path(str(cfg.cache_dir)) / "coordinator" / f"{cfg.scenario.name}-{cfg.pretrain.name}-{cfg.pruning.name}-{cache_key(cfg)}"

@@ -22,7 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from server.coordinator import CoordinatorResult, checkpoint_path
+from server.coordinator import CoordinatorResult, checkpoint_path, model_key, pretrain_directory
 from swarm import checkpoints, io
 from swarm.data.build import ScenarioData
 from swarm.evaluation import accuracies, test_sets
@@ -41,9 +41,9 @@ def _settings(cfg: DictConfig) -> TrainSettings:
     return TrainSettings.from_config(train, cfg.data.num_workers)
 
 
-def reference_key(cfg: DictConfig, coordinator_key: str, iteration: int) -> str:
+def reference_key(cfg: DictConfig, iteration: int) -> str:
     settings = _settings(cfg)
-    blob = {"version": VERSION, "coordinator": coordinator_key, "iteration": iteration,
+    blob = {"version": VERSION, "coordinator": model_key(cfg, iteration), "iteration": iteration,
             "train": [settings.lr, settings.batch_size, settings.patience, settings.max_epochs],
             "eval_samples": int(cfg.fleet.eval_samples), "mode": str(cfg.scenario.mode)}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
@@ -55,8 +55,10 @@ def _round(accs: dict[str, Any]) -> dict[str, float]:
 
 def adapt(cfg: DictConfig, data: ScenarioData, result: CoordinatorResult, iteration: int) -> dict[str, Any]:
     """The reference record of one coordinator iteration: from the cache, or trained now."""
-    key = reference_key(cfg, result.record["key"], iteration)
-    path = result.directory / f"reference_{iteration:02d}-{key}.json"
+    key = reference_key(cfg, iteration)
+    # The pre-trained model's reference is shared by LRP and IMP: it lives with the pre-training.
+    directory = pretrain_directory(cfg) if iteration == 0 else result.directory
+    path = directory / f"reference_{iteration:02d}-{key}.json"
     if path.exists():
         return json.loads(path.read_text())
     continual = cfg.scenario.mode == "continual"

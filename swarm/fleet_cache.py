@@ -1,7 +1,8 @@
 """Finished fleet results, cached by everything they depend on, so a re-run sweep skips done points.
 
-A fleet run is determined by the coordinator result it starts from (its cache key), the pruning
-iteration it receives, the fleet settings and the seed: the same inputs give the same ``nodes.csv``.
+A fleet run is determined by the model it receives (``coordinator.model_key``: the coordinator's
+cache key, or for iteration 0 the pre-training's, which LRP and IMP share), the pruning iteration,
+the fleet settings and the seed: the same inputs give the same ``nodes.csv``.
 Only runs in which every node finished are stored; a run with failed nodes is run again next time.
 Deadlines are left out of the key: they decide whether a run finishes, not what it computes.
 """
@@ -23,9 +24,9 @@ CACHE_VERSION = 3
 NOT_IN_KEY = ("join_timeout_s", "window_timeout_s", "checkpoint")
 
 
-def fleet_key(coordinator_key: str, iteration: int, fleet: Mapping[str, Any], seed: int) -> str:
+def fleet_key(model_key: str, iteration: int, fleet: Mapping[str, Any], seed: int) -> str:
     settings = {k: v for k, v in fleet.items() if k not in NOT_IN_KEY}
-    blob = {"version": CACHE_VERSION, "coordinator": coordinator_key, "iteration": int(iteration),
+    blob = {"version": CACHE_VERSION, "coordinator": model_key, "iteration": int(iteration),
             "fleet": settings, "seed": int(seed)}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -86,7 +86,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     config = OmegaConf.to_container(cfg, resolve=True)
     cache_dir = Path(str(cfg.cache_dir))
     jobs = [FleetJob(it, run_dir if len(iterations) == 1 else run_dir / f"iteration_{it:02d}",
-                     fleet_cache.fleet_key(result.record["key"], it, config["fleet"], int(cfg.seed)))
+                     fleet_cache.fleet_key(coordinator.model_key(cfg, it), it, config["fleet"], int(cfg.seed)))
             for it in iterations]
     for job in jobs:
         job.directory.mkdir(parents=True, exist_ok=True)
