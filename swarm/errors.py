@@ -1,4 +1,5 @@
-"""Errors a user can fix. Entry points print them as one line and exit with code 2."""
+"""Errors a user can fix. Entry points print them as one line and exit with code 2; the fleet's
+outcomes have their own codes (1: nodes failed, 3: nodes not simulated), after all is written."""
 
 
 class SwarmError(Exception):
@@ -11,6 +12,13 @@ class FleetFailure(SwarmError):
     """Nodes failed during a fleet run; everything else finished and was written."""
 
     exit_code = 1
+
+
+class FleetIncomplete(SwarmError):
+    """The simulation engine left node-windows unserved (a hung actor); everything else was written,
+    and every fleet mean says over how many nodes it is."""
+
+    exit_code = 3
 
 
 class DataNotFoundError(SwarmError):
