@@ -55,7 +55,7 @@ def _data(settings: str) -> ScenarioData:
     data = config["data"]
     options = DataOptions(root=data["root"], download=False, image_size=data["image_size"],
                           max_per_class=data["max_per_class"], val_fraction=float(data["val_fraction"]),
-                          seed=int(config["seed"]))
+                          seed=int(config["seed"]), verify_checksums=bool(data.get("verify_checksums", True)))
     return build(Scenario.from_config(config["scenario"], config["pretrain"]), options)
 
 

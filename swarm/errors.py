@@ -25,5 +25,9 @@ class DataNotFoundError(SwarmError):
     """A dataset is not where the configuration says it is."""
 
 
+class CorruptDataError(SwarmError):
+    """A data file is not what it claims to be (checksum, format or content)."""
+
+
 class ScenarioError(SwarmError):
     """A scenario's split declaration is inconsistent with its dataset."""

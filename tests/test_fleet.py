@@ -142,7 +142,7 @@ def test_the_server_does_not_wait_forever(plan_file):
 
 def test_nodes_build_the_same_labels_as_the_coordinator(make_cfg, tmp_path, cifar10_root):
     """Label groups are ordered (vehicle = 0, animal = 1): a node must not reorder them."""
-    cfg = make_cfg("scenario=cifar10_new_subclasses", f"data.root={cifar10_root}", "fleet.nodes=2")
+    cfg = make_cfg("scenario=cifar10_new_subclasses", f"data.root={cifar10_root}", "data.verify_checksums=false", "fleet.nodes=2")
     path, coordinator_data = write_fleet_plan(cfg, tmp_path, "run", windows=1)
     client_app._data.cache_clear()
     _, node_data = client_app.load_plan_and_data(str(path))
