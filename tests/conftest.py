@@ -21,6 +21,17 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture
+def task_identity(monkeypatch):
+    """Messages take their run and sender ids from Flower's TaskIdentity, which an engine sets;
+    tests that send Messages without an engine set them here."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
 def compose_config(*overrides: str, config_name: str = "config"):
     """Compose the project's config with overrides, as the command line would."""
     with initialize_config_module(config_module="scenarios", version_base="1.3"):

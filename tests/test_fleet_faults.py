@@ -25,13 +25,8 @@ TINY = ["scenario.dataset.train_per_group=8", "scenario.dataset.test_per_group=3
 
 
 @pytest.fixture(autouse=True)
-def task_identity(monkeypatch):
-    """Messages take their run and sender ids from Flower's TaskIdentity, which an engine sets."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+def _engine_identity(task_identity):
+    """Every test here sends Messages without an engine."""
 
 
 @pytest.fixture(scope="module")
