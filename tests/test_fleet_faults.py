@@ -209,3 +209,29 @@ def test_reply_from_the_wrong_node_is_ignored():
     question.metadata.__dict__["_message_id"] = "id-7"
     got = fleet.collect(Grid(), [question], fleet.Deadline(0.2), poll_s=0.01)
     assert got == {}
+
+
+def test_simulate_says_loudly_when_nodes_were_not_simulated_and_exits_3(make_cfg, tmp_path, monkeypatch, capsys):
+    """swarm.simulate end to end with the engine swapped for a fake one whose actor for node 1 hangs."""
+    import json
+
+    from server import server_app
+    from swarm import simulate
+    from swarm.errors import FleetIncomplete
+
+    def engine(plans, num_nodes):
+        for plan_path in plans:
+            server_app.run_plan(FakeGrid(num_nodes, silent={1}), plan_path)
+
+    monkeypatch.setattr(server_app, "is_simulation", lambda grid: True)
+    monkeypatch.setattr(simulate, "_run_flower", engine)
+    cfg = make_cfg(*TINY, "fleet.nodes=2", "fleet.windows=2", "prune.iterations=0", "train.max_epochs=1",
+                   "reference.adapt=false", "fleet.window_timeout_s=0.3", f"cache_dir={tmp_path / 'cache'}")
+    with pytest.raises(FleetIncomplete, match=r"iteration 0: 1 nodes not simulated") as caught:
+        simulate.run(cfg, tmp_path / "run")
+    assert caught.value.exit_code == 3
+    out = capsys.readouterr().out
+    assert "INCOMPLETE FLEET: 2 node-windows were NOT SIMULATED" in out and "1 of 2 nodes" in out
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["not_simulated_nodes"] == [1] and record["failed_nodes"] == []
+    assert not (tmp_path / "cache" / "fleet").exists()  # an incomplete fleet is not cached
