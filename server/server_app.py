@@ -18,7 +18,6 @@ from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
-from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
 from nodes.plan import FleetPlan
 from server.fleet import run_fleet
@@ -65,5 +64,9 @@ def run_plan(grid: Grid, path: Path) -> None:
 
 def is_simulation(grid: Grid) -> bool:
     """Flower's simulation engine hands the ServerApp an in-memory grid; the Deployment Engine a
-    networked one. Only on real devices does a missed deadline mean that a device failed."""
+    networked one. Only on real devices does a missed deadline mean that a device failed. (Imported
+    here: the module pulls in Flower's state store, whose import logs at INFO before the simulation
+    quiets it.)"""
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
     return isinstance(grid, InMemoryGrid)

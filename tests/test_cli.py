@@ -139,5 +139,13 @@ def test_a_fleet_the_engine_serves_slower_than_the_deadline_is_simulated_whole(t
     assert len(seconds) == 2 and max(seconds) > timeout, seconds  # the queue outlasted the deadline
     expected = (run / "nodes.csv").read_text()
     shutil.rmtree(run / "nodes")
-    fleet.run_fleet(FakeGrid(60), run / "fleet_plan.json", strategy="fedavg", join_timeout_s=5, window_timeout_s=600)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as on an engine actor (one CPU each): the same kernels, the same sums
+    try:
+        fleet.run_fleet(FakeGrid(60), run / "fleet_plan.json", strategy="fedavg", join_timeout_s=5,
+                        window_timeout_s=600)
+    finally:
+        torch.set_num_threads(threads)
     assert (run / "nodes.csv").read_text() == expected
