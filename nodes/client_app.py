@@ -4,11 +4,12 @@ Messages (Flower's Message API):
 
 * ``query.partition`` -> ``{"node": ConfigRecord{"partition": i}}``: the node's partition id, which
   identifies it in the fleet plan (Flower's own node ids are random).
-* ``train.adapt`` with ``{"config": ConfigRecord{"plan": path, "window": w}}`` and, in window 0
-  (or every window under FedAvg), ``{"arrays": ArrayRecord}`` with the model weights ->
-  ``{"metrics": MetricRecord, "info": ConfigRecord{"profile", "status", "error"}}``; in window 0
-  also ``{"received": MetricRecord}``, the model as received, evaluated before training; and, when
-  asked for (``"return_weights"``), the adapted weights.
+* ``train.adapt`` with ``{"config": ConfigRecord{"plan": path, "window": w}}`` and, in the node's
+  first window (or every window under FedAvg), ``{"arrays": ArrayRecord}`` with the model weights ->
+  ``{"metrics": MetricRecord, "info": ConfigRecord{"profile", "status", "error"}}``; when asked for
+  (``"evaluate_received"``, the node's first window) also ``{"received": MetricRecord}``, the model
+  as received, evaluated before training; and, when asked for (``"return_weights"``), the adapted
+  weights.
 
 Large state (model, optimizer, replay buffer) lives on disk under the run directory, not in
 Flower's ``Context.state``. A node that raises replies with ``status=failed`` and the error.
@@ -54,7 +55,7 @@ def _data(settings: str) -> ScenarioData:
     data = config["data"]
     options = DataOptions(root=data["root"], download=False, image_size=data["image_size"],
                           max_per_class=data["max_per_class"], val_fraction=float(data["val_fraction"]),
-                          seed=int(config["seed"]))
+                          seed=int(config["seed"]), verify_checksums=bool(data.get("verify_checksums", True)))
     return build(Scenario.from_config(config["scenario"], config["pretrain"]), options)
 
 
@@ -92,7 +93,7 @@ def adapt(msg: Message, context: Context) -> Message:
         profile = plan.node(node).profile
         weights = msg.content["arrays"].to_torch_state_dict() if "arrays" in msg.content else None
         runtime = NodeRuntime(plan, node, data)
-        if window == 0:
+        if bool(config.get("evaluate_received", window == 0)):
             received = runtime.received(weights)
         metrics, model = runtime.run_window(window, weights)
     except Exception as error:  # reported, so that the other nodes finish and the run says what broke

@@ -30,7 +30,6 @@ from torch import nn
 
 from swarm.errors import SwarmError
 
-STATUSES = ("received", "ok", "budget_exhausted", "data_exhausted", "does_not_fit", "unavailable", "failed")
 # Profiles ship in the installed config tree (Hydra group `device`).
 PROFILE_DIR = Path(str(resources.files("scenarios") / "device"))
 

@@ -34,11 +34,11 @@ from nodes.replay import ReplayBuffer
 from swarm import checkpoints, io
 from swarm.data.build import ScenarioData
 from swarm.errors import SwarmError
+from swarm.fleet_rows import RECEIVED_WINDOW
 from swarm.pruning import count_macs_and_params
 from swarm.evaluation import accuracies, test_sets
 
 P, F = 0, 1
-RECEIVED_WINDOW = -1  # the row of the model as received, before the first window
 _COSTS: dict[str, tuple[int, int]] = {}
 
 
@@ -189,7 +189,9 @@ class NodeRuntime:
     # ------------------------------------------------------------------ one window
     def run_window(self, window: int, weights: Mapping[str, torch.Tensor] | None = None) -> tuple[WindowMetrics, nn.Module]:
         state = self._load(weights)
-        if state["window"] != window:
+        # A device that missed windows (it was unreachable) rejoins at the window it is asked for;
+        # the windows it missed trained nothing. Going back would replay a window it already ran.
+        if state["window"] > window:
             raise SwarmError(f"node {self.me.partition} is at window {state['window']}, asked for window {window}")
         model = state["model"]
         if weights is not None:

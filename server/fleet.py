@@ -1,8 +1,10 @@
 """The server's fleet loop on Flower's Grid: wait for the nodes, send the model once, run windows.
 
-Written against the Grid interface only (``get_node_ids``, ``send_and_receive``), so the same loop
-runs under the simulation engine, the deployment engine, and a fake grid in the tests. Every wait
-has a deadline; nothing waits forever.
+Written against the Grid interface only (``get_node_ids``, ``push_messages``, ``pull_messages``),
+so the same loop runs under the simulation engine, the deployment engine, and a fake grid in the
+tests. Every wait has a deadline (:class:`Deadline`: on real devices per round, in simulation a
+guard against a hung actor); nothing waits forever. Every reply is checked before it is used
+(:mod:`server.replies`); a bad one fails its node, never the run.
 """
 
 from __future__ import annotations
@@ -12,28 +14,81 @@ import io as text_io
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Protocol
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from nodes.plan import FleetPlan
+from server.replies import InvalidReply, check_reply, safe_text
 from swarm import checkpoints, io
+from swarm.fleet_rows import COLUMNS, FAILED, NO_RESULT, NOT_SIMULATED, RECEIVED_WINDOW
 from swarm.errors import SwarmError
 
 log = logging.getLogger("swarm.fleet")
 
-COLUMNS = ["node", "profile", "window", "sim_time_s", "steps", "samples_seen", "flops", "energy_j",
-           "acc_P", "acc_F", "acc_PF", "status", "error", "acc_F_groups"]
-RECEIVED_WINDOW = -1  # nodes.csv's row of the model as each node received it
 STRATEGIES = ("local", "fedavg")
 
 
 class GridLike(Protocol):
     def get_node_ids(self) -> Iterable[int]: ...
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]: ...
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]: ...
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]: ...
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """How long one round of messages waits for its replies.
+
+    On real devices (the Deployment Engine) a deadline is a fact about a device: a node that has
+    not answered ``seconds`` after the round was sent has failed this window (it may rejoin in the
+    next one). In simulation every node is a job queued on a few engine actors, so the wall clock
+    measures how long *this machine* takes to serve the queue, not whether the device could:
+    there the round waits as long as replies keep coming, and gives up only when none arrived for
+    ``seconds`` (a hung actor). The nodes it never heard from are ``not_simulated``, never
+    ``failed``, and the run says so.
+    """
+
+    seconds: float
+    simulated: bool = False
+
+    def expired(self, sent_at: float, last_reply_at: float, now: float) -> bool:
+        return now - (last_reply_at if self.simulated else sent_at) > self.seconds
+
+    def missed(self) -> tuple[str, str]:
+        """(status, error) of a node whose reply did not come."""
+        if self.simulated:
+            return NOT_SIMULATED, f"the simulation engine returned no reply for {self.seconds:g} s (a hung actor?)"
+        return FAILED, f"no reply within {self.seconds:g} s"
+
+
+def collect(grid: GridLike, messages: list[Message], deadline: Deadline, poll_s: float = 0.1) -> dict[int, Message]:
+    """Send a round of messages; the replies that came before the deadline, by destination node id.
+
+    A reply counts only for the message it answers, and only from the node that message went to."""
+    pushed = {message_id for message_id in grid.push_messages(messages) if message_id}
+    # The grid gives each message its id as it pushes it; a message it could not push gets no reply.
+    destination = {m.metadata.message_id: m.metadata.dst_node_id for m in messages if m.metadata.message_id in pushed}
+    replies: dict[int, Message] = {}
+    sent_at = last_reply_at = time.monotonic()
+    pending = set(destination)
+    while pending:
+        for reply in grid.pull_messages(pending):
+            asked = reply.metadata.reply_to_message_id
+            if asked in pending and reply.metadata.src_node_id == destination[asked]:
+                pending.discard(asked)
+                replies[destination[asked]] = reply
+                last_reply_at = time.monotonic()
+        if pending and deadline.expired(sent_at, last_reply_at, time.monotonic()):
+            break
+        if pending:
+            time.sleep(poll_s)
+    return replies
 
 
 def wait_for_nodes(grid: GridLike, count: int, timeout_s: float, poll_s: float = 0.5) -> list[int]:
@@ -48,48 +103,44 @@ def wait_for_nodes(grid: GridLike, count: int, timeout_s: float, poll_s: float =
         time.sleep(poll_s)
 
 
-def partition_map(grid: GridLike, node_ids: list[int], timeout_s: float) -> dict[int, int]:
-    """Ask every node its partition id: Flower's node ids are random, the plan speaks of partitions."""
+def partition_map(grid: GridLike, node_ids: list[int], count: int, deadline: Deadline) -> dict[int, int]:
+    """Ask every node its partition id: Flower's node ids are random, the plan speaks of partitions.
+
+    A claim outside 0..count-1 is ignored; when two nodes claim one partition, the first by node id
+    keeps it and the other is never sent work (both are logged)."""
     questions = [Message(RecordDict(), dst_node_id=nid, message_type="query.partition") for nid in node_ids]
-    mapping = {}
-    for reply in grid.send_and_receive(questions, timeout=timeout_s):
-        if not reply.has_error():
-            mapping[int(reply.content["node"]["partition"])] = reply.metadata.src_node_id
+    mapping: dict[int, int] = {}
+    for nid, reply in sorted(collect(grid, questions, deadline).items()):
+        try:
+            if reply.has_error():
+                raise ValueError(reply.error.reason)
+            claim = reply.content["node"]["partition"]
+            if isinstance(claim, bool) or not isinstance(claim, int) or not 0 <= claim < count:
+                raise ValueError(f"partition {safe_text(claim)!r} is not in 0..{count - 1}")
+        except (KeyError, TypeError, ValueError) as error:
+            log.warning("node %d: unusable answer to query.partition (%s); it gets no work", nid, safe_text(error))
+            continue
+        if claim in mapping:
+            log.warning("node %d claims partition %d, which node %d already holds; it gets no work",
+                        nid, claim, mapping[claim])
+            continue
+        mapping[claim] = nid
     return mapping
 
 
-def average(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
-    """FedAvg of state dicts that share one (pruned) architecture; integer buffers take the first's."""
-    total = sum(weights)
-    out = {}
-    for key, first in states[0].items():
-        if first.is_floating_point():
-            out[key] = sum(s[key] * (w / total) for s, w in zip(states, weights))
-        else:
-            out[key] = first.clone()
-    return out
+def average(records: list[ArrayRecord], weights: list[float], sent: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """FedAvg with Flower's own helper, on replies that passed :func:`server.replies.check_reply`;
+    integer buffers (BatchNorm's batch counter) return to the sent model's dtype."""
+    bundles = [RecordDict({"arrays": record, "weight": MetricRecord({"samples": float(weight)})})
+               for record, weight in zip(records, weights)]
+    state = aggregate_arrayrecords(bundles, "samples").to_torch_state_dict()
+    return {key: value.to(sent[key].dtype) for key, value in state.items()}
 
 
-def _row(reply: Message | None, partition: int, window: int, profile: str, error: str = "") -> dict[str, Any]:
-    if reply is None or reply.has_error():
-        reason = error or (f"{reply.error.reason}" if reply is not None else "no reply")
-        return {"node": partition, "profile": profile, "window": window, "status": "failed", "error": reason,
-                **{k: math.nan for k in COLUMNS if k not in ("node", "profile", "window", "status", "error")}}
-    metrics, info = reply.content["metrics"], reply.content["info"]
-    row = {k: metrics[k] for k in metrics}
-    row.update(node=partition, window=window, profile=str(info["profile"]) or profile,
-               status=str(info["status"]), error=str(info["error"]))
-    return row
-
-
-def _received_row(reply: Message | None, partition: int, profile: str) -> dict[str, Any] | None:
-    """The node's evaluation of the model as it received it (window -1), if the reply carries one."""
-    if reply is None or reply.has_error() or "received" not in reply.content:
-        return None
-    metrics = reply.content["received"]
-    row = {k: metrics[k] for k in metrics}
-    row.update(node=partition, window=RECEIVED_WINDOW, profile=profile, status="received", error="")
-    return row
+def _missing_row(partition: int, window: int, profile: str, status: str, error: str) -> dict[str, Any]:
+    """The row of a node that sent no usable result this window: every measurement empty."""
+    return {"node": partition, "profile": profile, "window": window, "status": status, "error": error,
+            **{k: math.nan for k in COLUMNS if k not in ("node", "profile", "window", "status", "error")}}
 
 
 def _cell(value: Any) -> Any:
@@ -102,7 +153,7 @@ def _cell(value: Any) -> Any:
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     buffer = text_io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS), extrasaction="ignore")
     writer.writeheader()
     for row in sorted(rows, key=lambda r: (r["window"], r["node"])):
         writer.writerow({k: _cell(row.get(k, "")) for k in COLUMNS})
@@ -110,62 +161,97 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def run_fleet(grid: GridLike, plan_path: Path, *, strategy: str = "local", join_timeout_s: float = 120,
-              window_timeout_s: float = 600, progress=None) -> list[dict[str, Any]]:
-    """Run every window of the plan on the grid's nodes; returns (and writes) the nodes.csv rows."""
+              window_timeout_s: float = 600, simulated: bool = False, progress=None) -> list[dict[str, Any]]:
+    """Run every window of the plan on the grid's nodes; returns (and writes) the nodes.csv rows.
+
+    ``simulated``: the grid is Flower's simulation engine, so ``window_timeout_s`` guards only
+    against a hung actor (see :class:`Deadline`). A node whose reply fails a check, or who reports
+    that it failed, is ``failed`` for the rest of the run; a node that missed a deadline is sent
+    the next window again (with the model, if it has none yet)."""
     if strategy not in STRATEGIES:
         raise SwarmError(f"fleet.strategy must be one of {', '.join(STRATEGIES)}, not '{strategy}'")
     plan = FleetPlan.load(plan_path)
     count = len(plan.nodes)
+    deadline = Deadline(window_timeout_s, simulated)
     node_ids = wait_for_nodes(grid, count, join_timeout_s)
-    mapping = partition_map(grid, node_ids, window_timeout_s)
+    # Answering who it is is part of joining (an engine's actors load the app on their first message).
+    mapping = partition_map(grid, node_ids, count, Deadline(join_timeout_s, simulated))
     missing = sorted(set(range(count)) - set(mapping))
     if missing:
         raise SwarmError(f"nodes for partitions {missing} did not answer; the fleet needs partitions 0..{count - 1}")
     model, _, _ = checkpoints.load(Path(plan.checkpoint))
-    shared = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    sent = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    shared = sent
     rows: list[dict[str, Any]] = []
     failed: dict[int, str] = {}
+    has_model: set[int] = set()  # nodes that adapted at least one window (they hold the model)
     csv_path = Path(plan.run_dir) / "nodes.csv"
     for window in range(plan.windows):
         messages = []
         for partition in range(count):
             if partition in failed:
                 continue
+            first = partition not in has_model
             content = RecordDict({"config": ConfigRecord({"plan": str(plan_path), "window": window,
-                                                          "return_weights": strategy == "fedavg"})})
-            if window == 0 or strategy == "fedavg":  # the model travels once (or each round under FedAvg)
+                                                          "return_weights": strategy == "fedavg",
+                                                          "evaluate_received": first})})
+            if first or strategy == "fedavg":  # the model travels once (each round under FedAvg)
                 content["arrays"] = ArrayRecord(shared)
             messages.append(Message(content, dst_node_id=mapping[partition], message_type="train.adapt"))
-        replies = {reply.metadata.src_node_id: reply for reply in grid.send_and_receive(messages, timeout=window_timeout_s)}
-        states, sizes = [], []
+        started = time.monotonic()
+        replies = collect(grid, messages, deadline)
+        seconds = time.monotonic() - started
+        records, sizes = [], []
         for partition in range(count):
             profile = plan.node(partition).profile
             if partition in failed:
-                rows.append(_row(None, partition, window, profile, f"failed earlier: {failed[partition]}"))
+                rows.append(_missing_row(partition, window, profile, FAILED, f"failed earlier: {failed[partition]}"))
                 continue
             reply = replies.get(mapping[partition])
-            row = _row(reply, partition, window, profile,
-                       "" if reply is not None else f"no reply within {window_timeout_s:.0f} s")
-            received = _received_row(reply, partition, profile) if window == 0 else None
-            if received is not None:
-                rows.append(received)
-            rows.append(row)
-            if row["status"] == "failed":
-                failed[partition] = row["error"]
-            elif strategy == "fedavg" and "arrays" in reply.content:
-                states.append(reply.content["arrays"].to_torch_state_dict())
-                sizes.append(max(float(row.get("samples_seen", 0) or 0), 1.0))
-        if strategy == "fedavg" and states:
-            shared = average(states, sizes)
+            if reply is None:
+                rows.append(_missing_row(partition, window, profile, *deadline.missed()))
+                continue
+            try:
+                if reply.has_error():
+                    raise InvalidReply(f"the node's app raised: {safe_text(reply.error.reason)}")
+                checked = check_reply(reply, partition=partition, window=window, profile=profile, sent=sent,
+                                      want_arrays=strategy == "fedavg", want_received=partition not in has_model)
+            except InvalidReply as error:
+                reason = f"invalid reply: {error}" if not reply.has_error() else str(error)
+                failed[partition] = reason
+                rows.append(_missing_row(partition, window, profile, FAILED, reason))
+                log.warning("node %d, window %d: %s", partition, window, reason)
+                continue
+            if checked.received is not None:
+                rows.append(checked.received)
+            rows.append(checked.row)
+            if checked.row["status"] == FAILED:
+                failed[partition] = checked.row["error"]
+                continue
+            has_model.add(partition)
+            if checked.arrays is not None:
+                records.append(checked.arrays)
+                sizes.append(max(float(checked.row["samples_seen"]), 1.0))
+        if records:
+            shared = average(records, sizes, sent)
         write_csv(csv_path, rows)
         window_rows = [r for r in rows if r["window"] == window]
-        done = [r for r in window_rows if r["status"] != "failed"]
-        mean_f = sum(r["acc_F"] for r in done) / len(done) if done else math.nan
-        received = [r["acc_F"] for r in rows if r["window"] == RECEIVED_WINDOW]
-        message = (f"window {window + 1}/{plan.windows}: {len(done)}/{count} nodes, "
-                   f"{sum(int(r['steps']) for r in done)} steps, mean acc F {mean_f:.3f}"
-                   + (f" (as received {sum(received) / len(received):.3f})" if received else ""))
-        log.info(message)
+        log.info(_window_line(window, plan.windows, count, window_rows, rows) + f"; {seconds:.1f} s")
         if progress is not None:
             progress(window, window_rows)
     return rows
+
+
+def _window_line(window: int, windows: int, count: int, window_rows: list[dict[str, Any]],
+                 rows: list[dict[str, Any]]) -> str:
+    """The log line of a window; it names the nodes that gave no result, so no mean hides them."""
+    done = [r for r in window_rows if r["status"] not in NO_RESULT]
+    mean_f = sum(r["acc_F"] for r in done) / len(done) if done else math.nan
+    received = [r["acc_F"] for r in rows if r["window"] == RECEIVED_WINDOW]
+    line = (f"window {window + 1}/{windows}: {len(done)}/{count} nodes, {sum(int(r['steps']) for r in done)} steps, "
+            f"mean acc F {mean_f:.3f}" + (f" (as received {sum(received) / len(received):.3f})" if received else ""))
+    for status in NO_RESULT:
+        missing = sum(r["status"] == status for r in window_rows)
+        if missing:
+            line += f"; {missing} {status.replace('_', ' ')}"
+    return line

@@ -22,6 +22,7 @@ from flwr.serverapp import Grid, ServerApp
 from nodes.plan import FleetPlan
 from server.fleet import run_fleet
 from swarm import io
+from swarm.fleet_rows import NOT_SIMULATED
 
 app = ServerApp()
 
@@ -50,9 +51,22 @@ def run_plan(grid: Grid, path: Path) -> None:
     try:
         fleet = FleetPlan.load(path).config["fleet"]
         rows = run_fleet(grid, path, strategy=str(fleet["strategy"]), join_timeout_s=float(fleet["join_timeout_s"]),
-                         window_timeout_s=float(fleet["window_timeout_s"]))
+                         window_timeout_s=float(fleet["window_timeout_s"]), simulated=is_simulation(grid))
         failed = sorted({r["node"] for r in rows if r["status"] == "failed"})
-        io.write_json(status_file, {"ok": not failed, "failed_nodes": failed, "error": ""})
+        not_simulated = sorted({r["node"] for r in rows if r["status"] == NOT_SIMULATED})
+        io.write_json(status_file, {"ok": not failed and not not_simulated, "failed_nodes": failed,
+                                    "not_simulated_nodes": not_simulated, "error": ""})
     except Exception as error:
         traceback.print_exc()
-        io.write_json(status_file, {"ok": False, "failed_nodes": [], "error": f"{type(error).__name__}: {error}"})
+        io.write_json(status_file, {"ok": False, "failed_nodes": [], "not_simulated_nodes": [],
+                                    "error": f"{type(error).__name__}: {error}"})
+
+
+def is_simulation(grid: Grid) -> bool:
+    """Flower's simulation engine hands the ServerApp an in-memory grid; the Deployment Engine a
+    networked one. Only on real devices does a missed deadline mean that a device failed. (Imported
+    here: the module pulls in Flower's state store, whose import logs at INFO before the simulation
+    quiets it.)"""
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+    return isinstance(grid, InMemoryGrid)

@@ -52,6 +52,7 @@ def data_options(cfg: DictConfig) -> DataOptions:
         max_per_class=None if data.max_per_class is None else int(data.max_per_class),
         val_fraction=float(data.val_fraction),
         seed=int(cfg.seed),
+        verify_checksums=bool(data.get("verify_checksums", True)),
     )
 
 

@@ -1,4 +1,5 @@
-"""Errors a user can fix. Entry points print them as one line and exit with code 2."""
+"""Errors a user can fix. Entry points print them as one line and exit with code 2; the fleet's
+outcomes have their own codes (1: nodes failed, 3: nodes not simulated), after all is written."""
 
 
 class SwarmError(Exception):
@@ -13,8 +14,19 @@ class FleetFailure(SwarmError):
     exit_code = 1
 
 
+class FleetIncomplete(SwarmError):
+    """The simulation engine left node-windows unserved (a hung actor); everything else was written,
+    and every fleet mean says over how many nodes it is."""
+
+    exit_code = 3
+
+
 class DataNotFoundError(SwarmError):
     """A dataset is not where the configuration says it is."""
+
+
+class CorruptDataError(SwarmError):
+    """A data file is not what it claims to be (checksum, format or content)."""
 
 
 class ScenarioError(SwarmError):

@@ -14,10 +14,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from swarm import io  # noqa: E402
+from swarm.fleet_rows import FAILED, NO_RESULT, NOT_SIMULATED, RECEIVED_WINDOW  # noqa: E402
 
 METRICS = ("acc_P", "acc_F", "acc_PF", "steps", "samples_seen", "flops", "energy_j")
 ACCURACIES = ("acc_P", "acc_F", "acc_PF")
-RECEIVED = -1  # the window number of each node's row for the model as received
 # Why a node that never trained did not, by the statuses of its windows.
 IDLE_REASONS = {
     "unavailable": "never available while the run lasted (its availability cycle)",
@@ -26,6 +26,7 @@ IDLE_REASONS = {
     "data_exhausted": "it never had enough local data for a step",
     "ok": "no data arrived to train on",
     "failed": "it failed",
+    "not_simulated": "the simulation engine never served it (not a device outcome)",
 }
 
 
@@ -57,7 +58,7 @@ def final_rows(rows: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
     """Each node's last window that did not fail."""
     final: dict[int, dict[str, Any]] = {}
     for row in sorted(rows, key=lambda r: r["window"]):
-        if row["window"] != RECEIVED and row["status"] != "failed":
+        if row["window"] != RECEIVED_WINDOW and row["status"] not in NO_RESULT:
             final[row["node"]] = row
     return final
 
@@ -65,7 +66,7 @@ def final_rows(rows: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
 def gains(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Per accuracy: fleet mean of (last window − as received) per node, the share of nodes that
     improved, and the same by device profile (with how many of its nodes trained at all)."""
-    received = {r["node"]: r for r in rows if r["window"] == RECEIVED}
+    received = {r["node"]: r for r in rows if r["window"] == RECEIVED_WINDOW}
     final = final_rows(rows)
     steps = {n: sum(r["steps"] for r in rows if r["node"] == n and not math.isnan(r["steps"])) for n in final}
     nodes = sorted(set(received) & set(final))
@@ -92,7 +93,7 @@ def gains(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def f_group_accuracy(rows: list[dict[str, Any]], names: list[str]) -> dict[str, dict[str, float]]:
     """Fleet mean accuracy on each group of F (its classes, or domains), as received and at the end."""
-    received = [r["acc_F_groups"] for r in rows if r["window"] == RECEIVED and r["acc_F_groups"]]
+    received = [r["acc_F_groups"] for r in rows if r["window"] == RECEIVED_WINDOW and r["acc_F_groups"]]
     final = [r["acc_F_groups"] for r in final_rows(rows).values() if r["acc_F_groups"]]
     if not received and not final:
         return {}
@@ -124,8 +125,8 @@ def accuracy_matrix(rows: list[dict[str, Any]], tasks: list[list[int]],
     matrices = []
     for node, starts in event_starts.items():
         mine = by_node.get(node, [])
-        received = [r for r in mine if r["window"] == RECEIVED]
-        trained = sorted((r for r in mine if r["window"] != RECEIVED and r["status"] != "failed"),
+        received = [r for r in mine if r["window"] == RECEIVED_WINDOW]
+        trained = sorted((r for r in mine if r["window"] != RECEIVED_WINDOW and r["status"] not in NO_RESULT),
                          key=lambda r: r["window"])
         if not received or not trained:
             continue
@@ -150,37 +151,67 @@ def idle_nodes(rows: list[dict[str, Any]]) -> dict[int, str]:
     """Nodes that did not train a single step, with the reason their windows give."""
     reasons = {}
     for node in sorted({r["node"] for r in rows}):
-        mine = [r for r in rows if r["node"] == node and r["window"] != RECEIVED]
+        mine = [r for r in rows if r["node"] == node and r["window"] != RECEIVED_WINDOW]
         if sum(r["steps"] for r in mine if not math.isnan(r["steps"])) > 0:
             continue
         statuses = {r["status"] for r in mine}
-        for status in ("failed", "does_not_fit", "unavailable", "budget_exhausted", "data_exhausted", "ok"):
+        for status in (NOT_SIMULATED, FAILED, "does_not_fit", "unavailable", "budget_exhausted", "data_exhausted", "ok"):
             if status in statuses:
                 reasons[node] = IDLE_REASONS[status]
                 break
     return reasons
 
 
+def coverage(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """How much of the fleet the means cover: nodes in the run, nodes with a result in the last
+    window, and node-windows that failed (a device outcome) or were not simulated (the engine's)."""
+    nodes = sorted({r["node"] for r in rows})
+    trained = [r for r in rows if r["window"] != RECEIVED_WINDOW]
+    last = max((r["window"] for r in trained), default=RECEIVED_WINDOW)
+    final = final_rows(rows)
+    failed = sum(r["status"] == FAILED for r in trained)
+    unserved = sum(r["status"] == NOT_SIMULATED for r in trained)
+    return {"nodes": len(nodes), "nodes_with_result": len(final),
+            "nodes_in_last_window": sum(1 for r in trained if r["window"] == last and r["status"] not in NO_RESULT),
+            "failed_node_windows": failed, "not_simulated_node_windows": unserved,
+            "complete": not failed and not unserved}
+
+
+def coverage_line(cov: dict[str, Any]) -> str | None:
+    """One loud line when the means do not cover the whole fleet (None when they do)."""
+    if cov["complete"]:
+        return None
+    parts = []
+    if cov["not_simulated_node_windows"]:
+        parts.append(f"{cov['not_simulated_node_windows']} node-windows were NOT SIMULATED (the engine gave no reply)")
+    if cov["failed_node_windows"]:
+        parts.append(f"{cov['failed_node_windows']} node-windows failed")
+    return (f"INCOMPLETE FLEET: {'; '.join(parts)}. Means cover the {cov['nodes_in_last_window']} of "
+            f"{cov['nodes']} nodes with a result in the last window.")
+
+
 def summarize(rows: list[dict[str, Any]], f_group_names: list[str] | None = None,
               events: tuple[list[list[int]], dict[int, list[float]]] | None = None) -> dict[str, Any]:
-    windows = sorted({r["window"] for r in rows} - {RECEIVED})
+    windows = sorted({r["window"] for r in rows} - {RECEIVED_WINDOW})
     per_window = []
     for window in windows:
         here = [r for r in rows if r["window"] == window]
         entry: dict[str, Any] = {"window": window, "sim_time_s": max(r["sim_time_s"] for r in here),
                                  "status": {s: sum(r["status"] == s for r in here) for s in sorted({r["status"] for r in here})}}
         for metric in METRICS:
-            stats = _stats([r[metric] for r in here if r["status"] != "failed"])
+            stats = _stats([r[metric] for r in here if r["status"] not in NO_RESULT])
             if stats is not None:
                 entry[metric] = stats
         per_window.append(entry)
-    trained = [r for r in rows if r["window"] != RECEIVED]
-    ok = [r for r in trained if r["status"] != "failed"]
+    trained = [r for r in rows if r["window"] != RECEIVED_WINDOW]
+    ok = [r for r in trained if r["status"] not in NO_RESULT]
     totals = {"steps": sum(r["steps"] for r in ok), "flops": sum(r["flops"] for r in ok),
               "energy_j": sum(r["energy_j"] for r in ok), "node_windows": len(trained),
-              "failed_node_windows": len(trained) - len(ok)}
-    received = [r for r in rows if r["window"] == RECEIVED]
+              "failed_node_windows": sum(r["status"] == FAILED for r in trained),
+              "not_simulated_node_windows": sum(r["status"] == NOT_SIMULATED for r in trained)}
+    received = [r for r in rows if r["window"] == RECEIVED_WINDOW]
     summary: dict[str, Any] = {
+        "coverage": coverage(rows),
         "received": {m: stats for m in ACCURACIES if (stats := _stats([r[m] for r in received])) is not None},
         "windows": per_window, "gain": gains(rows), "totals": totals,
         "idle_nodes": {str(node): reason for node, reason in idle_nodes(rows).items()}}
@@ -225,7 +256,7 @@ def _plot_over_time(rows: list[dict[str, Any]], metric: str, path: Path, title: 
 
 def _plot_final_distribution(rows: list[dict[str, Any]], metrics: list[str], path: Path, title: str) -> None:
     last = max(r["window"] for r in rows)
-    final = [r for r in rows if r["window"] == last and r["status"] != "failed"]
+    final = [r for r in rows if r["window"] == last and r["status"] not in NO_RESULT]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     data = [[r[m] for r in final if not math.isnan(r[m])] for m in metrics]
     ax.boxplot(data, showmeans=True)
@@ -302,12 +333,14 @@ def write_report(run_dir: Path, title: str, *, target: str = "acc_F", f_group_na
                     f"{title}: {target.replace('acc_', 'accuracy on ')} per node",
                     reference["after"].get(target) if reference else None)
     _plot_final_distribution(rows, metrics, run_dir / "final_accuracy.png", f"{title}: per-node accuracy, last window")
-    trained = [r for r in rows if r["window"] != RECEIVED]
+    trained = [r for r in rows if r["window"] != RECEIVED_WINDOW]
     last = max(r["window"] for r in trained)
-    received = {r["node"]: r for r in rows if r["window"] == RECEIVED}
+    received = {r["node"]: r for r in rows if r["window"] == RECEIVED_WINDOW}
     lines = [f"# {title}", "", f"{len({r['node'] for r in rows})} nodes, {last + 1} windows. "
              f"Totals: {summary['totals']['steps']:.0f} training steps, {summary['totals']['energy_j']:.1f} J, "
-             f"{summary['totals']['flops'] / 1e12:.3f} TFLOP.", "", *_adaptation_lines(summary, target, reference),
+             f"{summary['totals']['flops'] / 1e12:.3f} TFLOP.", "",
+             *([f"**{warning}**", ""] if (warning := coverage_line(summary["coverage"])) else []),
+             *_adaptation_lines(summary, target, reference),
              "![accuracy over time](accuracy_over_time.png)", "", "![final accuracy](final_accuracy.png)", "",
              "## Per node (last window; steps and energy summed over all windows)", "",
              f"| node | profile | steps | energy (J) | {target} received | " + " | ".join(metrics) + " | status |",

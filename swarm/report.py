@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Iterable
 
 from swarm import io
+from swarm.fleet_rows import NO_RESULT
 from swarm.errors import SwarmError
 from swarm.report_plots import plot_budget, plot_fig3, plot_fleets
 from swarm.results import Estimate, FleetResult, collect, estimate, paired_difference, pruning_curve
@@ -34,7 +35,7 @@ CSV_COLUMNS = ["scenario", "mode", "model", "pruning", "pretrain", "seed", "iter
                "fleet_variant", "p_acc_after_pruning", "adapted_metric", "received_mean", "adapted_mean", "gain",
                "reference_before", "reference_after", "improved_share", "adapted_min",
                "adapted_max", "acc_P_after_adaptation", "forgetting_P", "target", "seconds_to_target",
-               "joules_to_target", "steps", "energy_j", "failed_nodes", "directory"]
+               "joules_to_target", "steps", "energy_j", "failed_nodes", "not_simulated_nodes", "directory"]
 
 
 def _by(results: Iterable[FleetResult], *fields: str) -> dict[tuple, list[FleetResult]]:
@@ -61,7 +62,7 @@ def write_csv(path: Path, results: list[FleetResult], target_of: dict[str, float
     for r in sorted(results, key=lambda r: (r.scenario, r.pruning, r.pretrain, r.budget_label, r.iteration, r.seed)):
         final = r.final_per_node()
         seconds, joules = r.to_target(target_of[r.scenario])
-        ok = [row for row in r.rows if row["status"] != "failed"]
+        ok = [row for row in r.rows if row["status"] not in NO_RESULT]
         writer.writerow({
             "scenario": r.scenario, "mode": r.mode, "model": r.model, "pruning": r.pruning, "pretrain": r.pretrain,
             "seed": r.seed, "iteration": r.iteration, "params": r.params, "budget": r.budget_label,
@@ -74,7 +75,8 @@ def write_csv(path: Path, results: list[FleetResult], target_of: dict[str, float
             "acc_P_after_adaptation": _num(r.fleet_mean("acc_P")), "forgetting_P": _num(r.forgetting),
             "target": target_of[r.scenario], "seconds_to_target": _num(seconds), "joules_to_target": _num(joules),
             "steps": int(sum(row["steps"] for row in ok)), "energy_j": _num(sum(row["energy_j"] for row in ok)),
-            "failed_nodes": r.failed_nodes, "directory": str(r.directory)})
+            "failed_nodes": r.failed_nodes, "not_simulated_nodes": r.not_simulated_nodes,
+            "directory": str(r.directory)})
     io.write_text(path, buffer.getvalue())
 
 
@@ -190,6 +192,10 @@ def write(directories: list[Path], out: Path, target: float | None = None) -> li
         failed = sum(r.failed_nodes for r in group)
         if failed:
             lines += [f"**{failed} node(s) failed** in these runs; their rows are left out of the means.", ""]
+        unserved = sum(r.not_simulated_nodes for r in group)
+        if unserved:
+            lines += [f"**INCOMPLETE: {unserved} node(s) were not simulated** in some window of these runs (the "
+                      "engine gave no reply); the means cover only the nodes that were.", ""]
         stem = scenario if one_per_scenario else f"{scenario}-{model}-{variant}"
         budgets = _by(group, "budget_kind", "budget_value")
         for budget_group in budgets.values():

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from swarm.errors import SwarmError
-from swarm.fleet_report import RECEIVED, read_rows
+from swarm.fleet_report import read_rows
+from swarm.fleet_rows import FAILED, NO_RESULT, NOT_SIMULATED, RECEIVED_WINDOW
 
 # Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom; beyond, the normal 1.96.
 _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
@@ -93,7 +94,7 @@ class FleetResult:
 
     def final_per_node(self, metric: str | None = None) -> list[float]:
         metric = metric or self.target_metric
-        return [r[metric] for r in self.rows if r["window"] == self.last_window and r["status"] != "failed"
+        return [r[metric] for r in self.rows if r["window"] == self.last_window and r["status"] not in NO_RESULT
                 and not math.isnan(r[metric])]
 
     def fleet_mean(self, metric: str | None = None) -> float:
@@ -103,7 +104,7 @@ class FleetResult:
     def received_mean(self, metric: str | None = None) -> float:
         """Fleet mean of the model as the nodes received it (nodes.csv's window -1 rows)."""
         metric = metric or self.target_metric
-        values = [r[metric] for r in self.rows if r["window"] == RECEIVED and not math.isnan(r[metric])]
+        values = [r[metric] for r in self.rows if r["window"] == RECEIVED_WINDOW and not math.isnan(r[metric])]
         return statistics.fmean(values) if values else math.nan
 
     def gain(self, metric: str | None = None) -> float:
@@ -113,8 +114,8 @@ class FleetResult:
     def improved_share(self, metric: str | None = None) -> float:
         """Share of nodes whose accuracy after the last window beats the model as they received it."""
         metric = metric or self.target_metric
-        received = {r["node"]: r[metric] for r in self.rows if r["window"] == RECEIVED}
-        final = {r["node"]: r[metric] for r in self.rows if r["window"] == self.last_window and r["status"] != "failed"}
+        received = {r["node"]: r[metric] for r in self.rows if r["window"] == RECEIVED_WINDOW}
+        final = {r["node"]: r[metric] for r in self.rows if r["window"] == self.last_window and r["status"] not in NO_RESULT}
         pairs = [(received[n], final[n]) for n in set(received) & set(final)
                  if not math.isnan(received[n]) and not math.isnan(final[n])]
         return sum(a > b for b, a in pairs) / len(pairs) if pairs else math.nan
@@ -141,7 +142,12 @@ class FleetResult:
 
     @property
     def failed_nodes(self) -> int:
-        return len({r["node"] for r in self.rows if r["status"] == "failed"})
+        return len({r["node"] for r in self.rows if r["status"] == FAILED})
+
+    @property
+    def not_simulated_nodes(self) -> int:
+        """Nodes the simulation engine left unserved in some window (not a device outcome)."""
+        return len({r["node"] for r in self.rows if r["status"] == NOT_SIMULATED})
 
     def curve(self, metric: str | None = None) -> list[tuple[float, float, float]]:
         """(simulated seconds, joules spent per node so far, fleet mean) after every window."""
@@ -149,7 +155,7 @@ class FleetResult:
         points, spent = [], 0.0
         nodes = max(len({r["node"] for r in self.rows}), 1)
         for window in sorted({r["window"] for r in self.rows}):
-            here = [r for r in self.rows if r["window"] == window and r["status"] != "failed"]
+            here = [r for r in self.rows if r["window"] == window and r["status"] not in NO_RESULT]
             spent += sum(r["energy_j"] for r in here if not math.isnan(r["energy_j"])) / nodes
             values = [r[metric] for r in here if not math.isnan(r[metric])]
             if values:

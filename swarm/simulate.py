@@ -8,7 +8,9 @@
    adapts for ``fleet.windows`` windows within what its SimPy device model grants. Several
    checkpoints run one after the other in one engine start, each in ``iteration_NN/``.
 4. ``nodes.csv``, ``summary.json``, ``run.json``, ``report.md`` and plots land in the run directory.
-   A node that failed makes the run exit with code 1 after everything is written.
+   After everything is written, the exit code says how complete the fleet was: 1 if a node failed
+   (as a device: its app raised, or its reply was invalid), 3 if the simulation engine left some
+   node-windows unserved (``not_simulated``: every fleet mean then covers only part of the fleet).
 
 Finished fleet results are cached (:mod:`swarm.fleet_cache`), like the coordinator's, so a sweep
 that is run again skips every point it already finished.
@@ -31,9 +33,9 @@ from server import coordinator, reference
 from swarm import fleet_cache, io
 from swarm.config import data_options, entry_point, scenario_of
 from swarm.data.build import ScenarioData, build
-from swarm.errors import FleetFailure, SwarmError
+from swarm.errors import FleetFailure, FleetIncomplete, SwarmError
 from swarm.evaluation import f_groups
-from swarm.fleet_report import write_report
+from swarm.fleet_report import coverage_line, write_report
 from swarm.prune import table
 
 log = logging.getLogger("swarm.simulate")
@@ -102,11 +104,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if pending:
         _run_flower([job.plan_path for job in pending], int(cfg.fleet.nodes))
 
-    errors, failed_nodes, finals = [], {}, []
+    errors, failed_nodes, unserved, finals = [], {}, {}, []
     target = "acc_PF" if scenario.mode == "continual" else "acc_F"
     f_names = f_groups(data, "test")[1]
     for job in jobs:
-        status = {"error": "", "failed_nodes": []} if job.from_cache else _status(job.directory)
+        status = ({"error": "", "failed_nodes": [], "not_simulated_nodes": []} if job.from_cache
+                  else _status(job.directory))
         if status["error"]:
             errors.append(f"iteration {job.iteration}: {status['error']}")
             continue
@@ -117,7 +120,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                                reference=entry.get("reference"), events=_events(job.plan_path))
         if status["failed_nodes"]:
             failed_nodes[job.iteration] = status["failed_nodes"]
-        elif not job.from_cache:
+        if status["not_simulated_nodes"]:
+            unserved[job.iteration] = status["not_simulated_nodes"]
+        if not job.from_cache and not status["failed_nodes"] and not status["not_simulated_nodes"]:
             fleet_cache.store(cache_dir, job.key, job.directory)
         _write_run_record(cfg, scenario.mode, record, job, summary, status)
         finals.append((job, summary))
@@ -127,6 +132,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
               f"report: {job.directory / 'report.md'}")
     if errors:
         raise SwarmError("the fleet failed: " + "; ".join(errors) + f" (see {run_dir} and the log above)")
+    if unserved:
+        where = "; ".join(f"iteration {it}: {len(nodes)} nodes" for it, nodes in unserved.items())
+        raise FleetIncomplete(f"{where} not simulated in some window (the engine gave no reply within "
+                              f"fleet.window_timeout_s={cfg.fleet.window_timeout_s}); their fleet means cover only "
+                              f"the nodes that were; see report.md in {run_dir}")
     if failed_nodes:
         where = "; ".join(f"iteration {it}: nodes {nodes}" for it, nodes in failed_nodes.items())
         raise FleetFailure(f"{where} failed; see report.md in {run_dir}")
@@ -152,6 +162,9 @@ def _outcome(summary: dict[str, Any]) -> str:
         parts.append(text + (f" [reference {reference_after:.3f}]" if reference_after is not None else ""))
     idle = summary["idle_nodes"]
     lines = ["fleet mean as received -> after the last window: " + ", ".join(parts)]
+    warning = coverage_line(summary["coverage"])
+    if warning:
+        lines.insert(0, warning)
     lines += [f"  node {node} never trained: {reason}" for node, reason in list(idle.items())[:5]]
     if len(idle) > 5:
         lines.append(f"  ... and {len(idle) - 5} more nodes that never trained (report.md lists them)")
@@ -177,8 +190,9 @@ def _run_flower(plans: list[Path], num_nodes: int) -> None:
 def _status(directory: Path) -> dict[str, Any]:
     path = directory / "fleet_status.json"
     if not path.exists():
-        return {"error": f"the fleet stopped without a result in {directory}", "failed_nodes": []}
-    return json.loads(path.read_text())
+        return {"error": f"the fleet stopped without a result in {directory}", "failed_nodes": [],
+                "not_simulated_nodes": []}
+    return {"not_simulated_nodes": [], **json.loads(path.read_text())}
 
 
 def _write_run_record(cfg: DictConfig, mode: str, record: dict[str, Any], job: FleetJob,
@@ -192,7 +206,8 @@ def _write_run_record(cfg: DictConfig, mode: str, record: dict[str, Any], job: F
         "params": iterations[job.iteration]["params"], "macs": iterations[job.iteration]["macs"],
         "coordinator_key": record["key"], "coordinator": iterations, "fleet_key": job.key,
         "fleet": {k: v for k, v in fleet.items() if k not in fleet_cache.NOT_IN_KEY},
-        "from_cache": job.from_cache, "failed_nodes": status["failed_nodes"], "totals": summary["totals"],
+        "from_cache": job.from_cache, "failed_nodes": status["failed_nodes"],
+        "not_simulated_nodes": status["not_simulated_nodes"], "totals": summary["totals"],
         "gain": summary["gain"],
     }
     io.write_json(job.directory / "run.json", run_record)

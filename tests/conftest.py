@@ -22,14 +22,25 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def make_cfg():
+def task_identity(monkeypatch):
+    """Messages take their run and sender ids from Flower's TaskIdentity, which an engine sets;
+    tests that send Messages without an engine set them here."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
+def compose_config(*overrides: str, config_name: str = "config"):
     """Compose the project's config with overrides, as the command line would."""
+    with initialize_config_module(config_module="scenarios", version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides))
 
-    def make(*overrides: str, config_name: str = "config"):
-        with initialize_config_module(config_module="scenarios", version_base="1.3"):
-            return compose(config_name=config_name, overrides=list(overrides))
 
-    return make
+@pytest.fixture
+def make_cfg():
+    return compose_config
 
 
 def run_module(module: str, *args: str, cwd: Path | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -161,3 +172,48 @@ def write_fleet_plan(cfg, workdir: Path, run_name: str, windows: int, pretrain_e
     plan = plan_from_config(config, data, checkpoint=workdir / "start.pt", run_dir=run)
     plan.save(run / "fleet_plan.json")
     return run / "fleet_plan.json", data
+
+
+class FakeGrid:
+    """Flower's Grid without an engine: each pushed message goes straight to the ClientApp, as a
+    SuperNode with that partition would answer it. ``silent`` partitions answer who they are but
+    no ``train.adapt`` (a hung actor, a device gone); ``tamper(reply, partition)`` may change a reply on its way back."""
+
+    def __init__(self, partitions: int, joined: int | None = None, silent=(), tamper=None, claims=None) -> None:
+        self.ids = [10_000 + 37 * p for p in range(partitions)][: joined if joined is not None else partitions]
+        self.partition = {nid: p for p, nid in enumerate(self.ids)}
+        self.claims = claims or {}  # node id -> the partition it claims (default: its own)
+        self.total, self.silent, self.tamper = partitions, set(silent), tamper
+        self.replies = {}
+        self.sent = []
+
+    def get_node_ids(self):
+        return list(self.ids)
+
+    def push_messages(self, messages):
+        import uuid
+
+        from flwr.app import Context, RecordDict
+
+        import nodes.client_app as client_app
+
+        ids = []
+        for message in messages:
+            message.metadata.__dict__["_message_id"] = str(uuid.uuid4())
+            ids.append(message.metadata.message_id)
+            self.sent.append(message)
+            nid = message.metadata.dst_node_id
+            partition = self.partition[nid]
+            if partition in self.silent and message.metadata.message_type == "train.adapt":
+                continue
+            claimed = self.claims.get(nid, partition)
+            context = Context(run_id=1, node_id=nid, state=RecordDict(), run_config={},
+                              node_config={"partition-id": claimed, "num-partitions": self.total})
+            reply = client_app.app(message, context)
+            if self.tamper is not None and message.metadata.message_type == "train.adapt":
+                reply = self.tamper(reply, partition)
+            self.replies[message.metadata.message_id] = reply
+        return ids
+
+    def pull_messages(self, message_ids):
+        return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import shutil
 
 import pytest
 
-from tests.conftest import run_module
+from tests.conftest import FakeGrid, run_module
 
 TINY = ["scenario.dataset.train_per_group=6", "scenario.dataset.test_per_group=2", "train.max_epochs=1"]
 
@@ -25,7 +27,7 @@ def test_splits_without_data(tmp_path):
 
 def test_splits_with_data_has_counts_and_task_only_empties_t(tmp_path, cifar10_root):
     result = run_module("swarm.splits", "scenario=cifar10_new_subclasses", "pretrain=task_only",
-                        f"data.root={cifar10_root}")
+                        f"data.root={cifar10_root}", "data.verify_checksums=false")
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["label_names"] == ["vehicle", "animal"]
@@ -114,3 +116,36 @@ def test_simulate_runs_coordinator_and_a_real_flower_fleet(tmp_path):
     assert unknown.returncode == 2 and "unknown device profile 'toaster'; profiles:" in unknown.stderr
     crowded = run_module("swarm.simulate", *args, "fleet.nodes=5000", f"hydra.run.dir={tmp_path / 'run5'}")
     assert crowded.returncode == 2 and "nodes fit" in crowded.stderr
+
+
+def test_a_fleet_the_engine_serves_slower_than_the_deadline_is_simulated_whole(tmp_path, task_identity):
+    """Issue 14: 60 nodes queue on the engine's two actors for longer than fleet.window_timeout_s,
+    yet every node is simulated (in simulation the deadline guards only against a hung actor), and
+    nodes.csv equals an engine-free run of the same plan with a generous deadline."""
+    from server import fleet
+
+    timeout = 3
+    fleet_args = [a for a in FLEET if not a.startswith("fleet.nodes=")]
+    args = [*TINY, "scenario.dataset.train_per_group=14", "prune.iterations=0", "scenario.dataset.image_size=16",
+            f"cache_dir={tmp_path / 'cache'}", *fleet_args, "fleet.nodes=60", f"fleet.window_timeout_s={timeout}"]
+    run = tmp_path / "run"
+    result = run_module("swarm.simulate", *args, f"hydra.run.dir={run}", timeout=400)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    with open(run / "nodes.csv") as f:
+        statuses = [r["status"] for r in csv.DictReader(f)]
+    assert len(statuses) == 3 * 60 and not set(statuses) & set(fleet.NO_RESULT)
+    seconds = [float(s) for s in re.findall(r"window \d/2: 60/60 nodes.*; ([\d.]+) s", log)]
+    assert len(seconds) == 2 and max(seconds) > timeout, seconds  # the queue outlasted the deadline
+    expected = (run / "nodes.csv").read_text()
+    shutil.rmtree(run / "nodes")
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as on an engine actor (one CPU each): the same kernels, the same sums
+    try:
+        fleet.run_fleet(FakeGrid(60), run / "fleet_plan.json", strategy="fedavg", join_timeout_s=5,
+                        window_timeout_s=600)
+    finally:
+        torch.set_num_threads(threads)
+    assert (run / "nodes.csv").read_text() == expected

@@ -6,48 +6,22 @@ import csv
 
 import pytest
 import torch
-from flwr.app import Context, RecordDict
+from flwr.app import ArrayRecord
 
 import nodes.client_app as client_app
 from nodes.node import NodeRuntime
 from server import fleet
 from swarm.errors import SwarmError
-from tests.conftest import write_fleet_plan
+from tests.conftest import FakeGrid, write_fleet_plan
 
 TINY = ["scenario.dataset.train_per_group=8", "scenario.dataset.test_per_group=3", "scenario.dataset.image_size=16",
         "fleet.window_s=100", "fleet.stream_rate=0.2", "fleet.eval_samples=60", "fleet.drift.low=0",
         "fleet.drift.high=150", "fleet.batch_size=8", "fleet.budget.compute_s=0.3"]
 
 
-class FakeGrid:
-    """Delivers each message straight to the ClientApp, as a SuperNode with that partition would."""
-
-    def __init__(self, partitions: int, joined: int | None = None) -> None:
-        self.ids = [10_000 + 37 * p for p in range(partitions)][: joined if joined is not None else partitions]
-        self.partition = {nid: p for p, nid in enumerate(self.ids)}
-        self.total = partitions
-
-    def get_node_ids(self):
-        return list(self.ids)
-
-    def send_and_receive(self, messages, *, timeout=None):
-        replies = []
-        for message in messages:
-            nid = message.metadata.dst_node_id
-            context = Context(run_id=1, node_id=nid, state=RecordDict(), run_config={},
-                              node_config={"partition-id": self.partition[nid], "num-partitions": self.total})
-            replies.append(client_app.app(message, context))
-        return replies
-
-
 @pytest.fixture(autouse=True)
-def task_identity(monkeypatch):
-    """Messages take their run and sender ids from Flower's TaskIdentity, which an engine sets."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+def _engine_identity(task_identity):
+    """Every test here sends Messages without an engine."""
 
 
 @pytest.fixture
@@ -68,7 +42,7 @@ def test_every_node_reports_every_window(plan_file):
     rows = fleet.run_fleet(FakeGrid(3), path, join_timeout_s=5, window_timeout_s=60)
     assert len(rows) == 9 and {r["status"] for r in rows} <= {"received", "ok", "budget_exhausted", "data_exhausted"}
     on_disk = read_rows(path.parent / "nodes.csv")
-    assert list(on_disk[0]) == fleet.COLUMNS
+    assert tuple(on_disk[0]) == fleet.COLUMNS
     # First each node's evaluation of the model as received (window -1), then every window.
     assert [(int(r["window"]), int(r["node"])) for r in on_disk] == [(w, n) for w in range(-1, 2) for n in range(3)]
     received = [r for r in on_disk if r["window"] == "-1"]
@@ -149,8 +123,9 @@ def test_fedavg_averages_the_adapted_models(plan_file):
     assert len(rows) == 6
     a = {"w": torch.tensor([1.0, 3.0]), "n": torch.tensor(5)}
     b = {"w": torch.tensor([3.0, 5.0]), "n": torch.tensor(9)}
-    avg = fleet.average([a, b], [1.0, 3.0])
-    assert torch.allclose(avg["w"], torch.tensor([2.5, 4.5])) and int(avg["n"]) == 5
+    avg = fleet.average([ArrayRecord(a), ArrayRecord(b)], [1.0, 3.0], sent=a)  # Flower's helper
+    assert torch.allclose(avg["w"], torch.tensor([2.5, 4.5]))
+    assert avg["n"].dtype == torch.int64 and int(avg["n"]) == 8  # the batch counter keeps its dtype
 
 
 def test_the_server_does_not_wait_forever(plan_file):
@@ -162,7 +137,7 @@ def test_the_server_does_not_wait_forever(plan_file):
 
 def test_nodes_build_the_same_labels_as_the_coordinator(make_cfg, tmp_path, cifar10_root):
     """Label groups are ordered (vehicle = 0, animal = 1): a node must not reorder them."""
-    cfg = make_cfg("scenario=cifar10_new_subclasses", f"data.root={cifar10_root}", "fleet.nodes=2")
+    cfg = make_cfg("scenario=cifar10_new_subclasses", f"data.root={cifar10_root}", "data.verify_checksums=false", "fleet.nodes=2")
     path, coordinator_data = write_fleet_plan(cfg, tmp_path, "run", windows=1)
     client_app._data.cache_clear()
     _, node_data = client_app.load_plan_and_data(str(path))

@@ -24,7 +24,7 @@ def _first_pixel(dataset, i) -> int:
 
 
 def test_cifar10_new_classes_counts_and_targets(make_cfg, cifar10_root):
-    cfg = make_cfg("scenario=cifar10_new_classes", f"data.root={cifar10_root}")
+    cfg = make_cfg("scenario=cifar10_new_classes", f"data.root={cifar10_root}", "data.verify_checksums=false")
     data = build(scenario_of(cfg), data_options(cfg))
     # 50 train images per class, 10% of each class to validation; 20 test images per class.
     assert data.counts() == {"T": {"train": 270, "val": 30, "test": 120},
@@ -40,7 +40,7 @@ def test_cifar10_new_classes_counts_and_targets(make_cfg, cifar10_root):
 
 
 def test_cifar10_superclass_targets(make_cfg, cifar10_root):
-    cfg = make_cfg("scenario=cifar10_new_subclasses", f"data.root={cifar10_root}")
+    cfg = make_cfg("scenario=cifar10_new_subclasses", f"data.root={cifar10_root}", "data.verify_checksums=false")
     data = build(scenario_of(cfg), data_options(cfg))
     f_test = data.datasets["F"]["test"]
     for i in range(len(f_test)):
@@ -49,8 +49,57 @@ def test_cifar10_superclass_targets(make_cfg, cifar10_root):
     assert data.counts()["P"]["test"] == 80
 
 
+class _Exploit:
+    """What a hostile data folder could hold: unpickling it would run a command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_cifar_batch_cannot_run_code_nor_pass_as_the_original(make_cfg, cifar10_root, tmp_path):
+    import pickle
+
+    from swarm.errors import CorruptDataError
+
+    folder = cifar10_root / "cifar-10-batches-py"
+    marker = tmp_path / "pwned"
+    (folder / "data_batch_3").write_bytes(pickle.dumps({b"data": _Exploit(marker)}, protocol=2))
+    cfg = make_cfg("scenario=cifar10_new_classes", f"data.root={cifar10_root}", "data.verify_checksums=false")
+    with pytest.raises(CorruptDataError, match="data_batch_3 is not a CIFAR python batch: refusing to load "
+                                                "(posix|os).system"):
+        build(scenario_of(cfg), data_options(cfg))
+    assert not marker.exists()
+    # With checksums on (the default), a file that is not the published one is refused before reading.
+    cfg = make_cfg("scenario=cifar10_new_classes", f"data.root={cifar10_root}")
+    with pytest.raises(CorruptDataError, match="does not match its published MD5 sum .* data.verify_checksums=false"):
+        build(scenario_of(cfg), data_options(cfg))
+
+
+def test_a_cifar_batch_of_the_wrong_shape_is_one_clear_error(make_cfg, cifar10_root):
+    import pickle
+
+    from swarm.errors import CorruptDataError
+
+    folder = cifar10_root / "cifar-10-batches-py"
+    labels = list(range(10))
+    (folder / "data_batch_2").write_bytes(pickle.dumps(
+        {b"data": np.zeros((10, 100), np.uint8), b"labels": labels}, protocol=2))
+    cfg = make_cfg("scenario=cifar10_new_classes", f"data.root={cifar10_root}", "data.verify_checksums=false")
+    with pytest.raises(CorruptDataError, match=r"data_batch_2: b'data' must be a uint8 array of shape \(n, 3072\)"):
+        build(scenario_of(cfg), data_options(cfg))
+    (folder / "data_batch_2").write_bytes(pickle.dumps(
+        {b"data": np.zeros((10, 3072), np.uint8), b"labels": [0] * 9 + [10]}, protocol=2))
+    with pytest.raises(CorruptDataError, match=r"labels must hold one label in 0..9 per image"):
+        build(scenario_of(cfg), data_options(cfg))
+
+
 def test_cifar100_subclasses(make_cfg, cifar100_root):
-    cfg = make_cfg("scenario=cifar100_new_subclasses", f"data.root={cifar100_root}")
+    cfg = make_cfg("scenario=cifar100_new_subclasses", f"data.root={cifar100_root}", "data.verify_checksums=false")
     data = build(scenario_of(cfg), data_options(cfg))
     assert data.num_outputs == 20
     assert data.counts()["F"]["test"] == 80 and data.counts()["T"]["test"] == 40
@@ -155,7 +204,7 @@ def test_folder_missing(make_cfg, tmp_path):
 
 def test_validation_split_is_seeded_stratified_and_independent_of_pretrain(make_cfg, cifar10_root):
     def p_val_indices(*overrides):
-        cfg = make_cfg("scenario=cifar10_new_classes", f"data.root={cifar10_root}", *overrides)
+        cfg = make_cfg("scenario=cifar10_new_classes", f"data.root={cifar10_root}", "data.verify_checksums=false", *overrides)
         data = build(scenario_of(cfg), data_options(cfg))
         return data.datasets["P"]["val"].indices, data.datasets["P"]["train"].indices
 

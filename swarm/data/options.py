@@ -15,7 +15,8 @@ class DataOptions:
     ``image_size`` overrides the scenario's input resolution (None keeps it);
     ``max_per_class`` keeps at most that many samples of each (class, domain) pair in each
     official split, chosen with ``seed``, so that CPU runs stay small;
-    ``val_fraction`` of the training split becomes the validation split used for early stopping.
+    ``val_fraction`` of the training split becomes the validation split used for early stopping;
+    ``verify_checksums``: files with published checksums (CIFAR's batches) must match them.
     """
 
     root: Path = Path("data")
@@ -24,3 +25,4 @@ class DataOptions:
     max_per_class: int | None = None
     val_fraction: float = 0.1
     seed: int = 0
+    verify_checksums: bool = True

@@ -1,12 +1,16 @@
 """CIFAR-10 and CIFAR-100 in the official "python version" pickle batches.
 
-torchvision downloads them (``data.download=true``); reading is done here from the pickle batches
-directly so that test fixtures in the same format load too (torchvision's loader insists on the
-official MD5 sums).
+torchvision downloads them (``data.download=true``). Reading is done here: a data folder is not
+trusted, so each file's MD5 sum is checked against the one torchvision publishes
+(``data.verify_checksums``; test fixtures in the same format turn it off), and the pickles are
+read with an unpickler that can build nothing but plain containers and numpy arrays -- a crafted
+batch cannot run code -- then checked for shape, type and label range.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import pickle
 from pathlib import Path
 
@@ -15,7 +19,7 @@ import torch
 
 from swarm.data.catalog import Catalog, SplitCatalog, TensorImages
 from swarm.data.options import DataOptions
-from swarm.errors import DataNotFoundError
+from swarm.errors import CorruptDataError, DataNotFoundError
 
 CIFAR10_CLASSES = [
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -70,17 +74,57 @@ def known_names(name: str) -> tuple[list[str], list[str]]:
     return (CIFAR10_CLASSES if name == "cifar10" else CIFAR100_CLASSES), ["default"]
 
 
-def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="bytes")
+# What a CIFAR batch may ask the unpickler to build (module, name): numpy arrays and their dtypes
+# (numpy 1 and 2 spell the module differently) and the bytes helper of protocol-2 pickles.
+_ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
 
-def _read_split(folder: Path, files: list[str], label_key: bytes) -> tuple[torch.Tensor, np.ndarray]:
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays only; anything else is refused, never imported."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _published_md5(name: str) -> dict[str, str]:
+    """File name -> MD5 sum, as torchvision publishes them for the official batches."""
+    import torchvision.datasets
+
+    dataset = getattr(torchvision.datasets, _LAYOUT[name]["torchvision"])
+    return {**dict(dataset.train_list), **dict(dataset.test_list), dataset.meta["filename"]: dataset.meta["md5"]}
+
+
+def _unpickle(path: Path, md5: str | None = None) -> dict:
+    data = path.read_bytes()
+    if md5 is not None and hashlib.md5(data).hexdigest() != md5:
+        raise CorruptDataError(f"{path} does not match its published MD5 sum {md5}: download it again "
+                               "(data.download=true), or set data.verify_checksums=false for a copy you changed")
+    try:
+        batch = _BatchUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as error:
+        raise CorruptDataError(f"{path} is not a CIFAR python batch: {error}") from None
+    if not isinstance(batch, dict):
+        raise CorruptDataError(f"{path} is not a CIFAR python batch (a {type(batch).__name__}, not a dict)")
+    return batch
+
+
+def _read_split(folder: Path, files: list[str], label_key: bytes, classes: int,
+                md5: dict[str, str]) -> tuple[torch.Tensor, np.ndarray]:
     images, labels = [], []
     for file in files:
-        batch = _unpickle(folder / file)
-        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(batch[label_key], dtype=np.int64))
+        path = folder / file
+        batch = _unpickle(path, md5.get(file))
+        data, targets = batch.get(b"data"), batch.get(label_key)
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise CorruptDataError(f"{path}: b'data' must be a uint8 array of shape (n, 3072)")
+        targets = np.asarray(targets if isinstance(targets, (list, np.ndarray)) else [], dtype=np.int64)
+        if len(targets) != len(data) or (len(targets) and not 0 <= targets.min() <= targets.max() < classes):
+            raise CorruptDataError(f"{path}: {label_key.decode()} must hold one label in 0..{classes - 1} per image")
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.append(targets)
     return torch.from_numpy(np.concatenate(images)), np.concatenate(labels)
 
 
@@ -99,13 +143,15 @@ def load(name: str, options: DataOptions) -> Catalog:
             f"{name} not found: looked for {folder / missing[0]}. Get it with data.download=true "
             f"(torchvision) or from https://www.cs.toronto.edu/~kriz/cifar.html and unpack it into {options.root}"
         )
+    md5 = _published_md5(name) if options.verify_checksums else {}
     meta_file, meta_key = layout["meta"]
-    classes = [n.decode() for n in _unpickle(folder / meta_file)[meta_key]]
+    names = _unpickle(folder / meta_file, md5.get(meta_file)).get(meta_key)
+    classes = [n.decode() for n in names] if isinstance(names, list) and all(isinstance(n, bytes) for n in names) else []
     expected = known_names(name)[0]
     if classes != expected:
         raise DataNotFoundError(f"{folder / meta_file} lists classes {classes[:5]}..., not those of {name}")
     splits = {}
     for split in ("train", "test"):
-        images, labels = _read_split(folder, layout[split], layout["labels"])
+        images, labels = _read_split(folder, layout[split], layout["labels"], len(classes), md5)
         splits[split] = SplitCatalog(labels, np.zeros_like(labels), TensorImages(images))
     return Catalog(name, classes, ["default"], channels=3, image_size=32, **splits)

@@ -1,0 +1,97 @@
+"""A fleet of 1,000 on this machine: every node simulated, whatever the wall-clock deadline.
+
+    python benchmarks/fleet_deadline.py                    # 1,000 nodes x 2 windows, deadline 600 s and 1,200 s
+    python benchmarks/fleet_deadline.py --nodes 200 --timeout 30
+
+Runs ``python -m swarm.simulate`` on the default scenario sized for a large fleet
+(``scenario.dataset.train_per_group=150 fleet.eval_samples=50``) twice with the same seed: with
+``fleet.window_timeout_s`` as given and doubled. The coordinator is shared through one cache; the
+finished fleet is removed from the cache between the runs, so the second fleet really runs.
+Per run it reports the wall time, the fleet's time per node-window (from the log's window lines,
+engine time only), the peak resident memory of the whole process tree (the driver and every Ray
+process, sampled every 0.5 s) and the statuses in ``nodes.csv``. It exits 1 if a node was not
+simulated or failed, or if the two ``nodes.csv`` differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import csv
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fleet_overhead import tree_rss_mb  # noqa: E402
+
+WINDOW_LINE = re.compile(r"window (\d+)/(\d+): (\d+)/(\d+) nodes.*; ([\d.]+) s$")
+
+
+def run(args: list[str], out: Path) -> dict:
+    command = [sys.executable, "-m", "swarm.simulate", *args, f"hydra.run.dir={out}"]
+    started = time.monotonic()
+    log = out.with_suffix(".log")
+    with open(log, "w") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, text=True)
+        peak, stop = [0.0], threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                peak[0] = max(peak[0], tree_rss_mb(process.pid))
+                stop.wait(0.5)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        code = process.wait()
+        stop.set()
+        sampler.join()
+    wall = time.monotonic() - started
+    windows = [WINDOW_LINE.search(line) for line in log.read_text().splitlines()]
+    windows = [m for m in windows if m]
+    statuses = collections.Counter()
+    with open(out / "nodes.csv") as f:
+        for row in csv.DictReader(f):
+            statuses[row["status"]] += 1
+    node_windows = sum(int(m.group(4)) for m in windows)
+    fleet_s = sum(float(m.group(5)) for m in windows)
+    return {"code": code, "wall_s": wall, "fleet_s": fleet_s, "s_per_node_window": fleet_s / max(node_windows, 1),
+            "peak_gb": peak[0] / 1024, "statuses": dict(statuses),
+            "served": [f"{m.group(3)}/{m.group(4)}" for m in windows], "log": log}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument("--windows", type=int, default=2)
+    parser.add_argument("--timeout", type=float, default=600, help="fleet.window_timeout_s of the first run")
+    parser.add_argument("--workdir", type=Path, default=None)
+    options = parser.parse_args()
+    work = options.workdir or Path(tempfile.mkdtemp(prefix="fleet_deadline_"))
+    cache = work / "cache"
+    common = ["scenario.dataset.train_per_group=150", f"fleet.nodes={options.nodes}",
+              f"fleet.windows={options.windows}", "fleet.eval_samples=50", f"cache_dir={cache}"]
+    results = {}
+    for timeout in (options.timeout, 2 * options.timeout):
+        shutil.rmtree(cache / "fleet", ignore_errors=True)  # the fleet runs again; the coordinator is reused
+        out = work / f"timeout_{timeout:g}"
+        results[timeout] = run([*common, f"fleet.window_timeout_s={timeout:g}"], out)
+        r = results[timeout]
+        print(f"window_timeout_s={timeout:g}: exit {r['code']}, wall {r['wall_s']:.0f} s, fleet {r['fleet_s']:.0f} s, "
+              f"{r['s_per_node_window']:.3f} s per node-window, peak RSS {r['peak_gb']:.2f} GB, "
+              f"served per window {r['served']}, statuses {r['statuses']} (log: {r['log']})", flush=True)
+    first, second = (work / f"timeout_{t:g}" / "nodes.csv" for t in results)
+    same = first.read_text() == second.read_text()
+    complete = all(r["code"] == 0 and set(r["statuses"]) <= {"received", "ok", "budget_exhausted", "data_exhausted",
+                                                             "does_not_fit", "unavailable"} for r in results.values())
+    print(f"nodes.csv identical with the deadline doubled: {same}; every node simulated in every window: {complete}")
+    return 0 if same and complete else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Every node reply checked before the server uses it: nothing that arrives over the network is trusted.
+
+A reply to ``train.adapt`` must carry a ``metrics`` MetricRecord with every numeric column of
+``nodes.csv`` (finite where they must be, accuracies in [0, 1] or NaN, counts non-negative), an
+``info`` ConfigRecord whose status is one a node may report, the node's own partition and window,
+and, when weights were asked for, exactly the arrays of the model that was sent: same names, same
+shapes, all finite. A reply that breaks any of this raises :class:`InvalidReply` with one line that
+says what was wrong; the server marks that node ``failed`` with it and the run goes on.
+
+Text a node supplies (its error message) is cut to one short printable line here, so that no
+node can write a newline, a Markdown table break or a spreadsheet formula into a report.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+
+from swarm.fleet_rows import FAILED, NODE_STATUSES, RECEIVED, RECEIVED_WINDOW
+
+ACCURACIES = ("acc_P", "acc_F", "acc_PF")
+COUNTS = ("steps", "samples_seen")
+AMOUNTS = ("sim_time_s", "flops", "energy_j")
+MAX_TEXT = 300
+
+
+class InvalidReply(ValueError):
+    """A reply the server cannot use; the message says why, in one line."""
+
+
+@dataclass
+class CheckedReply:
+    """A reply that passed every check: its nodes.csv rows and, if asked for, its weights."""
+
+    row: dict[str, Any]
+    received: dict[str, Any] | None
+    arrays: ArrayRecord | None
+
+
+def safe_text(value: Any) -> str:
+    """One printable line of at most ``MAX_TEXT`` characters; table pipes and backticks escaped for
+    Markdown, and a leading formula character defused for spreadsheets (CSV injection)."""
+    text = "".join(ch if ch.isprintable() else " " for ch in str(value))[:MAX_TEXT]
+    text = text.replace("|", "/").replace("`", "'")
+    if text[:1] in ("=", "+", "-", "@"):
+        text = "'" + text
+    return text
+
+
+def _number(metrics: MetricRecord, key: str) -> float:
+    if key not in metrics:
+        raise InvalidReply(f"metric '{key}' is missing")
+    value = metrics[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidReply(f"metric '{key}' is a {type(value).__name__}, not a number")
+    return float(value)
+
+
+def _metrics(metrics: Any, partition: int, window: int, *, failed: bool) -> dict[str, Any]:
+    """The numeric columns of one row, each checked; NaN is allowed where a failed node has no value."""
+    if not isinstance(metrics, MetricRecord):
+        raise InvalidReply("its metrics are not a MetricRecord")
+    row: dict[str, Any] = {}
+    for key in ("node", "window"):
+        value = _number(metrics, key)
+        expected = partition if key == "node" else window
+        if value != expected:
+            raise InvalidReply(f"it says {key} {value:g}, but was asked as {key} {expected}")
+    for key in ACCURACIES:
+        value = _number(metrics, key)
+        if not (math.isnan(value) or 0.0 <= value <= 1.0):
+            raise InvalidReply(f"{key} = {value} is not an accuracy in [0, 1]")
+        row[key] = value
+    for key in COUNTS + AMOUNTS:
+        value = _number(metrics, key)
+        if math.isnan(value) and (failed or key == "sim_time_s"):
+            row[key] = value
+            continue
+        if not math.isfinite(value) or value < 0:
+            raise InvalidReply(f"{key} = {value} is not a finite non-negative number")
+        if key in COUNTS and value != int(value):
+            raise InvalidReply(f"{key} = {value} is not a whole number")
+        row[key] = int(value) if key in COUNTS else value
+    groups = metrics.get("acc_F_groups", [])
+    if not isinstance(groups, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in groups):
+        raise InvalidReply("acc_F_groups is not a list of numbers")
+    if any(not (math.isnan(v) or 0.0 <= v <= 1.0) for v in groups):
+        raise InvalidReply("acc_F_groups holds a value outside [0, 1]")
+    row["acc_F_groups"] = [float(v) for v in groups]
+    return row
+
+
+def check_arrays(arrays: Any, sent: Mapping[str, torch.Tensor]) -> ArrayRecord:
+    """The adapted weights: exactly the sent model's array names and shapes, every value finite."""
+    if not isinstance(arrays, ArrayRecord):
+        raise InvalidReply("its weights are not an ArrayRecord")
+    names, expected = list(arrays.keys()), list(sent.keys())
+    if set(names) != set(expected):
+        extra, missing = sorted(set(names) - set(expected)), sorted(set(expected) - set(names))
+        raise InvalidReply(f"its weights do not match the model sent (unexpected {extra[:3]}, missing {missing[:3]})")
+    for name in expected:
+        array = arrays[name]
+        if tuple(array.shape) != tuple(sent[name].shape):
+            raise InvalidReply(f"weight '{name}' has shape {tuple(array.shape)}, the model sent has "
+                               f"{tuple(sent[name].shape)}")
+        values = array.numpy()
+        if values.dtype.kind not in "fiub":
+            raise InvalidReply(f"weight '{name}' has dtype {values.dtype}")
+        if values.dtype.kind == "f" and not bool(torch.isfinite(torch.from_numpy(values.copy())).all()):
+            raise InvalidReply(f"weight '{name}' holds NaN or infinite values")
+    return arrays
+
+
+def check_reply(reply: Message, *, partition: int, window: int, profile: str,
+                sent: Mapping[str, torch.Tensor], want_arrays: bool, want_received: bool) -> CheckedReply:
+    """Check one ``train.adapt`` reply (see the module docstring); raise :class:`InvalidReply`."""
+    content = reply.content
+    info = content["info"] if "info" in content else None
+    if not isinstance(info, ConfigRecord):
+        raise InvalidReply("its info is missing or not a ConfigRecord")
+    status = info.get("status")
+    if status not in NODE_STATUSES:
+        raise InvalidReply(f"status {safe_text(status)!r} is not one of {', '.join(NODE_STATUSES)}")
+    if info.get("profile") != profile:
+        raise InvalidReply(f"it says it is a {safe_text(info.get('profile'))!r}; the plan gives partition "
+                           f"{partition} a {profile!r}")
+    failed = status == FAILED
+    if "metrics" not in content:
+        raise InvalidReply("its metrics are missing")
+    row = _metrics(content["metrics"], partition, window, failed=failed)
+    row.update(node=partition, window=window, profile=profile, status=status, error=safe_text(info.get("error", "")))
+    received = None
+    if want_received and (not failed or "received" in content):  # a node may fail after evaluating it
+        if "received" not in content:
+            raise InvalidReply("the evaluation of the model as received is missing")
+        received = _metrics(content["received"], partition, RECEIVED_WINDOW, failed=False)
+        received.update(node=partition, window=RECEIVED_WINDOW, profile=profile, status=RECEIVED, error="")
+    arrays = None
+    if want_arrays and not failed:
+        if "arrays" not in content:
+            raise InvalidReply("the adapted weights were asked for and are missing")
+        arrays = check_arrays(content["arrays"], sent)
+    return CheckedReply(row, received, arrays)

@@ -1,0 +1,237 @@
+"""The server loop against what can go wrong: bad replies, silent nodes, duplicate claims, hostile text.
+
+Every case runs the real ClientApp on the engine-free ``FakeGrid``; the reply is then damaged on
+its way back, or never sent. The run must go on, the damaged node must be marked with a reason,
+and the other nodes must be untouched.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
+
+from server import fleet
+from server.replies import safe_text
+from swarm.fleet_report import write_report
+from tests.conftest import FakeGrid, compose_config, write_fleet_plan
+
+TINY = ["scenario.dataset.train_per_group=8", "scenario.dataset.test_per_group=3", "scenario.dataset.image_size=16",
+        "fleet.window_s=100", "fleet.stream_rate=0.2", "fleet.eval_samples=60", "fleet.drift.low=0",
+        "fleet.drift.high=150", "fleet.batch_size=8", "fleet.budget.compute_s=0.3"]
+
+
+@pytest.fixture(autouse=True)
+def _engine_identity(task_identity):
+    """Every test here sends Messages without an engine."""
+
+
+@pytest.fixture(scope="module")
+def plan(tmp_path_factory):
+    """One plan of 3 nodes and 2 windows; each test runs it in a fresh copy of its run folder."""
+    return write_fleet_plan(compose_config(*TINY, "fleet.nodes=3"), tmp_path_factory.mktemp("faults"), "run",
+                            windows=2)[0]
+
+
+def fresh(plan_path):
+    """Forget the nodes' state and results of an earlier test on the same plan."""
+    import shutil
+
+    shutil.rmtree(plan_path.parent / "nodes", ignore_errors=True)
+    (plan_path.parent / "nodes.csv").unlink(missing_ok=True)
+    return plan_path
+
+
+def rows_of(path):
+    with open(path.parent / "nodes.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def _set_metric(key, value):
+    def tamper(reply, partition):
+        if partition == 1:
+            reply.content["metrics"][key] = value
+        return reply
+    return tamper
+
+
+def _drop(record):
+    def tamper(reply, partition):
+        if partition == 1:
+            del reply.content[record]
+        return reply
+    return tamper
+
+
+def _status(value):
+    def tamper(reply, partition):
+        if partition == 1:
+            reply.content["info"] = ConfigRecord({"profile": reply.content["info"]["profile"], "status": value,
+                                                  "error": ""})
+        return reply
+    return tamper
+
+
+def _weights(change):
+    def tamper(reply, partition):
+        if partition == 1:
+            arrays = reply.content["arrays"]
+            name = next(k for k in arrays.keys() if k.endswith("weight"))
+            values = arrays[name].numpy().copy()
+            arrays[name] = Array(change(values))
+        return reply
+    return tamper
+
+
+BAD_REPLIES = {
+    "missing metric": (_drop("metrics"), "its metrics are missing"),
+    "accuracy out of range": (_set_metric("acc_F", 2.0), "acc_F = 2.0 is not an accuracy"),
+    "text where a number belongs": (_set_metric("steps", "many"), None),
+    "negative energy": (_set_metric("energy_j", -1.0), "energy_j = -1.0 is not a finite non-negative"),
+    "infinite flops": (_set_metric("flops", math.inf), "flops = inf"),
+    "another node's row": (_set_metric("node", 2.0), "it says node 2"),
+    "unknown status": (_status("great"), "status 'great' is not one of"),
+    "NaN weights": (_weights(lambda v: np.full_like(v, np.nan)), "holds NaN or infinite values"),
+    "wrong weight shape": (_weights(lambda v: v[:1]), "has shape"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_REPLIES)
+def test_an_invalid_reply_fails_its_node_and_the_run_goes_on(plan, case):
+    path = fresh(plan)
+    tamper, reason = BAD_REPLIES[case]
+    if case == "text where a number belongs":  # a MetricRecord refuses text itself; send it as config
+        def tamper(reply, partition):
+            if partition == 1:
+                metrics = dict(reply.content["metrics"])
+                del reply.content["metrics"]
+                reply.content["metrics"] = ConfigRecord({**metrics, "steps": "many"})
+            return reply
+        reason = "its metrics are not a MetricRecord"
+    rows = fleet.run_fleet(FakeGrid(3, tamper=tamper), path, strategy="fedavg", join_timeout_s=5)
+    mine = [r for r in rows if r["node"] == 1 and r["window"] >= 0]
+    assert [r["status"] for r in mine] == ["failed", "failed"]
+    assert mine[0]["error"].startswith("invalid reply: ") and reason in mine[0]["error"]
+    assert mine[1]["error"].startswith("failed earlier: invalid reply")
+    others = [r for r in rows if r["node"] != 1 and r["window"] >= 0]
+    assert len(others) == 4 and all(r["status"] not in fleet.NO_RESULT for r in others)
+    assert all(0 <= r["acc_F"] <= 1 for r in others)  # the shared model was never poisoned
+
+
+def test_a_duplicate_partition_claim_gets_no_work(plan):
+    path = fresh(plan)
+    grid = FakeGrid(4)  # four SuperNodes for a plan of three; the fourth claims partition 0 again
+    grid.claims = {grid.ids[3]: 0}
+    fleet.run_fleet(grid, path, join_timeout_s=5)
+    adapted = [m.metadata.dst_node_id for m in grid.sent if m.metadata.message_type == "train.adapt"]
+    assert grid.ids[3] not in adapted and sorted(set(adapted)) == grid.ids[:3]
+
+
+def test_in_simulation_a_silent_node_is_not_simulated_and_said_so(plan):
+    path = fresh(plan)
+    rows = fleet.run_fleet(FakeGrid(3, silent={2}), path, join_timeout_s=5, window_timeout_s=0.3, simulated=True)
+    mine = [r for r in rows if r["node"] == 2]
+    assert [r["status"] for r in mine] == ["not_simulated", "not_simulated"]
+    assert "simulation engine returned no reply" in mine[0]["error"]
+    summary = write_report(path.parent, "silent")
+    assert summary["coverage"] == {"nodes": 3, "nodes_with_result": 2, "nodes_in_last_window": 2,
+                                   "failed_node_windows": 0, "not_simulated_node_windows": 2, "complete": False}
+    assert summary["totals"]["not_simulated_node_windows"] == 2 and summary["totals"]["failed_node_windows"] == 0
+    report = (path.parent / "report.md").read_text()
+    assert "INCOMPLETE FLEET: 2 node-windows were NOT SIMULATED" in report and "2 of 3 nodes" in report
+    assert summary["idle_nodes"]["2"].startswith("the simulation engine never served it")
+
+
+def test_on_real_devices_a_late_node_fails_that_window_and_rejoins(plan):
+    path = fresh(plan)
+    grid = FakeGrid(3, silent={2})
+    rows = fleet.run_fleet(grid, path, join_timeout_s=5, window_timeout_s=0.3,
+                           progress=lambda window, _: grid.silent.clear())  # back after window 0
+    mine = [(r["window"], r["status"], r["error"]) for r in rows if r["node"] == 2]
+    assert mine[0] == (0, "failed", "no reply within 0.3 s")
+    mine = [(w, status) for w, status, _ in mine]
+    assert (-1, "received") in mine and mine[-1][0] == 1 and mine[-1][1] not in fleet.NO_RESULT
+    second = [m for m in grid.sent if m.metadata.dst_node_id == grid.ids[2] and m.metadata.message_type == "train.adapt"]
+    assert len(second) == 2 and "arrays" in second[1].content  # it never had the model: sent again
+    assert all(r["status"] not in fleet.NO_RESULT for r in rows if r["node"] != 2)
+
+
+def test_node_text_cannot_break_a_report(plan, monkeypatch):
+    from nodes.node import NodeRuntime
+
+    def hostile(self, window, weights=None):
+        raise RuntimeError("=HYPERLINK(\"x\")|`rm -rf`\n| fake | row |")
+
+    monkeypatch.setattr(NodeRuntime, "run_window", hostile)
+    path = fresh(plan)
+    fleet.run_fleet(FakeGrid(3), path, join_timeout_s=5)
+    errors = [r["error"] for r in rows_of(path) if r["error"]]
+    assert errors and all("\n" not in e and "|" not in e and "`" not in e for e in errors)
+    assert not any(e.startswith(("=", "+", "-", "@")) for e in errors)
+    write_report(path.parent, "hostile")
+    lines = (path.parent / "report.md").read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| node |"))
+    node_rows = [line for line in lines if line.startswith("| 1 |")]
+    assert len(node_rows) == 1 and node_rows[0].count("|") == header.count("|")
+
+
+def test_safe_text_is_one_short_printable_line():
+    assert safe_text("a\nb\tc|d`e") == "a b c/d'e"
+    assert safe_text("=1+1") == "'=1+1" and safe_text("-cmd") == "'-cmd"
+    assert len(safe_text("x" * 5000)) == 300
+
+
+def test_reply_from_the_wrong_node_is_ignored():
+    """A reply counts only for the message it answers, and only from the node that was asked."""
+    from flwr.app import Message, RecordDict
+
+    class Grid:
+        def __init__(self):
+            self.pulled = 0
+
+        def push_messages(self, messages):
+            for m in messages:
+                m.metadata.__dict__["_message_id"] = f"id-{m.metadata.dst_node_id}"
+            return [m.metadata.message_id for m in messages]
+
+        def pull_messages(self, ids):
+            self.pulled += 1
+            if self.pulled > 1:
+                return []
+            reply = Message(RecordDict(), reply_to=question)
+            reply.metadata.__dict__["_src_node_id"] = 99  # an impostor answers for node 7
+            return [reply]
+
+    question = Message(RecordDict(), dst_node_id=7, message_type="query.partition")
+    question.metadata.__dict__["_message_id"] = "id-7"
+    got = fleet.collect(Grid(), [question], fleet.Deadline(0.2), poll_s=0.01)
+    assert got == {}
+
+
+def test_simulate_says_loudly_when_nodes_were_not_simulated_and_exits_3(make_cfg, tmp_path, monkeypatch, capsys):
+    """swarm.simulate end to end with the engine swapped for a fake one whose actor for node 1 hangs."""
+    import json
+
+    from server import server_app
+    from swarm import simulate
+    from swarm.errors import FleetIncomplete
+
+    def engine(plans, num_nodes):
+        for plan_path in plans:
+            server_app.run_plan(FakeGrid(num_nodes, silent={1}), plan_path)
+
+    monkeypatch.setattr(server_app, "is_simulation", lambda grid: True)
+    monkeypatch.setattr(simulate, "_run_flower", engine)
+    cfg = make_cfg(*TINY, "fleet.nodes=2", "fleet.windows=2", "prune.iterations=0", "train.max_epochs=1",
+                   "reference.adapt=false", "fleet.window_timeout_s=0.3", f"cache_dir={tmp_path / 'cache'}")
+    with pytest.raises(FleetIncomplete, match=r"iteration 0: 1 nodes not simulated") as caught:
+        simulate.run(cfg, tmp_path / "run")
+    assert caught.value.exit_code == 3
+    out = capsys.readouterr().out
+    assert "INCOMPLETE FLEET: 2 node-windows were NOT SIMULATED" in out and "1 of 2 nodes" in out
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["not_simulated_nodes"] == [1] and record["failed_nodes"] == []
+    assert not (tmp_path / "cache" / "fleet").exists()  # an incomplete fleet is not cached
