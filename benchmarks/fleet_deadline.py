@@ -2,6 +2,7 @@
 
     python benchmarks/fleet_deadline.py                    # 1,000 nodes x 2 windows, deadline 600 s and 1,200 s
     python benchmarks/fleet_deadline.py --nodes 200 --timeout 30
+    python benchmarks/fleet_deadline.py fleet.budget.duty_cycle=0.003   # extra Hydra overrides
 
 Runs ``python -m swarm.simulate`` on the default scenario sized for a large fleet
 (``scenario.dataset.train_per_group=150 fleet.eval_samples=50``) twice with the same seed: with
@@ -71,11 +72,12 @@ def main() -> int:
     parser.add_argument("--windows", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=600, help="fleet.window_timeout_s of the first run")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for both runs")
     options = parser.parse_args()
     work = options.workdir or Path(tempfile.mkdtemp(prefix="fleet_deadline_"))
     cache = work / "cache"
     common = ["scenario.dataset.train_per_group=150", f"fleet.nodes={options.nodes}",
-              f"fleet.windows={options.windows}", "fleet.eval_samples=50", f"cache_dir={cache}"]
+              f"fleet.windows={options.windows}", "fleet.eval_samples=50", f"cache_dir={cache}", *options.overrides]
     results = {}
     for timeout in (options.timeout, 2 * options.timeout):
         shutil.rmtree(cache / "fleet", ignore_errors=True)  # the fleet runs again; the coordinator is reused
