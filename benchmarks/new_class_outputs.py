@@ -1,0 +1,59 @@
+"""Why a deeply pruned continual model does not learn its new classes, and one candidate fix.
+
+    python benchmarks/new_class_outputs.py CHECKPOINT --set scenario=byo_continual \
+        hydra.searchpath=[file:///tmp/byo/configs]
+
+Adapts the checkpoint centrally as the paper's reference does (P ∪ F, Adam 5e-4, batch 32, early
+stopping with patience 4, best weights) twice: as it is, and with the output rows of F's classes
+re-initialised (weights drawn with the spread of the other rows, bias = their mean), the way a
+class-incremental head gets fresh outputs. Prints the epochs and the accuracies on the same test
+subsets the nodes use (docs/adaptation.md, section 9).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from hydra import compose, initialize_config_module
+
+from swarm import checkpoints
+from swarm.config import data_options, scenario_of
+from swarm.data.build import build
+from swarm.evaluation import accuracies, test_sets
+from swarm.training import TrainSettings, fit
+
+
+def reinitialise(model: torch.nn.Module, rows: list[int], seed: int = 0) -> None:
+    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    others = [i for i in range(head.out_features) if i not in rows]
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        spread = head.weight[others].std()
+        head.weight[rows] = torch.randn(len(rows), head.in_features, generator=generator) * spread
+        head.bias[rows] = head.bias[others].mean()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--set", nargs="*", default=[], help="Hydra overrides (the scenario)")
+    args = parser.parse_args()
+    with initialize_config_module(config_module="scenarios", version_base="1.3"):
+        cfg = compose("config", overrides=args.set)
+    data = build(scenario_of(cfg), data_options(cfg))
+    tests = test_sets(data, True, int(cfg.fleet.eval_samples))
+    f_rows = sorted(set(data.datasets["F"]["train"].targets.tolist()))
+    for fresh in (False, True):
+        model, _, _ = checkpoints.load(args.checkpoint)
+        if fresh:
+            reinitialise(model, f_rows)
+        fitted = fit(model, data.union("PF", "train"), data.union("PF", "val"),
+                     TrainSettings(max_epochs=100, patience=4, device="cpu"), seed=1, desc="reference")
+        acc = accuracies(model, tests, torch.device("cpu"))
+        print(f"F outputs {'re-initialised' if fresh else 'as received'}: {fitted.epochs} epochs, acc_P "
+              f"{acc['acc_P']:.3f}, acc_F {acc['acc_F']:.3f}, acc_PF {acc['acc_PF']:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
