@@ -54,6 +54,14 @@ def _mean(values: list[float]) -> float:
     return statistics.fmean(values) if values else math.nan
 
 
+def by_node(rows: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    """Each node's rows, in node order: grouped once, so no summary scans every row per node."""
+    grouped: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        grouped.setdefault(row["node"], []).append(row)
+    return dict(sorted(grouped.items()))
+
+
 def final_rows(rows: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
     """Each node's last window that did not fail."""
     final: dict[int, dict[str, Any]] = {}
@@ -68,7 +76,8 @@ def gains(rows: list[dict[str, Any]]) -> dict[str, Any]:
     improved, and the same by device profile (with how many of its nodes trained at all)."""
     received = {r["node"]: r for r in rows if r["window"] == RECEIVED_WINDOW}
     final = final_rows(rows)
-    steps = {n: sum(r["steps"] for r in rows if r["node"] == n and not math.isnan(r["steps"])) for n in final}
+    grouped = by_node(rows)
+    steps = {n: sum(r["steps"] for r in grouped[n] if not math.isnan(r["steps"])) for n in final}
     nodes = sorted(set(received) & set(final))
     out: dict[str, Any] = {}
     for metric in ACCURACIES:
@@ -113,9 +122,7 @@ def accuracy_matrix(rows: list[dict[str, Any]], tasks: list[list[int]],
     negative when learning later tasks made the node forget earlier ones). None with one event."""
     if len(tasks) < 2:
         return None
-    by_node: dict[int, list[dict[str, Any]]] = {}
-    for row in rows:
-        by_node.setdefault(row["node"], []).append(row)
+    grouped = by_node(rows)
 
     def accuracies(row: dict[str, Any]) -> list[float]:
         groups = row["acc_F_groups"]
@@ -124,7 +131,7 @@ def accuracy_matrix(rows: list[dict[str, Any]], tasks: list[list[int]],
 
     matrices = []
     for node, starts in event_starts.items():
-        mine = by_node.get(node, [])
+        mine = grouped.get(node, [])
         received = [r for r in mine if r["window"] == RECEIVED_WINDOW]
         trained = sorted((r for r in mine if r["window"] != RECEIVED_WINDOW and r["status"] not in NO_RESULT),
                          key=lambda r: r["window"])
@@ -150,8 +157,8 @@ def accuracy_matrix(rows: list[dict[str, Any]], tasks: list[list[int]],
 def idle_nodes(rows: list[dict[str, Any]]) -> dict[int, str]:
     """Nodes that did not train a single step, with the reason their windows give."""
     reasons = {}
-    for node in sorted({r["node"] for r in rows}):
-        mine = [r for r in rows if r["node"] == node and r["window"] != RECEIVED_WINDOW]
+    for node, all_rows in by_node(rows).items():
+        mine = [r for r in all_rows if r["window"] != RECEIVED_WINDOW]
         if sum(r["steps"] for r in mine if not math.isnan(r["steps"])) > 0:
             continue
         statuses = {r["status"] for r in mine}
@@ -229,9 +236,9 @@ def summarize(rows: list[dict[str, Any]], f_group_names: list[str] | None = None
 def _plot_over_time(rows: list[dict[str, Any]], metric: str, path: Path, title: str,
                     reference: float | None = None) -> None:
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    nodes = sorted({r["node"] for r in rows})
-    for node in nodes:
-        mine = sorted((r for r in rows if r["node"] == node and not math.isnan(r[metric])), key=lambda r: r["window"])
+    grouped = by_node(rows)
+    for mine in grouped.values():
+        mine = sorted((r for r in mine if not math.isnan(r[metric])), key=lambda r: r["window"])
         ax.plot([r["sim_time_s"] for r in mine], [r[metric] for r in mine], color="tab:blue", alpha=0.25, lw=1)
     windows = sorted({r["window"] for r in rows})
     means = []
@@ -247,7 +254,7 @@ def _plot_over_time(rows: list[dict[str, Any]], metric: str, path: Path, title: 
     ax.set_ylabel(f"{metric.replace('acc_', 'accuracy on ')} (test)")
     ax.set_ylim(0, 1)
     ax.set_title(title)
-    ax.plot([], [], color="tab:blue", alpha=0.5, label=f"each of {len(nodes)} nodes")
+    ax.plot([], [], color="tab:blue", alpha=0.5, label=f"each of {len(grouped)} nodes")
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path)
@@ -345,8 +352,7 @@ def write_report(run_dir: Path, title: str, *, target: str = "acc_F", f_group_na
              "## Per node (last window; steps and energy summed over all windows)", "",
              f"| node | profile | steps | energy (J) | {target} received | " + " | ".join(metrics) + " | status |",
              "|---|---|---|---|---|" + "---|" * len(metrics) + "---|"]
-    for node in sorted({r["node"] for r in rows}):
-        mine = [r for r in trained if r["node"] == node]
+    for node, mine in by_node(trained).items():
         final = max(mine, key=lambda r: r["window"])
         steps = sum(r["steps"] for r in mine if not math.isnan(r["steps"]))
         energy = sum(r["energy_j"] for r in mine if not math.isnan(r["energy_j"]))

@@ -174,6 +174,26 @@ def write_fleet_plan(cfg, workdir: Path, run_name: str, windows: int, pretrain_e
     return run / "fleet_plan.json", data
 
 
+# A tiny fleet on the synthetic scenario: a few samples, small images, short windows and budgets.
+FLEET_TINY = ["scenario.dataset.train_per_group=8", "scenario.dataset.test_per_group=3",
+              "scenario.dataset.image_size=16", "fleet.window_s=100", "fleet.stream_rate=0.2",
+              "fleet.eval_samples=60", "fleet.drift.low=0", "fleet.drift.high=150", "fleet.batch_size=8",
+              "fleet.budget.compute_s=0.3"]
+
+
+def use_fake_engine(monkeypatch, **grid_options) -> None:
+    """Make ``swarm.simulate`` run its plans as Flower's simulation would -- the real ServerApp, one
+    plan after the other -- but on a :class:`FakeGrid` (``grid_options`` as its keywords)."""
+    from server import server_app
+    from swarm import simulate
+
+    def engine(plans, num_nodes):
+        for plan in plans:
+            server_app.run_plan(FakeGrid(num_nodes, **grid_options), plan)
+
+    monkeypatch.setattr(simulate, "_run_flower", engine)
+
+
 class FakeGrid:
     """Flower's Grid without an engine: each pushed message goes straight to the ClientApp, as a
     SuperNode with that partition would answer it. ``silent`` partitions answer who they are but

@@ -12,11 +12,8 @@ import nodes.client_app as client_app
 from nodes.node import NodeRuntime
 from server import fleet
 from swarm.errors import SwarmError
-from tests.conftest import FakeGrid, write_fleet_plan
+from tests.conftest import FLEET_TINY as TINY, FakeGrid, use_fake_engine, write_fleet_plan
 
-TINY = ["scenario.dataset.train_per_group=8", "scenario.dataset.test_per_group=3", "scenario.dataset.image_size=16",
-        "fleet.window_s=100", "fleet.stream_rate=0.2", "fleet.eval_samples=60", "fleet.drift.low=0",
-        "fleet.drift.high=150", "fleet.batch_size=8", "fleet.budget.compute_s=0.3"]
 
 
 @pytest.fixture(autouse=True)
@@ -88,15 +85,10 @@ def test_simulate_with_a_failing_node_writes_everything_and_exits_1(make_cfg, tm
     both plans of fleet.checkpoint=all, node 1 raises in every window of every plan."""
     import json
 
-    from server import server_app
     from swarm import simulate
     from swarm.errors import FleetFailure
 
-    def engine(plans, num_nodes):  # what Flower's simulation does: run the ServerApp's plans on the nodes
-        for plan in plans:
-            server_app.run_plan(FakeGrid(num_nodes), plan)
-
-    monkeypatch.setattr(simulate, "_run_flower", engine)
+    use_fake_engine(monkeypatch)
     cfg = make_cfg(*TINY, "fleet.nodes=2", "fleet.windows=2", "fleet.checkpoint=all", "prune.iterations=1",
                    "train.max_epochs=1", "reference.max_epochs=2", f"cache_dir={tmp_path / 'cache'}")
     with pytest.raises(FleetFailure, match=r"iteration 0: nodes \[1\]; iteration 1: nodes \[1\] failed") as caught:

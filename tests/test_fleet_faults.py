@@ -17,11 +17,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 from server import fleet
 from server.replies import safe_text
 from swarm.fleet_report import write_report
-from tests.conftest import FakeGrid, compose_config, write_fleet_plan
+from tests.conftest import FLEET_TINY as TINY, FakeGrid, compose_config, use_fake_engine, write_fleet_plan
 
-TINY = ["scenario.dataset.train_per_group=8", "scenario.dataset.test_per_group=3", "scenario.dataset.image_size=16",
-        "fleet.window_s=100", "fleet.stream_rate=0.2", "fleet.eval_samples=60", "fleet.drift.low=0",
-        "fleet.drift.high=150", "fleet.batch_size=8", "fleet.budget.compute_s=0.3"]
 
 
 @pytest.fixture(autouse=True)
@@ -66,6 +63,15 @@ def _drop(record):
     return tamper
 
 
+def _metrics_as_config(reply, partition):
+    """Text where a number belongs: a MetricRecord refuses text itself, so the row comes as config."""
+    if partition == 1:
+        metrics = dict(reply.content["metrics"])
+        del reply.content["metrics"]
+        reply.content["metrics"] = ConfigRecord({**metrics, "steps": "many"})
+    return reply
+
+
 def _status(value):
     def tamper(reply, partition):
         if partition == 1:
@@ -89,7 +95,7 @@ def _weights(change):
 BAD_REPLIES = {
     "missing metric": (_drop("metrics"), "its metrics are missing"),
     "accuracy out of range": (_set_metric("acc_F", 2.0), "acc_F = 2.0 is not an accuracy"),
-    "text where a number belongs": (_set_metric("steps", "many"), None),
+    "text where a number belongs": (_metrics_as_config, "its metrics are not a MetricRecord"),
     "negative energy": (_set_metric("energy_j", -1.0), "energy_j = -1.0 is not a finite non-negative"),
     "infinite flops": (_set_metric("flops", math.inf), "flops = inf"),
     "another node's row": (_set_metric("node", 2.0), "it says node 2"),
@@ -103,14 +109,6 @@ BAD_REPLIES = {
 def test_an_invalid_reply_fails_its_node_and_the_run_goes_on(plan, case):
     path = fresh(plan)
     tamper, reason = BAD_REPLIES[case]
-    if case == "text where a number belongs":  # a MetricRecord refuses text itself; send it as config
-        def tamper(reply, partition):
-            if partition == 1:
-                metrics = dict(reply.content["metrics"])
-                del reply.content["metrics"]
-                reply.content["metrics"] = ConfigRecord({**metrics, "steps": "many"})
-            return reply
-        reason = "its metrics are not a MetricRecord"
     rows = fleet.run_fleet(FakeGrid(3, tamper=tamper), path, strategy="fedavg", join_timeout_s=5)
     mine = [r for r in rows if r["node"] == 1 and r["window"] >= 0]
     assert [r["status"] for r in mine] == ["failed", "failed"]
@@ -219,12 +217,8 @@ def test_simulate_says_loudly_when_nodes_were_not_simulated_and_exits_3(make_cfg
     from swarm import simulate
     from swarm.errors import FleetIncomplete
 
-    def engine(plans, num_nodes):
-        for plan_path in plans:
-            server_app.run_plan(FakeGrid(num_nodes, silent={1}), plan_path)
-
     monkeypatch.setattr(server_app, "is_simulation", lambda grid: True)
-    monkeypatch.setattr(simulate, "_run_flower", engine)
+    use_fake_engine(monkeypatch, silent={1})
     cfg = make_cfg(*TINY, "fleet.nodes=2", "fleet.windows=2", "prune.iterations=0", "train.max_epochs=1",
                    "reference.adapt=false", "fleet.window_timeout_s=0.3", f"cache_dir={tmp_path / 'cache'}")
     with pytest.raises(FleetIncomplete, match=r"iteration 0: 1 nodes not simulated") as caught:
