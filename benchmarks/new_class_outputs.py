@@ -4,10 +4,11 @@
         hydra.searchpath=[file:///tmp/byo/configs]
 
 Adapts the checkpoint centrally as the paper's reference does (P ∪ F, Adam 5e-4, batch 32, early
-stopping with patience 4, best weights) twice: as it is, and with the output rows of F's classes
-re-initialised (weights drawn with the spread of the other rows, bias = their mean), the way a
-class-incremental head gets fresh outputs. Prints the epochs and the accuracies on the same test
-subsets the nodes use (docs/adaptation.md, section 9).
+stopping with patience 4, best weights) three times: as it is; with the output rows of F's classes
+reset the way swarm does it (``swarm.models.reset_outputs``: zero weights, the other rows' mean
+bias); and with them drawn at random with the spread of the other rows (bias = their mean), the
+other common way to give a class-incremental head fresh outputs. Prints the epochs and the
+accuracies, before and after, on the same test subsets the nodes use (docs/adaptation.md, section 9).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from swarm import checkpoints
 from swarm.config import data_options, scenario_of
 from swarm.data.build import build
 from swarm.evaluation import accuracies, test_sets
+from swarm.models import reset_outputs
 from swarm.training import TrainSettings, fit
 
 
-def reinitialise(model: torch.nn.Module, rows: list[int], seed: int = 0) -> None:
+def randomise(model: torch.nn.Module, rows: list[int], seed: int = 0) -> None:
     head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
     others = [i for i in range(head.out_features) if i not in rows]
     generator = torch.Generator().manual_seed(seed)
@@ -43,17 +45,19 @@ def main() -> None:
         cfg = compose("config", overrides=args.set)
     data = build(scenario_of(cfg), data_options(cfg))
     tests = test_sets(data, True, int(cfg.fleet.eval_samples))
-    f_rows = sorted(set(data.datasets["F"]["train"].targets.tolist()))
-    for fresh in (False, True):
+    f_rows = data.untrained_outputs()
+    variants = {"as received": lambda model: None, "reset (zero rows)": lambda model: reset_outputs(model, f_rows),
+                "random rows": lambda model: randomise(model, f_rows)}
+    for name, prepare in variants.items():
         model, _, _ = checkpoints.load(args.checkpoint)
-        if fresh:
-            reinitialise(model, f_rows)
+        prepare(model)
+        before = accuracies(model, tests, torch.device("cpu"))
         fitted = fit(model, data.union("PF", "train"), data.union("PF", "val"),
                      TrainSettings(max_epochs=100, patience=4, device="cpu"), seed=1, desc="reference")
         acc = accuracies(model, tests, torch.device("cpu"))
-        print(f"F outputs {'re-initialised' if fresh else 'as received'}: {fitted.epochs} epochs, acc_P "
-              f"{acc['acc_P']:.3f}, acc_F {acc['acc_F']:.3f}, acc_PF {acc['acc_PF']:.3f}", flush=True)
-
+        print(f"F outputs {name}: before acc_P {before['acc_P']:.3f} acc_F {before['acc_F']:.3f}; after "
+              f"{fitted.epochs} epochs acc_P {acc['acc_P']:.3f}, acc_F {acc['acc_F']:.3f}, acc_PF {acc['acc_PF']:.3f}",
+              flush=True)
 
 if __name__ == "__main__":
     main()

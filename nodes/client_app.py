@@ -9,7 +9,8 @@ Messages (Flower's Message API):
   ``{"metrics": MetricRecord, "info": ConfigRecord{"profile", "status", "error"}}``; when asked for
   (``"evaluate_received"``, the node's first window) also ``{"received": MetricRecord}``, the model
   as received, evaluated before training; and, when asked for (``"return_weights"``), the adapted
-  weights.
+  weights and ``{"trained": MetricRecord{"examples_per_output": [n, ...]}}``, the examples of each
+  output the window trained on (the server's FedAvg weighs each output row by them).
 
 Large state (model, optimizer, replay buffer) lives on disk under the run directory, not in
 Flower's ``Context.state``. A node that raises replies with ``status=failed`` and the error.
@@ -110,4 +111,5 @@ def adapt(msg: Message, context: Context) -> Message:
         content["received"] = metrics_record(received)
     if model is not None and bool(config.get("return_weights", False)):
         content["arrays"] = ArrayRecord(model.state_dict())
+        content["trained"] = MetricRecord({"examples_per_output": [int(n) for n in runtime.trained_per_output]})
     return Message(content, reply_to=msg)

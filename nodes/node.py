@@ -35,6 +35,7 @@ from swarm import checkpoints, io
 from swarm.data.build import ScenarioData
 from swarm.errors import SwarmError
 from swarm.fleet_rows import RECEIVED_WINDOW
+from swarm.models import classifier
 from swarm.pruning import count_macs_and_params
 from swarm.evaluation import accuracies, test_sets
 
@@ -99,6 +100,7 @@ class NodeRuntime:
         self.profile = load_profile(self.me.profile)
         self.continual = plan.config["scenario"]["mode"] == "continual"
         self.state_path = Path(plan.run_dir) / "nodes" / f"node_{partition:03d}.pt"
+        self.trained_per_output = np.zeros(0, dtype=np.int64)  # of the last window run (run_window)
         self.times, self.roles, self.indices = self._stream()
         # The label of every stream sample (balanced batches draw by label); built once per runtime.
         self.labels = np.empty(len(self.indices), dtype=np.int64)
@@ -143,7 +145,7 @@ class NodeRuntime:
             model = checkpoints.build_from_architecture(arch)
             model.load_state_dict(weights)
         else:
-            model, arch, _ = checkpoints.load(Path(self.plan.checkpoint))
+            model, arch = self.plan.received_model(), self.plan.architecture
         replay = ReplayBuffer(self._replay_capacity(model, arch), str(self.fleet["replay"]["policy"]),
                               seed=self.me.seed)
         if self.continual:  # the device ships with (a sample of) P for replay
@@ -196,6 +198,10 @@ class NodeRuntime:
         model = state["model"]
         if weights is not None:
             model.load_state_dict(weights)
+        # Examples of each output this window's batches held: what the server's FedAvg weighs each
+        # output row of this node by (server.fleet.average); with the masked loss, a class a node
+        # did not train has the row it was sent.
+        self.trained_per_output = np.zeros(classifier(model)[1].out_features, dtype=np.int64)
         optimizer = torch.optim.Adam(model.parameters(), lr=float(self.fleet["lr"]))
         if state["optimizer"] is not None:
             optimizer.load_state_dict(state["optimizer"])
@@ -259,6 +265,7 @@ class NodeRuntime:
                 continue
             inputs = torch.stack([x for x, _ in samples])
             targets = torch.stack([y for _, y in samples])
+            self.trained_per_output += np.bincount(targets.numpy(), minlength=len(self.trained_per_output))
             optimizer.zero_grad(set_to_none=True)
             logits = model(inputs)
             if masked:  # only the classes this batch holds compete: absent classes are not pushed down
@@ -302,7 +309,7 @@ class NodeRuntime:
         """The model as this node received it, evaluated before any training: the row (window -1,
         status ``received``) every gain is measured against."""
         if weights is None:
-            model = checkpoints.load(Path(self.plan.checkpoint))[0]
+            model = self.plan.received_model()
         else:
             model = checkpoints.build_from_architecture(self.plan.architecture)
             model.load_state_dict(weights)

@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+import torch
 
 from nodes.device import DeviceProfile, available_seconds, load_profile
 from nodes.drift import dirichlet_partition, drift_times
 from swarm import checkpoints, io
 from swarm.errors import SwarmError
 from swarm.data.build import ScenarioData
+from swarm.models import NEW_CLASS_OUTPUTS, reset_outputs
 from swarm.evaluation import f_groups
 
 
@@ -48,9 +50,17 @@ class FleetPlan:
     nodes: list[NodePlan] = field(default_factory=list)
     f_tasks: list[list[int]] = field(default_factory=list)  # the groups of F each drift event brings
     event_gap_s: float = 0.0  # between a node's drift events
+    reset_outputs: list[int] = field(default_factory=list)  # outputs given a neutral start before sending
 
     def node(self, partition: int) -> NodePlan:
         return self.nodes[partition]
+
+    def received_model(self) -> torch.nn.Module:
+        """The model every node starts from: the checkpoint, with the new classes' outputs given a
+        neutral start (``fleet.new_class_outputs``; :func:`swarm.models.reset_outputs`)."""
+        model, _, _ = checkpoints.load(Path(self.checkpoint))
+        reset_outputs(model, self.reset_outputs)
+        return model
 
     def save(self, path: Path) -> None:
         io.write_json(path, asdict(self))
@@ -92,7 +102,7 @@ def split_tasks(num_groups: int, events: int) -> list[list[int]]:
 def draw_plan(*, run_dir: Path, config: dict[str, Any], checkpoint: Path, architecture: dict[str, Any],
               f_groups: np.ndarray,
               num_nodes: int, profiles: list[str], alpha: float, drift: dict[str, Any], window_s: float,
-              windows: int, seed: int, min_f_per_node: int = 1) -> FleetPlan:
+              windows: int, seed: int, min_f_per_node: int = 1, reset_outputs: list[int] | None = None) -> FleetPlan:
     """Draw every node's profile, drift time, availability phase (one that meets the run, see
     :func:`availability_phase`) and share of F, from ``seed``.
 
@@ -116,7 +126,8 @@ def draw_plan(*, run_dir: Path, config: dict[str, Any], checkpoint: Path, archit
                               phase_s=availability_phase(load_profile(profile), window_s * windows, rng),
                               f_indices=shares[i].tolist(), seed=int(rng.integers(0, 2**31 - 1)), f_events=events))
     return FleetPlan(str(run_dir), config, str(checkpoint), dict(architecture), float(window_s), int(windows), nodes,
-                     f_tasks=tasks, event_gap_s=float(drift.get("event_gap_s", 0.0)))
+                     f_tasks=tasks, event_gap_s=float(drift.get("event_gap_s", 0.0)),
+                     reset_outputs=[int(o) for o in reset_outputs or []])
 
 
 def plan_from_config(config: Mapping[str, Any], data: ScenarioData, *, checkpoint: Path, run_dir: Path) -> FleetPlan:
@@ -124,7 +135,11 @@ def plan_from_config(config: Mapping[str, Any], data: ScenarioData, *, checkpoin
     the one place that turns configuration into a plan (simulation, tests and benchmarks)."""
     fleet = config["fleet"]
     _, arch, _ = checkpoints.load(Path(checkpoint))
+    choice = str(fleet.get("new_class_outputs", "reset"))
+    if choice not in NEW_CLASS_OUTPUTS:
+        raise SwarmError(f"fleet.new_class_outputs must be one of {', '.join(NEW_CLASS_OUTPUTS)}, not '{choice}'")
     return draw_plan(run_dir=run_dir, config=dict(config), checkpoint=checkpoint, architecture=arch,
                      f_groups=f_groups(data, "train")[0], num_nodes=int(fleet["nodes"]), profiles=list(fleet["profiles"]),
                      alpha=float(fleet["alpha"]), drift=dict(fleet["drift"]), window_s=float(fleet["window_s"]),
-                     windows=int(fleet["windows"]), seed=int(config["seed"]))
+                     windows=int(fleet["windows"]), seed=int(config["seed"]),
+                     reset_outputs=data.untrained_outputs() if choice == "reset" else [])

@@ -18,15 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Protocol
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from nodes.plan import FleetPlan
 from server.replies import InvalidReply, check_reply, safe_text
-from swarm import checkpoints, io
+from swarm import io
 from swarm.fleet_rows import COLUMNS, FAILED, NO_RESULT, NOT_SIMULATED, RECEIVED_WINDOW
 from swarm.errors import SwarmError
+from swarm.models import classifier
 
 log = logging.getLogger("swarm.fleet")
 
@@ -128,12 +130,34 @@ def partition_map(grid: GridLike, node_ids: list[int], count: int, deadline: Dea
     return mapping
 
 
-def average(records: list[ArrayRecord], weights: list[float], sent: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def average(records: list[ArrayRecord], weights: list[float], sent: dict[str, torch.Tensor], *,
+            per_output: tuple[str, list[np.ndarray]] | None = None) -> dict[str, torch.Tensor]:
     """FedAvg with Flower's own helper, on replies that passed :func:`server.replies.check_reply`;
-    integer buffers (BatchNorm's batch counter) return to the sent model's dtype."""
+    integer buffers (BatchNorm's batch counter) return to the sent model's dtype.
+
+    ``per_output``: (the output layer's name, each node's examples per output). Under the masked
+    loss a node leaves the row of every class its batches lacked exactly as it was sent, so the
+    plain average would shrink what the nodes that have a class learned of it by the share of
+    nodes that do not (on a skewed split, most). Each output's row is then averaged over the nodes
+    that trained it, weighted by their examples of it -- each parameter over the clients that
+    updated it, as HeteroFL does (Diao et al., ICLR 2021, https://arxiv.org/abs/2010.01264);
+    a row no node trained keeps the sent value."""
     bundles = [RecordDict({"arrays": record, "weight": MetricRecord({"samples": float(weight)})})
                for record, weight in zip(records, weights)]
     state = aggregate_arrayrecords(bundles, "samples").to_torch_state_dict()
+    if per_output is not None:
+        head, counts = per_output
+        examples = torch.as_tensor(np.stack(counts), dtype=torch.float64)  # nodes x outputs
+        total = examples.sum(0)
+        for key in (f"{head}.weight", f"{head}.bias"):
+            if key not in sent:
+                continue
+            rows = torch.stack([torch.as_tensor(record[key].numpy(), dtype=torch.float64) for record in records])
+            shape = (len(records), -1) + (1,) * (rows.dim() - 2)
+            mixed = (rows * examples.view(shape)).sum(0) / total.clamp(min=1).view(shape[1:])
+            untrained = total == 0
+            mixed[untrained] = sent[key].to(torch.float64)[untrained]
+            state[key] = mixed
     return {key: value.to(sent[key].dtype) for key, value in state.items()}
 
 
@@ -179,9 +203,12 @@ def run_fleet(grid: GridLike, plan_path: Path, *, strategy: str = "local", join_
     missing = sorted(set(range(count)) - set(mapping))
     if missing:
         raise SwarmError(f"nodes for partitions {missing} did not answer; the fleet needs partitions 0..{count - 1}")
-    model, _, _ = checkpoints.load(Path(plan.checkpoint))
+    model = plan.received_model()
     sent = {k: v.detach().clone() for k, v in model.state_dict().items()}
     shared = sent
+    batch_size = int(plan.config["fleet"]["batch_size"])
+    masked_loss = plan.config["fleet"].get("loss", "full") == "masked"
+    head, output_layer = classifier(model)
     rows: list[dict[str, Any]] = []
     failed: dict[int, str] = {}
     has_model: set[int] = set()  # nodes that adapted at least one window (they hold the model)
@@ -201,7 +228,7 @@ def run_fleet(grid: GridLike, plan_path: Path, *, strategy: str = "local", join_
         started = time.monotonic()
         replies = collect(grid, messages, deadline)
         seconds = time.monotonic() - started
-        records, sizes = [], []
+        records, sizes, trained = [], [], []
         for partition in range(count):
             profile = plan.node(partition).profile
             if partition in failed:
@@ -215,7 +242,8 @@ def run_fleet(grid: GridLike, plan_path: Path, *, strategy: str = "local", join_
                 if reply.has_error():
                     raise InvalidReply(f"the node's app raised: {safe_text(reply.error.reason)}")
                 checked = check_reply(reply, partition=partition, window=window, profile=profile, sent=sent,
-                                      want_arrays=strategy == "fedavg", want_received=partition not in has_model)
+                                      want_arrays=strategy == "fedavg", want_received=partition not in has_model,
+                                      outputs=output_layer.out_features)
             except InvalidReply as error:
                 reason = f"invalid reply: {error}" if not reply.has_error() else str(error)
                 failed[partition] = reason
@@ -229,11 +257,14 @@ def run_fleet(grid: GridLike, plan_path: Path, *, strategy: str = "local", join_
                 failed[partition] = checked.row["error"]
                 continue
             has_model.add(partition)
-            if checked.arrays is not None:
+            if checked.arrays is not None and int(checked.row["steps"]) > 0:
+                # FedAvg's weight: the examples the node trained on in this round. A node that did
+                # not train returns the model it was sent and must not pull the average back to it.
                 records.append(checked.arrays)
-                sizes.append(max(float(checked.row["samples_seen"]), 1.0))
+                sizes.append(float(checked.row["steps"]) * batch_size)
+                trained.append(checked.examples_per_output)
         if records:
-            shared = average(records, sizes, sent)
+            shared = average(records, sizes, shared, per_output=(head, trained) if masked_loss else None)
         write_csv(csv_path, rows)
         window_rows = [r for r in rows if r["window"] == window]
         log.info(_window_line(window, plan.windows, count, window_rows, rows) + f"; {seconds:.1f} s")

@@ -25,12 +25,15 @@ from omegaconf import DictConfig, OmegaConf
 from server.coordinator import CoordinatorResult, checkpoint_path, model_key, pretrain_directory
 from swarm import checkpoints, io
 from swarm.data.build import ScenarioData
+from swarm.errors import SwarmError
 from swarm.evaluation import accuracies, test_sets
+from swarm.models import NEW_CLASS_OUTPUTS, reset_outputs
 from swarm.training import TrainSettings, fit, resolve_device
 
 log = logging.getLogger("swarm.reference")
 
-VERSION = 1
+# 2: new classes' outputs reset before adapting (reference.new_class_outputs).
+VERSION = 2
 # Seeds of the reference fits are offset from the coordinator's so the two never share a stream.
 SEED_OFFSET = 10_000
 
@@ -41,11 +44,19 @@ def _settings(cfg: DictConfig) -> TrainSettings:
     return TrainSettings.from_config(train, cfg.data.num_workers)
 
 
+def _new_class_outputs(cfg: DictConfig) -> str:
+    choice = str(cfg.reference.new_class_outputs)
+    if choice not in NEW_CLASS_OUTPUTS:
+        raise SwarmError(f"reference.new_class_outputs must be one of {', '.join(NEW_CLASS_OUTPUTS)}, not '{choice}'")
+    return choice
+
+
 def reference_key(cfg: DictConfig, iteration: int) -> str:
     settings = _settings(cfg)
     blob = {"version": VERSION, "coordinator": model_key(cfg, iteration), "iteration": iteration,
             "train": [settings.lr, settings.batch_size, settings.patience, settings.max_epochs],
-            "eval_samples": int(cfg.fleet.eval_samples), "mode": str(cfg.scenario.mode)}
+            "eval_samples": int(cfg.fleet.eval_samples), "mode": str(cfg.scenario.mode),
+            "new_class_outputs": _new_class_outputs(cfg)}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -64,6 +75,8 @@ def adapt(cfg: DictConfig, data: ScenarioData, result: CoordinatorResult, iterat
     continual = cfg.scenario.mode == "continual"
     roles = "PF" if continual else "F"
     model, _, _ = checkpoints.load(checkpoint_path(result.directory, iteration))
+    if _new_class_outputs(cfg) == "reset":  # the same start as the fleet's (nodes.plan)
+        reset_outputs(model, data.untrained_outputs())
     settings = _settings(cfg)
     tests = test_sets(data, continual, int(cfg.fleet.eval_samples))
     device = resolve_device(settings.device)

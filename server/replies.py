@@ -3,9 +3,10 @@
 A reply to ``train.adapt`` must carry a ``metrics`` MetricRecord with every numeric column of
 ``nodes.csv`` (finite where they must be, accuracies in [0, 1] or NaN, counts non-negative), an
 ``info`` ConfigRecord whose status is one a node may report, the node's own partition and window,
-and, when weights were asked for, exactly the arrays of the model that was sent: same names, same
-shapes, all finite. A reply that breaks any of this raises :class:`InvalidReply` with one line that
-says what was wrong; the server marks that node ``failed`` with it and the run goes on.
+and, when weights were asked for, exactly the arrays of the model that was sent (same names, same
+shapes, all finite) with the examples of each output the window trained on. A reply that breaks
+any of this raises :class:`InvalidReply` with one line that says what was wrong; the server marks
+that node ``failed`` with it and the run goes on.
 
 Text a node supplies (its error message) is cut to one short printable line here, so that no
 node can write a newline, a Markdown table break or a spreadsheet formula into a report.
@@ -40,6 +41,7 @@ class CheckedReply:
     row: dict[str, Any]
     received: dict[str, Any] | None
     arrays: ArrayRecord | None
+    examples_per_output: np.ndarray | None = None  # with the arrays: what the window trained on
 
 
 def safe_text(value: Any) -> str:
@@ -116,8 +118,23 @@ def check_arrays(arrays: Any, sent: Mapping[str, torch.Tensor]) -> ArrayRecord:
     return arrays
 
 
+def check_examples(trained: Any, outputs: int) -> np.ndarray:
+    """The examples of each output a window trained on: ``outputs`` whole, non-negative numbers."""
+    if not isinstance(trained, MetricRecord) or "examples_per_output" not in trained:
+        raise InvalidReply("the examples per output were asked for with the weights and are missing")
+    values = trained["examples_per_output"]
+    if (not isinstance(values, list) or len(values) != outputs
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
+        raise InvalidReply(f"examples_per_output is not a list of {outputs} numbers")
+    counts = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(counts).all() or (counts < 0).any() or (counts != np.round(counts)).any():
+        raise InvalidReply("examples_per_output holds a value that is not a whole non-negative number")
+    return counts.astype(np.int64)
+
+
 def check_reply(reply: Message, *, partition: int, window: int, profile: str,
-                sent: Mapping[str, torch.Tensor], want_arrays: bool, want_received: bool) -> CheckedReply:
+                sent: Mapping[str, torch.Tensor], want_arrays: bool, want_received: bool,
+                outputs: int = 0) -> CheckedReply:
     """Check one ``train.adapt`` reply (see the module docstring); raise :class:`InvalidReply`."""
     content = reply.content
     info = content["info"] if "info" in content else None
@@ -140,9 +157,10 @@ def check_reply(reply: Message, *, partition: int, window: int, profile: str,
             raise InvalidReply("the evaluation of the model as received is missing")
         received = _metrics(content["received"], partition, RECEIVED_WINDOW, failed=False)
         received.update(node=partition, window=RECEIVED_WINDOW, profile=profile, status=RECEIVED, error="")
-    arrays = None
+    arrays, examples = None, None
     if want_arrays and not failed:
         if "arrays" not in content:
             raise InvalidReply("the adapted weights were asked for and are missing")
         arrays = check_arrays(content["arrays"], sent)
-    return CheckedReply(row, received, arrays)
+        examples = check_examples(content["trained"] if "trained" in content else None, outputs)
+    return CheckedReply(row, received, arrays, examples)

@@ -19,8 +19,8 @@ from swarm import io
 FILES = ("nodes.csv",)
 # Bump when the meaning of cached fleet results changes, so that old entries are not reused
 # (2: nodes built their data with label groups re-ordered before this; 3: received rows, new
-# on-device training, availability lined up with the run).
-CACHE_VERSION = 3
+# on-device training, availability lined up with the run; 4: fleet.new_class_outputs, reset).
+CACHE_VERSION = 4
 NOT_IN_KEY = ("join_timeout_s", "window_timeout_s", "checkpoint")
 
 

@@ -18,6 +18,8 @@ from swarm.errors import SwarmError
 
 MODELS = ("resnet50", "resnet18", "resnet_small")
 STEMS = ("auto", "imagenet", "small")
+# How adaptation treats the outputs of classes the model was never trained on (see reset_outputs).
+NEW_CLASS_OUTPUTS = ("reset", "keep")
 
 
 def resolve_stem(stem: str, image_size: int) -> str:
@@ -95,6 +97,38 @@ def build_model(model_cfg: Mapping[str, Any], num_outputs: int, in_channels: int
     if stem == "small" or in_channels != 3:
         model.conv1, model.maxpool = _stem(in_channels, model.conv1.out_channels, stem)
     return model
+
+
+def classifier(model: nn.Module) -> tuple[str, nn.Linear]:
+    """The output layer (name, module): the last ``Linear``, ``fc`` in every model of the zoo."""
+    heads = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not heads:
+        raise SwarmError(f"{type(model).__name__} has no Linear output layer")
+    return heads[-1]
+
+
+def reset_outputs(model: nn.Module, outputs: Sequence[int]) -> None:
+    """Give the classifier's ``outputs`` a neutral start: zero weights, the other outputs' mean bias.
+
+    Before new classes arrive, pre-training and every recovery after a cut train all outputs with
+    cross-entropy on the old classes only, which drives the new classes' outputs far below the
+    rest; on a deeply pruned model, adaptation then needs more epochs to lift them than early
+    stopping allows (docs/adaptation.md, section 9). A zero row gives every input the same, middling
+    score, so it takes practically no prediction from the classes the model knows, and the first
+    gradient step already moves it towards its class's features, like a freshly added
+    class-incremental head.
+    """
+    _, head = classifier(model)
+    rows = sorted({int(o) for o in outputs})
+    if not rows:
+        return
+    if rows[0] < 0 or rows[-1] >= head.out_features:
+        raise SwarmError(f"outputs {rows} are not all outputs of a {head.out_features}-output classifier")
+    others = [i for i in range(head.out_features) if i not in set(rows)]
+    with torch.no_grad():
+        head.weight[rows] = 0.0
+        if head.bias is not None:
+            head.bias[rows] = head.bias[others].mean() if others else 0.0
 
 
 def count_parameters(model: nn.Module) -> int:

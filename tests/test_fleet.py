@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 
+import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord
@@ -118,6 +119,24 @@ def test_fedavg_averages_the_adapted_models(plan_file):
     avg = fleet.average([ArrayRecord(a), ArrayRecord(b)], [1.0, 3.0], sent=a)  # Flower's helper
     assert torch.allclose(avg["w"], torch.tensor([2.5, 4.5]))
     assert avg["n"].dtype == torch.int64 and int(avg["n"]) == 8  # the batch counter keeps its dtype
+
+
+def test_fedavg_averages_each_output_over_the_nodes_that_trained_it():
+    sent = {"body": torch.zeros(2), "fc.weight": torch.zeros(3, 2), "fc.bias": torch.zeros(3)}
+    # Node a trained outputs 0 and 1, node b only output 1; nobody trained output 2. Under the
+    # masked loss a node returns the rows of the outputs it did not train as they were sent.
+    a = {"body": torch.tensor([1.0, 1.0]), "fc.weight": torch.tensor([[4.0, 4.0], [2.0, 2.0], [0.0, 0.0]]),
+         "fc.bias": torch.tensor([4.0, 2.0, 0.0])}
+    b = {"body": torch.tensor([3.0, 3.0]), "fc.weight": torch.tensor([[0.0, 0.0], [6.0, 6.0], [0.0, 0.0]]),
+         "fc.bias": torch.tensor([0.0, 6.0, 0.0])}
+    counts = [np.array([10, 10, 0]), np.array([0, 30, 0])]
+    avg = fleet.average([ArrayRecord(a), ArrayRecord(b)], [20.0, 20.0], sent, per_output=("fc", counts))
+    assert torch.allclose(avg["body"], torch.tensor([2.0, 2.0]))  # the body: plain FedAvg
+    # Output 0: node a alone (the plain average would halve what it learned); output 1: 10:30.
+    assert torch.allclose(avg["fc.bias"], torch.tensor([4.0, 5.0, 0.0]))
+    assert torch.allclose(avg["fc.weight"], torch.tensor([[4.0, 4.0], [5.0, 5.0], [0.0, 0.0]]))
+    plain = fleet.average([ArrayRecord(a), ArrayRecord(b)], [20.0, 20.0], sent)
+    assert torch.allclose(plain["fc.bias"], torch.tensor([2.0, 4.0, 0.0]))
 
 
 def test_the_server_does_not_wait_forever(plan_file):

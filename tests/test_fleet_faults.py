@@ -92,6 +92,14 @@ def _weights(change):
     return tamper
 
 
+def _examples(values):
+    def tamper(reply, partition):
+        if partition == 1:
+            reply.content["trained"] = MetricRecord({"examples_per_output": values})
+        return reply
+    return tamper
+
+
 BAD_REPLIES = {
     "missing metric": (_drop("metrics"), "its metrics are missing"),
     "accuracy out of range": (_set_metric("acc_F", 2.0), "acc_F = 2.0 is not an accuracy"),
@@ -102,6 +110,9 @@ BAD_REPLIES = {
     "unknown status": (_status("great"), "status 'great' is not one of"),
     "NaN weights": (_weights(lambda v: np.full_like(v, np.nan)), "holds NaN or infinite values"),
     "wrong weight shape": (_weights(lambda v: v[:1]), "has shape"),
+    "no examples per output": (_drop("trained"), "examples per output were asked for"),
+    "examples for another model": (_examples([1, 2]), "is not a list of"),
+    "negative examples": (_examples([-1] * 12), "not a whole non-negative number"),
 }
 
 

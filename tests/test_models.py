@@ -7,7 +7,7 @@ import torch
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from swarm.errors import SwarmError
-from swarm.models import SmallResNet, build_model, count_parameters, resolve_stem
+from swarm.models import SmallResNet, build_model, count_parameters, reset_outputs, resolve_stem
 
 
 def test_resnet50_is_the_papers_size():
@@ -45,3 +45,20 @@ def test_unknown_model_and_stem():
         build_model({"name": "vgg"}, 10, 3, 32)
     with pytest.raises(SwarmError, match="model.stem"):
         build_model({"name": "resnet18", "stem": "huge"}, 10, 3, 32)
+
+
+def test_reset_outputs_start_neutral_and_leave_the_rest():
+    model = SmallResNet(6, widths=(4, 8), blocks=(1, 1)).eval()
+    with torch.no_grad():
+        model.fc.weight.mul_(50)  # a trained head: confident on its classes
+        model.fc.bias.copy_(torch.tensor([1.0, 2.0, 3.0, 4.0, -9.0, -9.0]))  # outputs 4, 5 pushed down
+    x = torch.randn(16, 3, 16, 16)
+    before = model(x)
+    reset_outputs(model, [4, 5])
+    after = model(x)
+    assert torch.equal(model.fc.weight[4:], torch.zeros(2, 8)) and torch.allclose(model.fc.bias[4:], torch.tensor(2.5))
+    assert torch.equal(after[:, :4], before[:, :4])  # the known classes score as before
+    assert torch.allclose(after[:, 4:], torch.tensor(2.5))  # every input alike
+    reset_outputs(model, [])  # nothing to reset
+    with pytest.raises(SwarmError, match="6-output"):
+        reset_outputs(model, [6])

@@ -82,6 +82,12 @@ class ScenarioData:
         parts = [self.datasets[r][split] for r in roles if len(self.datasets[r][split])]
         return ConcatDataset(parts) if len(parts) != 1 else parts[0]
 
+    def untrained_outputs(self) -> list[int]:
+        """The outputs only F brings: new classes, whose outputs exist from the start (the paper keeps
+        all of them) but are never a target before adaptation (empty when F refines known labels)."""
+        seen = {int(t) for role in "TP" for split in SPLITS for t in self.datasets[role][split].targets.tolist()}
+        return sorted({int(t) for t in self.datasets["F"]["train"].targets.tolist()} - seen)
+
     def counts(self) -> dict[str, dict[str, int]]:
         return {role: {split: len(self.datasets[role][split]) for split in SPLITS} for role in ROLES}
 
