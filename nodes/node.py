@@ -99,7 +99,7 @@ class NodeRuntime:
         self.fleet = plan.config["fleet"]
         self.profile = load_profile(self.me.profile)
         self.continual = plan.config["scenario"]["mode"] == "continual"
-        self.state_path = Path(plan.run_dir) / "nodes" / f"node_{partition:03d}.pt"
+        self.state_dir = Path(plan.run_dir) / "nodes"
         self.trained_per_output = np.zeros(0, dtype=np.int64)  # of the last window run (run_window)
         self.times, self.roles, self.indices = self._stream()
         # The label of every stream sample (balanced batches draw by label); built once per runtime.
@@ -172,29 +172,47 @@ class NodeRuntime:
         return memory_need(sum(p.numel() for p in model.parameters()), activations,
                            int(self.fleet["batch_size"]), replay_samples, self._sample_bytes())
 
-    def _load(self, weights: Mapping[str, torch.Tensor] | None = None) -> dict[str, Any]:
-        if not self.state_path.exists():
+    def state_path(self, window: int) -> Path:
+        """The node's state at the start of ``window`` (after every window before it)."""
+        return self.state_dir / f"node_{self.me.partition:03d}_w{window:04d}.pt"
+
+    def _saved_windows(self) -> list[int]:
+        prefix = f"node_{self.me.partition:03d}_w"
+        return sorted(int(path.stem[len(prefix):]) for path in self.state_dir.glob(f"{prefix}*.pt"))
+
+    def _load(self, window: int, weights: Mapping[str, torch.Tensor] | None = None) -> dict[str, Any]:
+        """The state this window starts from: the newest saved at or before it (a node that missed
+        windows trained nothing in them), or the received model. A server that resumes after a
+        kill asks again for the window it had not finished; the state saved at its start is kept
+        for that (:meth:`_save`), so the window is re-run from the same state, not from a newer one."""
+        saved = self._saved_windows()
+        usable = [w for w in saved if w <= window]
+        if saved and not usable:  # only the window being resumed and its successor are kept
+            raise SwarmError(f"node {self.me.partition} is at window {saved[-1]}, asked for window {window}")
+        if not usable:
             return self._fresh_state(weights)
-        blob = io.load_tensors(self.state_path)
+        blob = io.load_tensors(self.state_path(usable[-1]))
         model = checkpoints.build_from_architecture(blob["arch"])
         model.load_state_dict(blob["model"])
         return {"model": model, "arch": blob["arch"], "optimizer": blob["optimizer"],
                 "replay": ReplayBuffer.from_state(_from_tensors(blob["replay"])), "window": int(blob["window"]),
                 "visits": int(blob["visits"])}
 
-    def _save(self, state: dict[str, Any], optimizer: torch.optim.Optimizer) -> None:
-        io.save_tensors(self.state_path, {
+    def _save(self, state: dict[str, Any], optimizer: torch.optim.Optimizer, window: int) -> None:
+        """Write the state after ``window``; keep the one it started from, drop older ones."""
+        io.save_tensors(self.state_path(window + 1), {
             "model": state["model"].state_dict(), "arch": state["arch"], "optimizer": optimizer.state_dict(),
             "replay": _to_tensors(state["replay"].state()), "window": state["window"],
             "visits": state["visits"]})
+        for old in self._saved_windows():
+            if old < window:
+                self.state_path(old).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ one window
     def run_window(self, window: int, weights: Mapping[str, torch.Tensor] | None = None) -> tuple[WindowMetrics, nn.Module]:
-        state = self._load(weights)
         # A device that missed windows (it was unreachable) rejoins at the window it is asked for;
-        # the windows it missed trained nothing. Going back would replay a window it already ran.
-        if state["window"] > window:
-            raise SwarmError(f"node {self.me.partition} is at window {state['window']}, asked for window {window}")
+        # the windows it missed trained nothing.
+        state = self._load(window, weights)
         model = state["model"]
         if weights is not None:
             model.load_state_dict(weights)
@@ -229,7 +247,7 @@ class NodeRuntime:
         replay.offer(self.indices[new_p], p_targets[self.indices[new_p]].tolist())
         accuracy = self._evaluate(model)
         state["window"] = window + 1
-        self._save(state, optimizer)
+        self._save(state, optimizer, window)
         metrics = WindowMetrics(node=self.me.partition, profile=self.me.profile, window=window, sim_time_s=end,
                                 steps=report.steps, samples_seen=before + int(arrived.sum()), flops=report.flops,
                                 energy_j=report.energy_j, status=report.status, **accuracy)

@@ -24,6 +24,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from nodes.plan import FleetPlan
+from server.progress import resume
 from server.replies import InvalidReply, check_reply, safe_text
 from swarm import io
 from swarm.fleet_rows import COLUMNS, FAILED, NO_RESULT, NOT_SIMULATED, RECEIVED_WINDOW
@@ -205,15 +206,15 @@ def run_fleet(grid: GridLike, plan_path: Path, *, strategy: str = "local", join_
         raise SwarmError(f"nodes for partitions {missing} did not answer; the fleet needs partitions 0..{count - 1}")
     model = plan.received_model()
     sent = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    shared = sent
+    saved = resume(Path(plan.run_dir), plan_path)  # after a kill: the windows already finished
+    shared = saved.shared if saved.shared is not None else sent
     batch_size = int(plan.config["fleet"]["batch_size"])
     masked_loss = plan.config["fleet"].get("loss", "full") == "masked"
     head, output_layer = classifier(model)
-    rows: list[dict[str, Any]] = []
-    failed: dict[int, str] = {}
-    has_model: set[int] = set()  # nodes that adapted at least one window (they hold the model)
+    rows, failed = saved.rows, saved.failed
+    has_model = saved.has_model  # nodes that adapted at least one window (they hold the model)
     csv_path = Path(plan.run_dir) / "nodes.csv"
-    for window in range(plan.windows):
+    for window in range(saved.windows_done, plan.windows):
         messages = []
         for partition in range(count):
             if partition in failed:
@@ -266,6 +267,9 @@ def run_fleet(grid: GridLike, plan_path: Path, *, strategy: str = "local", join_
         if records:
             shared = average(records, sizes, shared, per_output=(head, trained) if masked_loss else None)
         write_csv(csv_path, rows)
+        saved.windows_done = window + 1
+        saved.shared = shared if strategy == "fedavg" else None
+        saved.save(Path(plan.run_dir), plan_path)
         window_rows = [r for r in rows if r["window"] == window]
         log.info(_window_line(window, plan.windows, count, window_rows, rows) + f"; {seconds:.1f} s")
         if progress is not None:

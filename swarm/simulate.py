@@ -102,6 +102,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
           f"{', '.join(str(j.iteration) for j in jobs)} ({sizes} parameters)"
           + (f"; {len(jobs) - len(pending)} from the cache" if len(pending) < len(jobs) else ""))
     if pending:
+        print(f"(saved after every window: if this run is killed, the same command with hydra.run.dir={run_dir} "
+              f"resumes it)")
         _run_flower([job.plan_path for job in pending], int(cfg.fleet.nodes))
 
     errors, failed_nodes, unserved, finals = [], {}, {}, []

@@ -139,6 +139,7 @@ def test_a_fleet_the_engine_serves_slower_than_the_deadline_is_simulated_whole(t
     assert len(seconds) == 2 and max(seconds) > timeout, seconds  # the queue outlasted the deadline
     expected = (run / "nodes.csv").read_text()
     shutil.rmtree(run / "nodes")
+    (run / "fleet_progress.json").unlink()  # a fresh run, not a resumed one
     import torch
 
     threads = torch.get_num_threads()
@@ -149,3 +150,54 @@ def test_a_fleet_the_engine_serves_slower_than_the_deadline_is_simulated_whole(t
     finally:
         torch.set_num_threads(threads)
     assert (run / "nodes.csv").read_text() == expected
+
+
+def test_a_simulation_killed_in_the_fleet_stage_resumes_where_it_stopped(tmp_path, task_identity):
+    """Issue 10: SIGKILL during the fleet keeps the finished windows; the same command on the same
+    run folder resumes after the last of them and ends with the nodes.csv of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from server import fleet
+    from tests.conftest import REPO
+
+    args = [*TINY, "scenario.dataset.image_size=16", "prune.iterations=0", "reference.adapt=false",
+            f"cache_dir={tmp_path / 'cache'}", *FLEET, "fleet.windows=3", "fleet.strategy=fedavg"]
+    run = tmp_path / "run"
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
+    command = [sys.executable, "-m", "swarm.simulate", *args, f"hydra.run.dir={run}"]
+    log = open(tmp_path / "killed.log", "w")
+    victim = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    progress = run / "fleet_progress.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and victim.poll() is None:
+        if progress.exists() and json.loads(progress.read_text())["windows_done"] >= 1:
+            break
+        time.sleep(0.2)
+    os.killpg(victim.pid, signal.SIGKILL)  # the simulation, its Ray workers, everything
+    victim.wait()
+    log.close()
+    done = json.loads(progress.read_text())["windows_done"]
+    assert 1 <= done < 3, (tmp_path / "killed.log").read_text()[-2000:]
+
+    resumed = run_module("swarm.simulate", *args, f"hydra.run.dir={run}", timeout=400)
+    output = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, output[-3000:]
+    assert f"resuming the fleet after window {done}" in output
+    assert f"window {done}/3:" not in output  # finished windows are not run again
+    expected = (run / "nodes.csv").read_text()
+    shutil.rmtree(run / "nodes")
+    (run / "fleet_progress.json").unlink()
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as on an engine actor: the same kernels, the same sums
+    try:
+        fleet.run_fleet(FakeGrid(2), run / "fleet_plan.json", strategy="fedavg", join_timeout_s=5)
+    finally:
+        torch.set_num_threads(threads)
+    assert (run / "nodes.csv").read_text() == expected  # as if it had never been killed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -24,9 +25,9 @@ def _engine_identity(task_identity):
 
 @pytest.fixture
 def plan_file(make_cfg, tmp_path):
-    def make(nodes: int = 3, *overrides):
+    def make(nodes: int = 3, *overrides, windows: int = 2):
         cfg = make_cfg(*TINY, f"fleet.nodes={nodes}", *overrides)
-        return write_fleet_plan(cfg, tmp_path, f"run-{nodes}-{len(overrides)}", windows=2)[0]
+        return write_fleet_plan(cfg, tmp_path, f"run-{nodes}-{len(overrides)}", windows=windows)[0]
     return make
 
 
@@ -56,8 +57,41 @@ def test_same_seed_same_nodes_csv(plan_file, tmp_path):
     rows = read_rows(first.parent / "nodes.csv")
     for state in (first.parent / "nodes").glob("*.pt"):
         state.unlink()
+    (first.parent / "fleet_progress.json").unlink()  # run it again from the start
     fleet.run_fleet(FakeGrid(2), first, join_timeout_s=5)
     assert read_rows(first.parent / "nodes.csv") == rows
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs in the server (not even ``except Exception``)."""
+
+
+def test_a_killed_fleet_resumes_after_its_last_finished_window(plan_file, tmp_path):
+    import shutil
+
+    path = plan_file(3, "fleet.strategy=fedavg", windows=3)
+    whole = fleet.run_fleet(FakeGrid(3), path, strategy="fedavg", join_timeout_s=5)
+    expected = (path.parent / "nodes.csv").read_text()
+    shutil.rmtree(path.parent / "nodes")
+    (path.parent / "fleet_progress.json").unlink()
+
+    class DiesInWindow2(FakeGrid):
+        """The server dies after the nodes ran window 2 (index 1) but before it saw their replies."""
+
+        def pull_messages(self, message_ids):
+            replies = list(super().pull_messages(message_ids))
+            if any(r.content["metrics"]["window"] == 1 for r in replies if "metrics" in r.content):
+                raise Killed()
+            return replies
+
+    with pytest.raises(Killed):
+        fleet.run_fleet(DiesInWindow2(3), path, strategy="fedavg", join_timeout_s=5)
+    assert json.loads((path.parent / "fleet_progress.json").read_text())["windows_done"] == 1
+    resumed = FakeGrid(3)
+    rows = fleet.run_fleet(resumed, path, strategy="fedavg", join_timeout_s=5)
+    assert len(rows) == len(whole) and (path.parent / "nodes.csv").read_text() == expected
+    windows = {m.content["config"]["window"] for m in resumed.sent if m.metadata.message_type == "train.adapt"}
+    assert windows == {1, 2}  # window 1 (index 0) was not run again
 
 
 @pytest.fixture

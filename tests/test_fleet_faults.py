@@ -39,6 +39,7 @@ def fresh(plan_path):
 
     shutil.rmtree(plan_path.parent / "nodes", ignore_errors=True)
     (plan_path.parent / "nodes.csv").unlink(missing_ok=True)
+    (plan_path.parent / "fleet_progress.json").unlink(missing_ok=True)
     return plan_path
 
 

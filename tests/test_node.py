@@ -49,6 +49,10 @@ def test_windows_train_the_granted_steps_and_persist_state(fleet):
     assert moved  # real training happened
     with pytest.raises(SwarmError, match="at window 3, asked for window 1"):
         node.run_window(1)
+    # Window 2 again (a server resuming after a kill): from the state it started from, same result.
+    assert sorted(p.name for p in node.state_dir.glob("*.pt")) == ["node_001_w0002.pt", "node_001_w0003.pt"]
+    again, _ = node.run_window(2)
+    assert again == rows[2]
 
 
 def test_same_seed_same_rows(fleet, tmp_path):
@@ -78,7 +82,7 @@ def test_continual_nodes_replay_p(fleet):
     node = NodeRuntime(plan, 0, data)
     metrics, _ = node.run_window(0)
     assert not math.isnan(metrics.acc_PF)
-    state = node._load()
+    state = node._load(1)  # the state after window 0
     assert len(state["replay"]) == 40
     assert set(state["replay"].class_counts()) == set(np.unique(data.datasets["P"]["train"].targets.numpy()))
 
@@ -169,5 +173,5 @@ def test_training_is_bounded_by_passes_over_the_data(fleet):
     rows = [node.run_window(w)[0] for w in range(3)]
     steps = sum(r.steps for r in rows)
     assert 0 < steps * 8 <= 3 * rows[-1].samples_seen  # batch 8, no replay: 3 visits per sample at most
-    assert node._load()["visits"] == steps * 8
+    assert node._load(3)["visits"] == steps * 8
     assert rows[-1].status == "data_exhausted"  # a fast device with a generous budget runs out of data
