@@ -22,13 +22,13 @@ from swarm import checkpoints
 from swarm.config import data_options, scenario_of
 from swarm.data.build import build
 from swarm.evaluation import accuracies, test_sets
-from swarm.models import reset_outputs
+from swarm.models import classifier, reset_outputs
 from swarm.training import TrainSettings, fit
 
 
 def randomise(model: torch.nn.Module, rows: list[int], seed: int = 0) -> None:
-    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
-    others = [i for i in range(head.out_features) if i not in rows]
+    _, head = classifier(model)
+    others = sorted(set(range(head.out_features)) - set(rows))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         spread = head.weight[others].std()
@@ -58,6 +58,7 @@ def main() -> None:
         print(f"F outputs {name}: before acc_P {before['acc_P']:.3f} acc_F {before['acc_F']:.3f}; after "
               f"{fitted.epochs} epochs acc_P {acc['acc_P']:.3f}, acc_F {acc['acc_F']:.3f}, acc_PF {acc['acc_PF']:.3f}",
               flush=True)
+
 
 if __name__ == "__main__":
     main()

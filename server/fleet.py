@@ -269,7 +269,7 @@ def run_fleet(grid: GridLike, plan_path: Path, *, strategy: str = "local", join_
         write_csv(csv_path, rows)
         saved.windows_done = window + 1
         saved.shared = shared if strategy == "fedavg" else None
-        saved.save(Path(plan.run_dir), plan_path)
+        saved.save(Path(plan.run_dir))
         window_rows = [r for r in rows if r["window"] == window]
         log.info(_window_line(window, plan.windows, count, window_rows, rows) + f"; {seconds:.1f} s")
         if progress is not None:

@@ -41,18 +41,19 @@ def plan_hash(plan_path: Path) -> str:
 class Progress:
     """The server's state between windows."""
 
+    plan: str  # the sha256 of the plan file this progress belongs to
     windows_done: int = 0
     rows: list[dict[str, Any]] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
     has_model: set[int] = field(default_factory=set)
     shared: dict[str, torch.Tensor] | None = None
 
-    def save(self, run_dir: Path, plan_path: Path) -> None:
+    def save(self, run_dir: Path) -> None:
         run_dir = Path(run_dir)
         if self.shared is not None:
             io.save_tensors(_shared_path(run_dir, self.windows_done), self.shared)
         io.write_json(run_dir / PROGRESS, {
-            "plan": plan_hash(plan_path), "windows_done": self.windows_done, "rows": self.rows,
+            "plan": self.plan, "windows_done": self.windows_done, "rows": self.rows,
             "failed": {str(k): v for k, v in self.failed.items()}, "has_model": sorted(self.has_model),
             "shared": self.shared is not None})
         for old in run_dir.glob("fleet_shared_w*.pt"):
@@ -65,12 +66,13 @@ def resume(run_dir: Path, plan_path: Path) -> Progress:
     (which clears node states and progress another plan left there)."""
     run_dir = Path(run_dir)
     path = run_dir / PROGRESS
+    digest = plan_hash(plan_path)
     if path.exists():
         record = json.loads(path.read_text())
         shared_path = _shared_path(run_dir, int(record["windows_done"]))
-        if record.get("plan") == plan_hash(plan_path) and (not record["shared"] or shared_path.exists()):
+        if record.get("plan") == digest and (not record["shared"] or shared_path.exists()):
             log.info("resuming the fleet after window %d of an interrupted run in %s", record["windows_done"], run_dir)
-            return Progress(int(record["windows_done"]), record["rows"],
+            return Progress(digest, int(record["windows_done"]), record["rows"],
                             {int(k): v for k, v in record["failed"].items()}, set(record["has_model"]),
                             io.load_tensors(shared_path) if record["shared"] else None)
         log.info("%s belongs to another fleet plan: starting over", path)
@@ -78,4 +80,4 @@ def resume(run_dir: Path, plan_path: Path) -> Progress:
     for old in run_dir.glob("fleet_shared_w*.pt"):
         old.unlink()
     shutil.rmtree(run_dir / "nodes", ignore_errors=True)  # the nodes' states of that other run
-    return Progress()
+    return Progress(digest)

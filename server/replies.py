@@ -134,7 +134,7 @@ def check_examples(trained: Any, outputs: int) -> np.ndarray:
 
 def check_reply(reply: Message, *, partition: int, window: int, profile: str,
                 sent: Mapping[str, torch.Tensor], want_arrays: bool, want_received: bool,
-                outputs: int = 0) -> CheckedReply:
+                outputs: int) -> CheckedReply:
     """Check one ``train.adapt`` reply (see the module docstring); raise :class:`InvalidReply`."""
     content = reply.content
     info = content["info"] if "info" in content else None

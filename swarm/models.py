@@ -124,7 +124,7 @@ def reset_outputs(model: nn.Module, outputs: Sequence[int]) -> None:
         return
     if rows[0] < 0 or rows[-1] >= head.out_features:
         raise SwarmError(f"outputs {rows} are not all outputs of a {head.out_features}-output classifier")
-    others = [i for i in range(head.out_features) if i not in set(rows)]
+    others = sorted(set(range(head.out_features)) - set(rows))
     with torch.no_grad():
         head.weight[rows] = 0.0
         if head.bias is not None:
