@@ -33,6 +33,12 @@ class NodePlan:
     f_indices: list[int]  # positions in F's training split
     seed: int
     f_events: list[int] = field(default_factory=list)  # drift event of each F sample (empty: all 0)
+    fault: str = ""  # an injected fault (fleet.faults): crash, late or corrupt; "" for none
+    fault_window: int = -1  # the window in which it strikes
+
+    def fault_in(self, window: int) -> str:
+        """The fault injected into this node's ``window`` ("" for none)."""
+        return self.fault if window == self.fault_window else ""
 
     def event_starts(self, gap_s: float, events: int) -> list[float]:
         """When each of this node's drift events begins (the first at its drift time)."""
@@ -91,6 +97,40 @@ def availability_phase(profile: DeviceProfile, span_s: float, rng: np.random.Gen
     return phase
 
 
+FAULTS = ("crash", "late", "corrupt")
+
+
+def check_faults(faults: Mapping[str, Any] | None) -> dict[str, float]:
+    """``fleet.faults`` as shares of the fleet per kind; an unknown kind or a share outside [0, 1]
+    (or shares that add up to more than the fleet) is an error naming it."""
+    shares = {}
+    for kind, value in (faults or {}).items():
+        if kind not in FAULTS:
+            raise SwarmError(f"fleet.faults.{kind} is not a fault; the kinds are {', '.join(FAULTS)}")
+        share = 0.0 if value is None else float(value)
+        if not 0.0 <= share <= 1.0:
+            raise SwarmError(f"fleet.faults.{kind}={value}: a share of the fleet, between 0 and 1")
+        shares[kind] = share
+    if sum(shares.values()) > 1.0 + 1e-9:
+        raise SwarmError(f"fleet.faults add up to {sum(shares.values()):g} of the fleet; at most 1 (one fault per node)")
+    return shares
+
+
+def draw_faults(nodes: list[NodePlan], faults: Mapping[str, float], windows: int, seed: int) -> None:
+    """Give ``round(share x fleet)`` distinct nodes each kind of fault, each in a window drawn
+    uniformly, from ``seed`` with a generator of its own (a plan without faults is unchanged)."""
+    if not any(faults.values()):
+        return
+    rng = np.random.default_rng((seed, 0xFA17))
+    order = rng.permutation(len(nodes))
+    taken = 0
+    for kind in FAULTS:
+        count = int(round(faults.get(kind, 0.0) * len(nodes)))
+        for position in order[taken:taken + count]:
+            nodes[int(position)].fault, nodes[int(position)].fault_window = kind, int(rng.integers(0, windows))
+        taken += count
+
+
 def split_tasks(num_groups: int, events: int) -> list[list[int]]:
     """F's groups in order, split into ``events`` consecutive tasks (one per drift event)."""
     if not 1 <= events <= num_groups:
@@ -102,7 +142,8 @@ def split_tasks(num_groups: int, events: int) -> list[list[int]]:
 def draw_plan(*, run_dir: Path, config: dict[str, Any], checkpoint: Path, architecture: dict[str, Any],
               f_groups: np.ndarray,
               num_nodes: int, profiles: list[str], alpha: float, drift: dict[str, Any], window_s: float,
-              windows: int, seed: int, min_f_per_node: int = 1, reset_outputs: list[int] | None = None) -> FleetPlan:
+              windows: int, seed: int, min_f_per_node: int = 1, reset_outputs: list[int] | None = None,
+              faults: Mapping[str, Any] | None = None) -> FleetPlan:
     """Draw every node's profile, drift time, availability phase (one that meets the run, see
     :func:`availability_phase`) and share of F, from ``seed``.
 
@@ -125,6 +166,7 @@ def draw_plan(*, run_dir: Path, config: dict[str, Any], checkpoint: Path, archit
         nodes.append(NodePlan(partition=i, profile=profile, drift_s=float(drifts[i]),
                               phase_s=availability_phase(load_profile(profile), window_s * windows, rng),
                               f_indices=shares[i].tolist(), seed=int(rng.integers(0, 2**31 - 1)), f_events=events))
+    draw_faults(nodes, check_faults(faults), int(windows), seed)
     return FleetPlan(str(run_dir), config, str(checkpoint), dict(architecture), float(window_s), int(windows), nodes,
                      f_tasks=tasks, event_gap_s=float(drift.get("event_gap_s", 0.0)),
                      reset_outputs=[int(o) for o in reset_outputs or []])
@@ -142,4 +184,5 @@ def plan_from_config(config: Mapping[str, Any], data: ScenarioData, *, checkpoin
                      f_groups=f_groups(data, "train")[0], num_nodes=int(fleet["nodes"]), profiles=list(fleet["profiles"]),
                      alpha=float(fleet["alpha"]), drift=dict(fleet["drift"]), window_s=float(fleet["window_s"]),
                      windows=int(fleet["windows"]), seed=int(config["seed"]),
-                     reset_outputs=data.untrained_outputs() if choice == "reset" else [])
+                     reset_outputs=data.untrained_outputs() if choice == "reset" else [],
+                     faults=fleet.get("faults"))

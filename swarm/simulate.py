@@ -119,7 +119,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                  f"iteration {job.iteration}")
         entry = record["iterations"][job.iteration]
         summary = write_report(job.directory, title, target=target, f_group_names=f_names,
-                               reference=entry.get("reference"), events=_events(job.plan_path))
+                               reference=entry.get("reference"), events=_events(job.plan_path),
+                               faults=_faults(job.plan_path))
         if status["failed_nodes"]:
             failed_nodes[job.iteration] = status["failed_nodes"]
         if status["not_simulated_nodes"]:
@@ -143,6 +144,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         where = "; ".join(f"iteration {it}: nodes {nodes}" for it, nodes in failed_nodes.items())
         raise FleetFailure(f"{where} failed; see report.md in {run_dir}")
     return {"jobs": [(job.iteration, summary) for job, summary in finals]}
+
+
+def _faults(plan_path: Path) -> dict[int, str]:
+    """The faults ``fleet.faults`` injected into a plan's nodes: node -> what and in which window."""
+    if not plan_path.exists():
+        return {}
+    return {node.partition: f"{node.fault} in window {node.fault_window}"
+            for node in FleetPlan.load(plan_path).nodes if node.fault}
 
 
 def _events(plan_path: Path) -> tuple[list[list[int]], dict[int, list[float]]] | None:

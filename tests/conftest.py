@@ -229,7 +229,12 @@ class FakeGrid:
             claimed = self.claims.get(nid, partition)
             context = Context(run_id=1, node_id=nid, state=RecordDict(), run_config={},
                               node_config={"partition-id": claimed, "num-partitions": self.total})
-            reply = client_app.app(message, context)
+            try:
+                reply = client_app.app(message, context)
+            except Exception as error:  # as the engines do: the app's exception becomes an error reply
+                from flwr.app import Error
+
+                reply = client_app.Message(error=Error(code=0, reason=f"{type(error).__name__}: {error}"), reply_to=message)
             if self.tamper is not None and message.metadata.message_type == "train.adapt":
                 reply = self.tamper(reply, partition)
             self.replies[message.metadata.message_id] = reply
