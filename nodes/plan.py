@@ -1,13 +1,16 @@
 """The fleet plan: what every node is, what data it will see, and when. Written once, read by all.
 
 The server side draws the plan from the seed (device profile, drift time, availability phase and
-non-IID share of F per node) and writes it to ``<run dir>/fleet_plan.json``; each node reads it by
-its partition id, so a node needs nothing but the plan's path and its own id.
+non-IID share of F per node) and writes it to ``<run dir>/fleet_plan.json``. Nodes never read it:
+``swarm.partition`` writes each node's data folder from it (:mod:`nodes.local_data`), and the
+server sends each node its part (:class:`NodeTask`) with every message.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -45,6 +48,54 @@ class NodePlan:
         return [self.drift_s + k * gap_s for k in range(events)]
 
 
+# What of a plan decides a node's data (and so its data folder): the scenario and how it is built,
+# and the fleet settings that shape the stream and the evaluation sets.
+DATA_CONFIG = ("scenario", "pretrain", "data", "seed")
+DATA_FLEET = ("stream_rate", "eval_samples", "replay")
+
+
+@dataclass
+class NodeTask:
+    """Everything a node needs from the plan, sent in every ``train.adapt`` message (a ConfigRecord
+    of JSON strings, :meth:`to_config`): its plan entry, the fleet settings, the run's shape and the
+    pruned architecture. With its own data folder, that is all a node knows of the run; it never
+    opens a file the server names."""
+
+    node: NodePlan
+    fleet: dict[str, Any]
+    continual: bool
+    window_s: float
+    windows: int
+    events: int  # drift events (1: F arrives at once)
+    event_gap_s: float
+    architecture: dict[str, Any]
+    plan_id: str  # names the node's state for this plan (hex digits only)
+    data_id: str  # the data folder this node must hold (:meth:`FleetPlan.data_id`)
+
+    def to_config(self) -> dict[str, str]:
+        return {"node": json.dumps(asdict(self.node)), "fleet": json.dumps(self.fleet),
+                "run": json.dumps({"continual": self.continual, "window_s": self.window_s, "windows": self.windows,
+                                   "events": self.events, "event_gap_s": self.event_gap_s,
+                                   "plan_id": self.plan_id, "data_id": self.data_id}),
+                "architecture": json.dumps(self.architecture)}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> NodeTask:
+        """Parse a message's task; anything missing or malformed is a ``ValueError`` naming it."""
+        try:
+            node = NodePlan(**json.loads(config["node"]))
+            run = json.loads(config["run"])
+            task = cls(node=node, fleet=dict(json.loads(config["fleet"])), continual=bool(run["continual"]),
+                       window_s=float(run["window_s"]), windows=int(run["windows"]), events=int(run["events"]),
+                       event_gap_s=float(run["event_gap_s"]), architecture=dict(json.loads(config["architecture"])),
+                       plan_id=str(run["plan_id"]), data_id=str(run["data_id"]))
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"the message's task is malformed: {type(error).__name__}: {error}") from None
+        if not re.fullmatch(r"[0-9a-f]{8,64}", task.plan_id):
+            raise ValueError(f"the message's plan_id {task.plan_id[:80]!r} is not a hex digest")
+        return task
+
+
 @dataclass
 class FleetPlan:
     run_dir: str
@@ -67,6 +118,26 @@ class FleetPlan:
         model, _, _ = checkpoints.load(Path(self.checkpoint))
         reset_outputs(model, self.reset_outputs)
         return model
+
+    def data_id(self, partition: int) -> str:
+        """A digest of what decides node ``partition``'s data: a data folder written for another
+        plan, seed or scenario is refused by the node with this, rather than silently used."""
+        node = {k: v for k, v in asdict(self.node(partition)).items() if k not in ("fault", "fault_window")}
+        blob = {"config": {k: self.config.get(k) for k in DATA_CONFIG},
+                "fleet": {k: self.config["fleet"].get(k) for k in DATA_FLEET}, "node": node,
+                "events": max(len(self.f_tasks), 1), "event_gap_s": self.event_gap_s}
+        return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def continual(self) -> bool:
+        return self.config["scenario"]["mode"] == "continual"
+
+    def task(self, partition: int, plan_id: str) -> NodeTask:
+        """What the server sends node ``partition`` (``plan_id``: the digest of the plan file)."""
+        return NodeTask(node=self.node(partition), fleet=dict(self.config["fleet"]), continual=self.continual,
+                        window_s=self.window_s, windows=self.windows, events=max(len(self.f_tasks), 1),
+                        event_gap_s=self.event_gap_s, architecture=dict(self.architecture), plan_id=plan_id,
+                        data_id=self.data_id(partition))
 
     def save(self, path: Path) -> None:
         io.write_json(path, asdict(self))

@@ -24,7 +24,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from nodes.plan import FleetPlan
-from server.progress import resume
+from server.progress import plan_hash, resume
 from server.replies import InvalidReply, check_reply, safe_text
 from swarm import io
 from swarm.fleet_rows import COLUMNS, FAILED, LATE, NO_RESULT, NOT_SIMULATED, RECEIVED_WINDOW
@@ -208,6 +208,8 @@ def run_fleet(grid: GridLike, plan_path: Path, *, strategy: str = "local", join_
     model = plan.received_model()
     sent = {k: v.detach().clone() for k, v in model.state_dict().items()}
     saved = resume(Path(plan.run_dir), plan_path)  # after a kill: the windows already finished
+    plan_id = plan_hash(plan_path)[:16]  # names the nodes' state of this plan
+    tasks = {partition: ConfigRecord(plan.task(partition, plan_id).to_config()) for partition in range(count)}
     shared = saved.shared if saved.shared is not None else sent
     batch_size = int(plan.config["fleet"]["batch_size"])
     masked_loss = plan.config["fleet"].get("loss", "full") == "masked"
@@ -221,9 +223,9 @@ def run_fleet(grid: GridLike, plan_path: Path, *, strategy: str = "local", join_
             if partition in failed:
                 continue
             first = partition not in has_model
-            content = RecordDict({"config": ConfigRecord({"plan": str(plan_path), "window": window,
-                                                          "return_weights": strategy == "fedavg",
-                                                          "evaluate_received": first})})
+            content = RecordDict({"config": ConfigRecord({"window": window, "return_weights": strategy == "fedavg",
+                                                          "evaluate_received": first}),
+                                  "task": tasks[partition]})
             if first or strategy == "fedavg":  # the model travels once (each round under FedAvg)
                 content["arrays"] = ArrayRecord(shared)
             messages.append(Message(content, dst_node_id=mapping[partition], message_type="train.adapt"))

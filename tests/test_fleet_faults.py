@@ -17,7 +17,8 @@ from flwr.app import Array, ConfigRecord, MetricRecord
 from server import fleet
 from server.replies import safe_text
 from swarm.fleet_report import write_report
-from tests.conftest import FLEET_TINY as TINY, FakeGrid, compose_config, use_fake_engine, write_fleet_plan
+from tests.conftest import (FLEET_TINY as TINY, FakeGrid, compose_config, nodes_of, use_fake_engine,
+                            write_fleet_plan)
 
 
 
@@ -37,7 +38,8 @@ def fresh(plan_path):
     """Forget the nodes' state and results of an earlier test on the same plan."""
     import shutil
 
-    shutil.rmtree(plan_path.parent / "nodes", ignore_errors=True)
+    for state in (plan_path.parent / "nodes").glob("node_*/state"):
+        shutil.rmtree(state)
     (plan_path.parent / "nodes.csv").unlink(missing_ok=True)
     (plan_path.parent / "fleet_progress.json").unlink(missing_ok=True)
     return plan_path
@@ -121,7 +123,8 @@ BAD_REPLIES = {
 def test_an_invalid_reply_fails_its_node_and_the_run_goes_on(plan, case):
     path = fresh(plan)
     tamper, reason = BAD_REPLIES[case]
-    rows = fleet.run_fleet(FakeGrid(3, tamper=tamper), path, strategy="fedavg", join_timeout_s=5)
+    rows = fleet.run_fleet(FakeGrid(3, tamper=tamper, root=nodes_of(path)), path, strategy="fedavg",
+                           join_timeout_s=5)
     mine = [r for r in rows if r["node"] == 1 and r["window"] >= 0]
     assert [r["status"] for r in mine] == ["failed", "failed"]
     assert mine[0]["error"].startswith("invalid reply: ") and reason in mine[0]["error"]
@@ -133,7 +136,7 @@ def test_an_invalid_reply_fails_its_node_and_the_run_goes_on(plan, case):
 
 def test_a_duplicate_partition_claim_gets_no_work(plan):
     path = fresh(plan)
-    grid = FakeGrid(4)  # four SuperNodes for a plan of three; the fourth claims partition 0 again
+    grid = FakeGrid(4, root=nodes_of(path))  # four SuperNodes for a plan of three; the fourth claims partition 0 again
     grid.claims = {grid.ids[3]: 0}
     fleet.run_fleet(grid, path, join_timeout_s=5)
     adapted = [m.metadata.dst_node_id for m in grid.sent if m.metadata.message_type == "train.adapt"]
@@ -142,7 +145,8 @@ def test_a_duplicate_partition_claim_gets_no_work(plan):
 
 def test_in_simulation_a_silent_node_is_not_simulated_and_said_so(plan):
     path = fresh(plan)
-    rows = fleet.run_fleet(FakeGrid(3, silent={2}), path, join_timeout_s=5, window_timeout_s=0.3, simulated=True)
+    rows = fleet.run_fleet(FakeGrid(3, silent={2}, root=nodes_of(path)), path, join_timeout_s=5,
+                           window_timeout_s=0.3, simulated=True)
     mine = [r for r in rows if r["node"] == 2]
     assert [r["status"] for r in mine] == ["not_simulated", "not_simulated"]
     assert "simulation engine returned no reply" in mine[0]["error"]
@@ -158,7 +162,7 @@ def test_in_simulation_a_silent_node_is_not_simulated_and_said_so(plan):
 
 def test_on_real_devices_a_late_node_is_late_that_window_and_rejoins(plan):
     path = fresh(plan)
-    grid = FakeGrid(3, silent={2})
+    grid = FakeGrid(3, silent={2}, root=nodes_of(path))
     rows = fleet.run_fleet(grid, path, join_timeout_s=5, window_timeout_s=0.3,
                            progress=lambda window, _: grid.silent.clear())  # back after window 0
     mine = [(r["window"], r["status"], r["error"]) for r in rows if r["node"] == 2]
@@ -178,7 +182,7 @@ def test_node_text_cannot_break_a_report(plan, monkeypatch):
 
     monkeypatch.setattr(NodeRuntime, "run_window", hostile)
     path = fresh(plan)
-    fleet.run_fleet(FakeGrid(3), path, join_timeout_s=5)
+    fleet.run_fleet(FakeGrid(3, root=nodes_of(path)), path, join_timeout_s=5)
     errors = [r["error"] for r in rows_of(path) if r["error"]]
     assert errors and all("\n" not in e and "|" not in e and "`" not in e for e in errors)
     assert not any(e.startswith(("=", "+", "-", "@")) for e in errors)
@@ -293,7 +297,7 @@ def test_injected_faults_are_survived_and_reported_per_node(faulty_plan, strateg
     from swarm import io
 
     path = fresh(faulty_plan)
-    rows = fleet.run_fleet(FakeGrid(6), path, strategy=strategy, join_timeout_s=5)
+    rows = fleet.run_fleet(FakeGrid(6, root=nodes_of(path)), path, strategy=strategy, join_timeout_s=5)
     trained = [r for r in rows if r["window"] >= 0]
     assert len(trained) == 6 * 3  # every node, every window: a row
     status = {(r["node"], r["window"]): (r["status"], r["error"]) for r in trained}
