@@ -72,3 +72,35 @@ def arrival_times(start_s: float, count: int, rate_per_s: float, rng: np.random.
     if rate_per_s <= 0:
         raise SwarmError(f"the stream rate must be > 0 samples/s, not {rate_per_s}")
     return start_s + np.cumsum(rng.exponential(1.0 / rate_per_s, count))
+
+
+P, F = 0, 1  # the roles of stream samples
+
+
+def node_stream(*, drift_s: float, f_indices: list[int], f_events: list[int], seed: int, rate: float,
+                events: int, event_gap_s: float, p_train_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Arrival time, role (``P`` or ``F``) and training-split position of every sample a node's
+    stream brings, in time order, from its plan entry (drawn from the node's own ``seed``).
+
+    P-like samples (positions drawn uniformly from P's training split) arrive from 0 until the
+    drift time; then its share of F, each drift event's samples from that event's start (or when
+    the previous event's have all arrived, if later). The node's data folder holds exactly the
+    samples this names (:mod:`nodes.local_data`), and the node replays the same draw."""
+    rng = np.random.default_rng(seed)
+    expected = int(drift_s * rate * 1.5) + 10
+    p_times = arrival_times(0.0, expected, rate, rng)
+    p_times = p_times[p_times < drift_s]
+    p_indices = rng.integers(0, p_train_size, len(p_times))
+    shares = np.asarray(f_indices, dtype=np.int64)
+    event_of = np.asarray(f_events or np.zeros(len(shares)), dtype=np.int64)
+    f_positions, f_times, last = [], [], drift_s
+    for k in range(max(events, 1)):
+        start = drift_s + k * event_gap_s
+        members = rng.permutation(shares[event_of == k])
+        times_k = arrival_times(max(start, last), len(members), rate, rng)
+        last = float(times_k[-1]) if len(times_k) else max(start, last)
+        f_positions.append(members)
+        f_times.append(times_k)
+    times = np.concatenate([p_times, *f_times])
+    roles = np.concatenate([np.full(len(p_times), P), np.full(sum(len(t) for t in f_times), F)])
+    return times, roles, np.concatenate([p_indices, *f_positions]).astype(np.int64)

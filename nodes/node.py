@@ -1,9 +1,11 @@
 """One edge node's on-device adaptation, one window at a time, independent of Flower.
 
+A node knows its task (:class:`nodes.plan.NodeTask`, sent by the server), its own data
+(:class:`nodes.local_data.NodeData`, its data folder) and its state folder; nothing else of the run.
 Each call to :meth:`NodeRuntime.run_window`:
 
-1. loads the node's state from disk (model, optimizer, replay buffer, clock) or, in the first
-   window, starts from the coordinator's checkpoint;
+1. loads the node's state from its state folder (model, optimizer, replay buffer, clock) or, in
+   the first window, starts from the model the server sent;
 2. checks that training fits in the device's RAM (weights, gradients, Adam state, activations of
    a batch, the replay buffer); if not, reports ``does_not_fit`` and keeps the model it has;
 3. asks the SimPy device model how many training steps the window's budget, the device's
@@ -18,6 +20,7 @@ The stream of a node: P-like samples arrive from time 0 until its drift time, th
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -28,18 +31,17 @@ from torch import nn
 
 from nodes.device import (Budget, StreamCredit, WindowReport, activation_bytes_per_sample, load_profile, memory_check,
                           memory_need, simulate_window, step_flops)
-from nodes.drift import arrival_times
-from nodes.plan import FleetPlan
+from nodes.drift import F, P, node_stream
+from nodes.local_data import NodeData
+from nodes.plan import NodeTask
 from nodes.replay import ReplayBuffer
 from swarm import checkpoints, io
-from swarm.data.build import ScenarioData
 from swarm.errors import SwarmError
 from swarm.fleet_rows import RECEIVED_WINDOW
 from swarm.models import classifier
 from swarm.pruning import count_macs_and_params
-from swarm.evaluation import accuracies, test_sets
+from swarm.evaluation import accuracies
 
-P, F = 0, 1
 _COSTS: dict[str, tuple[int, int]] = {}
 
 
@@ -91,67 +93,52 @@ def _budget(fleet: Mapping[str, Any], window_s: float) -> Budget:
 
 
 class NodeRuntime:
-    def __init__(self, plan: FleetPlan, partition: int, data: ScenarioData) -> None:
-        if not 0 <= partition < len(plan.nodes):
-            raise SwarmError(f"partition {partition} is not in this fleet of {len(plan.nodes)} nodes")
-        self.plan, self.data = plan, data
-        self.me = plan.node(partition)
-        self.fleet = plan.config["fleet"]
+    """One node: its task, its data, and its state under ``state_dir/<plan_id>/``.
+
+    ``model``: the received weights, for a runtime made in-process (tests, benchmarks); over
+    Flower they come with the node's first message instead."""
+
+    def __init__(self, task: NodeTask, data: NodeData, state_dir: Path,
+                 model: Mapping[str, torch.Tensor] | None = None) -> None:
+        if data.partition != task.node.partition or data.data_id != task.data_id:
+            raise SwarmError(f"the data of partition {data.partition} is not the data of this task "
+                             f"(partition {task.node.partition}); write the node folders again with swarm.partition")
+        self.task, self.data, self.received_weights = task, data, model
+        self.me = task.node
+        self.fleet = task.fleet
         self.profile = load_profile(self.me.profile)
-        self.continual = plan.config["scenario"]["mode"] == "continual"
-        self.state_dir = Path(plan.run_dir) / "nodes"
+        self.continual = task.continual
+        self.state_dir = Path(state_dir) / task.plan_id
         self.trained_per_output = np.zeros(0, dtype=np.int64)  # of the last window run (run_window)
-        self.times, self.roles, self.indices = self._stream()
+        self.times, self.roles, self.indices = node_stream(
+            drift_s=self.me.drift_s, f_indices=self.me.f_indices, f_events=self.me.f_events, seed=self.me.seed,
+            rate=float(self.fleet["stream_rate"]), events=task.events, event_gap_s=task.event_gap_s,
+            p_train_size=data.p_train_size)
         # The label of every stream sample (balanced batches draw by label); built once per runtime.
         self.labels = np.empty(len(self.indices), dtype=np.int64)
-        for role, name in ((P, "P"), (F, "F")):
+        for role in (P, F):
             mine = self.roles == role
-            self.labels[mine] = self.data.datasets[name]["train"].targets.numpy()[self.indices[mine]]
-        self.tests = test_sets(data, self.continual, int(self.fleet["eval_samples"]))
+            self.labels[mine] = data.targets(role, self.indices[mine])
+        self.tests = data.tests
 
-    # ------------------------------------------------------------------ the drifting stream
-    def _stream(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Arrival time, role (P or F) and dataset position of every sample this node will see."""
-        rng = np.random.default_rng(self.me.seed)
-        rate = float(self.fleet["stream_rate"])
-        n_p = len(self.data.datasets["P"]["train"])
-        expected = int(self.me.drift_s * rate * 1.5) + 10
-        p_times = arrival_times(0.0, expected, rate, rng)
-        p_times = p_times[p_times < self.me.drift_s]
-        p_indices = rng.integers(0, n_p, len(p_times))
-        # F arrives from the drift time on; with several drift events, each event's samples from
-        # its own start (or when the previous event's have all arrived, if later).
-        shares = np.asarray(self.me.f_indices, dtype=np.int64)
-        events = np.asarray(self.me.f_events or np.zeros(len(shares)), dtype=np.int64)
-        starts = self.me.event_starts(self.plan.event_gap_s, max(len(self.plan.f_tasks), 1))
-        f_indices, f_times, last = [], [], self.me.drift_s
-        for k, start in enumerate(starts):
-            members = rng.permutation(shares[events == k])
-            times_k = arrival_times(max(start, last), len(members), rate, rng)
-            last = float(times_k[-1]) if len(times_k) else max(start, last)
-            f_indices.append(members)
-            f_times.append(times_k)
-        f_indices, f_times = np.concatenate(f_indices), np.concatenate(f_times)
-        times = np.concatenate([p_times, f_times])
-        roles = np.concatenate([np.full(len(p_times), P), np.full(len(f_times), F)])
-        return times, roles, np.concatenate([p_indices, f_indices])
+    def _model(self, weights: Mapping[str, torch.Tensor] | None) -> nn.Module:
+        """The received model: the weights sent with the message (or given at construction)."""
+        weights = weights if weights is not None else self.received_weights
+        if weights is None:
+            raise SwarmError(f"node {self.me.partition} has no model yet: the server sends it with a node's first window")
+        model = checkpoints.build_from_architecture(self.task.architecture)
+        model.load_state_dict(weights)
+        return model
 
     # ------------------------------------------------------------------ state on disk
     def _fresh_state(self, weights: Mapping[str, torch.Tensor] | None) -> dict[str, Any]:
-        """The state before the first window: the coordinator's model, sent by the server (or read
-        from the checkpoint file when no weights came with the message)."""
-        if weights is not None:
-            arch = self.plan.architecture
-            model = checkpoints.build_from_architecture(arch)
-            model.load_state_dict(weights)
-        else:
-            model, arch = self.plan.received_model(), self.plan.architecture
+        """The state before the first window: the model the server sent."""
+        model, arch = self._model(weights), self.task.architecture
         replay = ReplayBuffer(self._replay_capacity(model, arch), str(self.fleet["replay"]["policy"]),
                               seed=self.me.seed)
         if self.continual:  # the device ships with (a sample of) P for replay
-            p_train = self.data.datasets["P"]["train"]
-            order = np.random.default_rng(self.me.seed + 1).permutation(len(p_train))
-            replay.offer(order, p_train.targets[order].tolist())
+            order = np.random.default_rng(self.me.seed + 1).permutation(self.data.p_train_size)
+            replay.offer(order, self.data.targets(P, order).tolist())
         return {"model": model, "arch": arch, "optimizer": None, "replay": replay, "window": 0, "visits": 0}
 
     def _replay_capacity(self, model: nn.Module, arch: Mapping[str, Any]) -> int | None:
@@ -212,6 +199,8 @@ class NodeRuntime:
     def run_window(self, window: int, weights: Mapping[str, torch.Tensor] | None = None) -> tuple[WindowMetrics, nn.Module]:
         # A device that missed windows (it was unreachable) rejoins at the window it is asked for;
         # the windows it missed trained nothing.
+        if window == 0:  # a plan starts (or a run killed in its first window starts again) afresh
+            shutil.rmtree(self.state_dir, ignore_errors=True)
         state = self._load(window, weights)
         model = state["model"]
         if weights is not None:
@@ -223,7 +212,7 @@ class NodeRuntime:
         optimizer = torch.optim.Adam(model.parameters(), lr=float(self.fleet["lr"]))
         if state["optimizer"] is not None:
             optimizer.load_state_dict(state["optimizer"])
-        start, end = window * self.plan.window_s, (window + 1) * self.plan.window_s
+        start, end = window * self.task.window_s, (window + 1) * self.task.window_s
         replay: ReplayBuffer = state["replay"]
         need = self._memory(model, state["arch"], replay_samples=len(replay))
         arrived = (self.times >= start) & (self.times < end)
@@ -237,14 +226,13 @@ class NodeRuntime:
             stream_per_step = int(self.fleet["batch_size"]) - self._replayed_per_batch(replay)
             credit = (StreamCredit.unlimited(before) if passes is None else
                       StreamCredit(int(passes), stream_per_step, float(int(passes) * before - state["visits"])))
-            report = simulate_window(self.profile, _budget(self.fleet, self.plan.window_s), cost, start_s=start,
+            report = simulate_window(self.profile, _budget(self.fleet, self.task.window_s), cost, start_s=start,
                                      arrivals=self.times[arrived].tolist(), phase_s=self.me.phase_s, credit=credit)
             self._train(model, optimizer, replay, report.step_starts, window)
             state["visits"] += report.steps * stream_per_step  # sample visits spent, counted by the credit
         # P samples that streamed in during the window join the replay buffer.
         new_p = arrived & (self.roles == P)
-        p_targets = self.data.datasets["P"]["train"].targets
-        replay.offer(self.indices[new_p], p_targets[self.indices[new_p]].tolist())
+        replay.offer(self.indices[new_p], self.data.targets(P, self.indices[new_p]).tolist())
         accuracy = self._evaluate(model)
         state["window"] = window + 1
         self._save(state, optimizer, window)
@@ -318,7 +306,7 @@ class NodeRuntime:
         return int(round(int(self.fleet["batch_size"]) * share)) if len(replay) else 0
 
     def _sample(self, role: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.data.datasets["P" if role == P else "F"]["train"][int(index)]
+        return self.data.sample(role, index)
 
     def _evaluate(self, model: nn.Module) -> dict[str, Any]:
         return accuracies(model, self.tests, torch.device("cpu"))
@@ -326,11 +314,7 @@ class NodeRuntime:
     def received(self, weights: Mapping[str, torch.Tensor] | None = None) -> WindowMetrics:
         """The model as this node received it, evaluated before any training: the row (window -1,
         status ``received``) every gain is measured against."""
-        if weights is None:
-            model = self.plan.received_model()
-        else:
-            model = checkpoints.build_from_architecture(self.plan.architecture)
-            model.load_state_dict(weights)
+        model = self._model(weights)
         return WindowMetrics(node=self.me.partition, profile=self.me.profile, window=RECEIVED_WINDOW, sim_time_s=0.0,
                              steps=0, samples_seen=0, flops=0.0, energy_j=0.0, status="received",
                              **self._evaluate(model))

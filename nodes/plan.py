@@ -1,13 +1,16 @@
 """The fleet plan: what every node is, what data it will see, and when. Written once, read by all.
 
 The server side draws the plan from the seed (device profile, drift time, availability phase and
-non-IID share of F per node) and writes it to ``<run dir>/fleet_plan.json``; each node reads it by
-its partition id, so a node needs nothing but the plan's path and its own id.
+non-IID share of F per node) and writes it to ``<run dir>/fleet_plan.json``. Nodes never read it:
+``swarm.partition`` writes each node's data folder from it (:mod:`nodes.local_data`), and the
+server sends each node its part (:class:`NodeTask`) with every message.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -33,10 +36,64 @@ class NodePlan:
     f_indices: list[int]  # positions in F's training split
     seed: int
     f_events: list[int] = field(default_factory=list)  # drift event of each F sample (empty: all 0)
+    fault: str = ""  # an injected fault (fleet.faults): crash, late or corrupt; "" for none
+    fault_window: int = -1  # the window in which it strikes
+
+    def fault_in(self, window: int) -> str:
+        """The fault injected into this node's ``window`` ("" for none)."""
+        return self.fault if window == self.fault_window else ""
 
     def event_starts(self, gap_s: float, events: int) -> list[float]:
         """When each of this node's drift events begins (the first at its drift time)."""
         return [self.drift_s + k * gap_s for k in range(events)]
+
+
+# What of a plan decides a node's data (and so its data folder): the scenario and how it is built,
+# and the fleet settings that shape the stream and the evaluation sets.
+DATA_CONFIG = ("scenario", "pretrain", "data", "seed")
+DATA_FLEET = ("stream_rate", "eval_samples", "replay")
+
+
+@dataclass
+class NodeTask:
+    """Everything a node needs from the plan, sent in every ``train.adapt`` message (a ConfigRecord
+    of JSON strings, :meth:`to_config`): its plan entry, the fleet settings, the run's shape and the
+    pruned architecture. With its own data folder, that is all a node knows of the run; it never
+    opens a file the server names."""
+
+    node: NodePlan
+    fleet: dict[str, Any]
+    continual: bool
+    window_s: float
+    windows: int
+    events: int  # drift events (1: F arrives at once)
+    event_gap_s: float
+    architecture: dict[str, Any]
+    plan_id: str  # names the node's state for this plan (hex digits only)
+    data_id: str  # the data folder this node must hold (:meth:`FleetPlan.data_id`)
+
+    def to_config(self) -> dict[str, str]:
+        return {"node": json.dumps(asdict(self.node)), "fleet": json.dumps(self.fleet),
+                "run": json.dumps({"continual": self.continual, "window_s": self.window_s, "windows": self.windows,
+                                   "events": self.events, "event_gap_s": self.event_gap_s,
+                                   "plan_id": self.plan_id, "data_id": self.data_id}),
+                "architecture": json.dumps(self.architecture)}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> NodeTask:
+        """Parse a message's task; anything missing or malformed is a ``ValueError`` naming it."""
+        try:
+            node = NodePlan(**json.loads(config["node"]))
+            run = json.loads(config["run"])
+            task = cls(node=node, fleet=dict(json.loads(config["fleet"])), continual=bool(run["continual"]),
+                       window_s=float(run["window_s"]), windows=int(run["windows"]), events=int(run["events"]),
+                       event_gap_s=float(run["event_gap_s"]), architecture=dict(json.loads(config["architecture"])),
+                       plan_id=str(run["plan_id"]), data_id=str(run["data_id"]))
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"the message's task is malformed: {type(error).__name__}: {error}") from None
+        if not re.fullmatch(r"[0-9a-f]{8,64}", task.plan_id):
+            raise ValueError(f"the message's plan_id {task.plan_id[:80]!r} is not a hex digest")
+        return task
 
 
 @dataclass
@@ -61,6 +118,26 @@ class FleetPlan:
         model, _, _ = checkpoints.load(Path(self.checkpoint))
         reset_outputs(model, self.reset_outputs)
         return model
+
+    def data_id(self, partition: int) -> str:
+        """A digest of what decides node ``partition``'s data: a data folder written for another
+        plan, seed or scenario is refused by the node with this, rather than silently used."""
+        node = {k: v for k, v in asdict(self.node(partition)).items() if k not in ("fault", "fault_window")}
+        blob = {"config": {k: self.config.get(k) for k in DATA_CONFIG},
+                "fleet": {k: self.config["fleet"].get(k) for k in DATA_FLEET}, "node": node,
+                "events": max(len(self.f_tasks), 1), "event_gap_s": self.event_gap_s}
+        return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def continual(self) -> bool:
+        return self.config["scenario"]["mode"] == "continual"
+
+    def task(self, partition: int, plan_id: str) -> NodeTask:
+        """What the server sends node ``partition`` (``plan_id``: the digest of the plan file)."""
+        return NodeTask(node=self.node(partition), fleet=dict(self.config["fleet"]), continual=self.continual,
+                        window_s=self.window_s, windows=self.windows, events=max(len(self.f_tasks), 1),
+                        event_gap_s=self.event_gap_s, architecture=dict(self.architecture), plan_id=plan_id,
+                        data_id=self.data_id(partition))
 
     def save(self, path: Path) -> None:
         io.write_json(path, asdict(self))
@@ -91,6 +168,40 @@ def availability_phase(profile: DeviceProfile, span_s: float, rng: np.random.Gen
     return phase
 
 
+FAULTS = ("crash", "late", "corrupt")
+
+
+def check_faults(faults: Mapping[str, Any] | None) -> dict[str, float]:
+    """``fleet.faults`` as shares of the fleet per kind; an unknown kind or a share outside [0, 1]
+    (or shares that add up to more than the fleet) is an error naming it."""
+    shares = {}
+    for kind, value in (faults or {}).items():
+        if kind not in FAULTS:
+            raise SwarmError(f"fleet.faults.{kind} is not a fault; the kinds are {', '.join(FAULTS)}")
+        share = 0.0 if value is None else float(value)
+        if not 0.0 <= share <= 1.0:
+            raise SwarmError(f"fleet.faults.{kind}={value}: a share of the fleet, between 0 and 1")
+        shares[kind] = share
+    if sum(shares.values()) > 1.0 + 1e-9:
+        raise SwarmError(f"fleet.faults add up to {sum(shares.values()):g} of the fleet; at most 1 (one fault per node)")
+    return shares
+
+
+def draw_faults(nodes: list[NodePlan], faults: Mapping[str, float], windows: int, seed: int) -> None:
+    """Give ``round(share x fleet)`` distinct nodes each kind of fault, each in a window drawn
+    uniformly, from ``seed`` with a generator of its own (a plan without faults is unchanged)."""
+    if not any(faults.values()):
+        return
+    rng = np.random.default_rng((seed, 0xFA17))
+    order = rng.permutation(len(nodes))
+    taken = 0
+    for kind in FAULTS:
+        count = int(round(faults.get(kind, 0.0) * len(nodes)))
+        for position in order[taken:taken + count]:
+            nodes[int(position)].fault, nodes[int(position)].fault_window = kind, int(rng.integers(0, windows))
+        taken += count
+
+
 def split_tasks(num_groups: int, events: int) -> list[list[int]]:
     """F's groups in order, split into ``events`` consecutive tasks (one per drift event)."""
     if not 1 <= events <= num_groups:
@@ -102,7 +213,8 @@ def split_tasks(num_groups: int, events: int) -> list[list[int]]:
 def draw_plan(*, run_dir: Path, config: dict[str, Any], checkpoint: Path, architecture: dict[str, Any],
               f_groups: np.ndarray,
               num_nodes: int, profiles: list[str], alpha: float, drift: dict[str, Any], window_s: float,
-              windows: int, seed: int, min_f_per_node: int = 1, reset_outputs: list[int] | None = None) -> FleetPlan:
+              windows: int, seed: int, min_f_per_node: int = 1, reset_outputs: list[int] | None = None,
+              faults: Mapping[str, Any] | None = None) -> FleetPlan:
     """Draw every node's profile, drift time, availability phase (one that meets the run, see
     :func:`availability_phase`) and share of F, from ``seed``.
 
@@ -125,6 +237,7 @@ def draw_plan(*, run_dir: Path, config: dict[str, Any], checkpoint: Path, archit
         nodes.append(NodePlan(partition=i, profile=profile, drift_s=float(drifts[i]),
                               phase_s=availability_phase(load_profile(profile), window_s * windows, rng),
                               f_indices=shares[i].tolist(), seed=int(rng.integers(0, 2**31 - 1)), f_events=events))
+    draw_faults(nodes, check_faults(faults), int(windows), seed)
     return FleetPlan(str(run_dir), config, str(checkpoint), dict(architecture), float(window_s), int(windows), nodes,
                      f_tasks=tasks, event_gap_s=float(drift.get("event_gap_s", 0.0)),
                      reset_outputs=[int(o) for o in reset_outputs or []])
@@ -142,4 +255,5 @@ def plan_from_config(config: Mapping[str, Any], data: ScenarioData, *, checkpoin
                      f_groups=f_groups(data, "train")[0], num_nodes=int(fleet["nodes"]), profiles=list(fleet["profiles"]),
                      alpha=float(fleet["alpha"]), drift=dict(fleet["drift"]), window_s=float(fleet["window_s"]),
                      windows=int(fleet["windows"]), seed=int(config["seed"]),
-                     reset_outputs=data.untrained_outputs() if choice == "reset" else [])
+                     reset_outputs=data.untrained_outputs() if choice == "reset" else [],
+                     faults=fleet.get("faults"))

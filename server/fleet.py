@@ -24,10 +24,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from nodes.plan import FleetPlan
-from server.progress import resume
+from server.progress import plan_hash, resume
 from server.replies import InvalidReply, check_reply, safe_text
 from swarm import io
-from swarm.fleet_rows import COLUMNS, FAILED, NO_RESULT, NOT_SIMULATED, RECEIVED_WINDOW
+from swarm.fleet_rows import COLUMNS, FAILED, LATE, NO_RESULT, NOT_SIMULATED, RECEIVED_WINDOW
 from swarm.errors import SwarmError
 from swarm.models import classifier
 
@@ -67,7 +67,7 @@ class Deadline:
         """(status, error) of a node whose reply did not come."""
         if self.simulated:
             return NOT_SIMULATED, f"the simulation engine returned no reply for {self.seconds:g} s (a hung actor?)"
-        return FAILED, f"no reply within {self.seconds:g} s"
+        return LATE, f"no reply within {self.seconds:g} s"
 
 
 def collect(grid: GridLike, messages: list[Message], deadline: Deadline, poll_s: float = 0.1) -> dict[int, Message]:
@@ -191,8 +191,9 @@ def run_fleet(grid: GridLike, plan_path: Path, *, strategy: str = "local", join_
 
     ``simulated``: the grid is Flower's simulation engine, so ``window_timeout_s`` guards only
     against a hung actor (see :class:`Deadline`). A node whose reply fails a check, or who reports
-    that it failed, is ``failed`` for the rest of the run; a node that missed a deadline is sent
-    the next window again (with the model, if it has none yet)."""
+    that it failed, is ``failed`` for the rest of the run; a node that missed a deadline (or
+    reports that its answer did, ``late``) is sent the next window again (with the model, if it
+    has none yet)."""
     if strategy not in STRATEGIES:
         raise SwarmError(f"fleet.strategy must be one of {', '.join(STRATEGIES)}, not '{strategy}'")
     plan = FleetPlan.load(plan_path)
@@ -207,6 +208,8 @@ def run_fleet(grid: GridLike, plan_path: Path, *, strategy: str = "local", join_
     model = plan.received_model()
     sent = {k: v.detach().clone() for k, v in model.state_dict().items()}
     saved = resume(Path(plan.run_dir), plan_path)  # after a kill: the windows already finished
+    plan_id = plan_hash(plan_path)[:16]  # names the nodes' state of this plan
+    tasks = {partition: ConfigRecord(plan.task(partition, plan_id).to_config()) for partition in range(count)}
     shared = saved.shared if saved.shared is not None else sent
     batch_size = int(plan.config["fleet"]["batch_size"])
     masked_loss = plan.config["fleet"].get("loss", "full") == "masked"
@@ -220,9 +223,9 @@ def run_fleet(grid: GridLike, plan_path: Path, *, strategy: str = "local", join_
             if partition in failed:
                 continue
             first = partition not in has_model
-            content = RecordDict({"config": ConfigRecord({"plan": str(plan_path), "window": window,
-                                                          "return_weights": strategy == "fedavg",
-                                                          "evaluate_received": first})})
+            content = RecordDict({"config": ConfigRecord({"window": window, "return_weights": strategy == "fedavg",
+                                                          "evaluate_received": first}),
+                                  "task": tasks[partition]})
             if first or strategy == "fedavg":  # the model travels once (each round under FedAvg)
                 content["arrays"] = ArrayRecord(shared)
             messages.append(Message(content, dst_node_id=mapping[partition], message_type="train.adapt"))
@@ -253,6 +256,9 @@ def run_fleet(grid: GridLike, plan_path: Path, *, strategy: str = "local", join_
                 continue
             if checked.received is not None:
                 rows.append(checked.received)
+            if checked.row["status"] == LATE:  # its result came too late to use; it rejoins next window
+                rows.append(_missing_row(partition, window, profile, LATE, checked.row["error"]))
+                continue
             rows.append(checked.row)
             if checked.row["status"] == FAILED:
                 failed[partition] = checked.row["error"]

@@ -7,7 +7,8 @@ model. Both are written atomically, the weights first, so a kill at any moment l
 pair. A run started on the same run folder with the same plan continues after the last finished
 window; the nodes re-run the window that was cut short from the state they kept from its start
 (:meth:`nodes.node.NodeRuntime._load`), so the result equals an uninterrupted run's. A folder
-whose progress belongs to another plan starts over, and the node states in it are removed.
+whose progress belongs to another plan starts over. (The nodes' states are theirs, kept by plan
+digest in their own state folders; a node asked for window 0 starts its plan afresh.)
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,7 +63,7 @@ class Progress:
 
 def resume(run_dir: Path, plan_path: Path) -> Progress:
     """The progress of an earlier, interrupted run of this plan in ``run_dir``, or a fresh start
-    (which clears node states and progress another plan left there)."""
+    (which clears the progress another plan left there)."""
     run_dir = Path(run_dir)
     path = run_dir / PROGRESS
     digest = plan_hash(plan_path)
@@ -79,5 +79,4 @@ def resume(run_dir: Path, plan_path: Path) -> Progress:
     path.unlink(missing_ok=True)
     for old in run_dir.glob("fleet_shared_w*.pt"):
         old.unlink()
-    shutil.rmtree(run_dir / "nodes", ignore_errors=True)  # the nodes' states of that other run
     return Progress(digest)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
-from swarm.fleet_rows import FAILED, NODE_STATUSES, RECEIVED, RECEIVED_WINDOW
+from swarm.fleet_rows import DEVICE_FAULTS, NODE_STATUSES, RECEIVED, RECEIVED_WINDOW
 
 ACCURACIES = ("acc_P", "acc_F", "acc_PF")
 COUNTS = ("steps", "samples_seen")
@@ -146,7 +146,7 @@ def check_reply(reply: Message, *, partition: int, window: int, profile: str,
     if info.get("profile") != profile:
         raise InvalidReply(f"it says it is a {safe_text(info.get('profile'))!r}; the plan gives partition "
                            f"{partition} a {profile!r}")
-    failed = status == FAILED
+    failed = status in DEVICE_FAULTS  # no result: measurements may be NaN, no weights
     if "metrics" not in content:
         raise InvalidReply("its metrics are missing")
     row = _metrics(content["metrics"], partition, window, failed=failed)

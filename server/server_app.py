@@ -22,7 +22,7 @@ from flwr.serverapp import Grid, ServerApp
 from nodes.plan import FleetPlan
 from server.fleet import run_fleet
 from swarm import io
-from swarm.fleet_rows import NOT_SIMULATED
+from swarm.fleet_rows import DEVICE_FAULTS, NOT_SIMULATED
 
 app = ServerApp()
 
@@ -52,7 +52,7 @@ def run_plan(grid: Grid, path: Path) -> None:
         fleet = FleetPlan.load(path).config["fleet"]
         rows = run_fleet(grid, path, strategy=str(fleet["strategy"]), join_timeout_s=float(fleet["join_timeout_s"]),
                          window_timeout_s=float(fleet["window_timeout_s"]), simulated=is_simulation(grid))
-        failed = sorted({r["node"] for r in rows if r["status"] == "failed"})
+        failed = sorted({r["node"] for r in rows if r["status"] in DEVICE_FAULTS})
         not_simulated = sorted({r["node"] for r in rows if r["status"] == NOT_SIMULATED})
         io.write_json(status_file, {"ok": not failed and not not_simulated, "failed_nodes": failed,
                                     "not_simulated_nodes": not_simulated, "error": ""})

@@ -26,6 +26,8 @@ NOT_IN_KEY = ("join_timeout_s", "window_timeout_s", "checkpoint")
 
 def fleet_key(model_key: str, iteration: int, fleet: Mapping[str, Any], seed: int) -> str:
     settings = {k: v for k, v in fleet.items() if k not in NOT_IN_KEY}
+    if not any((settings.get("faults") or {}).values()):  # no fault injected: as before faults existed
+        settings.pop("faults", None)
     blob = {"version": CACHE_VERSION, "coordinator": model_key, "iteration": int(iteration),
             "fleet": settings, "seed": int(seed)}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]

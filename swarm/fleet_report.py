@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from swarm import io  # noqa: E402
-from swarm.fleet_rows import FAILED, NO_RESULT, NOT_SIMULATED, RECEIVED_WINDOW  # noqa: E402
+from swarm.fleet_rows import FAILED, LATE, NO_RESULT, NOT_SIMULATED, RECEIVED_WINDOW  # noqa: E402
 
 METRICS = ("acc_P", "acc_F", "acc_PF", "steps", "samples_seen", "flops", "energy_j")
 ACCURACIES = ("acc_P", "acc_F", "acc_PF")
@@ -26,6 +26,7 @@ IDLE_REASONS = {
     "data_exhausted": "it never had enough local data for a step",
     "ok": "no data arrived to train on",
     "failed": "it failed",
+    "late": "its answers missed the deadline",
     "not_simulated": "the simulation engine never served it (not a device outcome)",
 }
 
@@ -162,7 +163,7 @@ def idle_nodes(rows: list[dict[str, Any]]) -> dict[int, str]:
         if sum(r["steps"] for r in mine if not math.isnan(r["steps"])) > 0:
             continue
         statuses = {r["status"] for r in mine}
-        for status in (NOT_SIMULATED, FAILED, "does_not_fit", "unavailable", "budget_exhausted", "data_exhausted", "ok"):
+        for status in (NOT_SIMULATED, FAILED, LATE, "does_not_fit", "unavailable", "budget_exhausted", "data_exhausted", "ok"):
             if status in statuses:
                 reasons[node] = IDLE_REASONS[status]
                 break
@@ -171,17 +172,19 @@ def idle_nodes(rows: list[dict[str, Any]]) -> dict[int, str]:
 
 def coverage(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """How much of the fleet the means cover: nodes in the run, nodes with a result in the last
-    window, and node-windows that failed (a device outcome) or were not simulated (the engine's)."""
+    window, and node-windows that failed or were late (device outcomes) or were not simulated
+    (the engine's)."""
     nodes = sorted({r["node"] for r in rows})
     trained = [r for r in rows if r["window"] != RECEIVED_WINDOW]
     last = max((r["window"] for r in trained), default=RECEIVED_WINDOW)
     final = final_rows(rows)
     failed = sum(r["status"] == FAILED for r in trained)
+    late = sum(r["status"] == LATE for r in trained)
     unserved = sum(r["status"] == NOT_SIMULATED for r in trained)
     return {"nodes": len(nodes), "nodes_with_result": len(final),
             "nodes_in_last_window": sum(1 for r in trained if r["window"] == last and r["status"] not in NO_RESULT),
-            "failed_node_windows": failed, "not_simulated_node_windows": unserved,
-            "complete": not failed and not unserved}
+            "failed_node_windows": failed, "late_node_windows": late, "not_simulated_node_windows": unserved,
+            "complete": not failed and not late and not unserved}
 
 
 def coverage_line(cov: dict[str, Any]) -> str | None:
@@ -193,6 +196,8 @@ def coverage_line(cov: dict[str, Any]) -> str | None:
         parts.append(f"{cov['not_simulated_node_windows']} node-windows were NOT SIMULATED (the engine gave no reply)")
     if cov["failed_node_windows"]:
         parts.append(f"{cov['failed_node_windows']} node-windows failed")
+    if cov.get("late_node_windows"):
+        parts.append(f"{cov['late_node_windows']} node-windows were late (their results not used)")
     return (f"INCOMPLETE FLEET: {'; '.join(parts)}. Means cover the {cov['nodes_in_last_window']} of "
             f"{cov['nodes']} nodes with a result in the last window.")
 
@@ -215,6 +220,7 @@ def summarize(rows: list[dict[str, Any]], f_group_names: list[str] | None = None
     totals = {"steps": sum(r["steps"] for r in ok), "flops": sum(r["flops"] for r in ok),
               "energy_j": sum(r["energy_j"] for r in ok), "node_windows": len(trained),
               "failed_node_windows": sum(r["status"] == FAILED for r in trained),
+              "late_node_windows": sum(r["status"] == LATE for r in trained),
               "not_simulated_node_windows": sum(r["status"] == NOT_SIMULATED for r in trained)}
     received = [r for r in rows if r["window"] == RECEIVED_WINDOW]
     summary: dict[str, Any] = {
@@ -324,16 +330,20 @@ def _adaptation_lines(summary: dict[str, Any], target: str, reference: dict[str,
 
 def write_report(run_dir: Path, title: str, *, target: str = "acc_F", f_group_names: list[str] | None = None,
                  reference: dict[str, Any] | None = None,
-                 events: tuple[list[list[int]], dict[int, list[float]]] | None = None) -> dict[str, Any]:
+                 events: tuple[list[list[int]], dict[int, list[float]]] | None = None,
+                 faults: dict[int, str] | None = None) -> dict[str, Any]:
     """Write summary.json, report.md, accuracy_over_time.png and final_accuracy.png into ``run_dir``.
 
     ``target`` is the accuracy adaptation is judged on; ``reference`` the coordinator's central
     adaptation of the same model (``{"before", "after", "epochs"}``), drawn beside the fleet;
-    ``events`` the drift events' tasks and each node's event start times (the accuracy matrix)."""
+    ``events`` the drift events' tasks and each node's event start times (the accuracy matrix);
+    ``faults`` the faults injected by ``fleet.faults`` (node -> what and when), listed as such."""
     rows = read_rows(run_dir / "nodes.csv")
     summary = summarize(rows, f_group_names, events)
     if reference:
         summary["reference"] = reference
+    if faults:
+        summary["injected_faults"] = {str(node): what for node, what in sorted(faults.items())}
     io.write_json(run_dir / "summary.json", summary)
     metrics = [m for m in ACCURACIES if any(not math.isnan(r[m]) for r in rows)]
     _plot_over_time(rows, target, run_dir / "accuracy_over_time.png",
@@ -348,6 +358,8 @@ def write_report(run_dir: Path, title: str, *, target: str = "acc_F", f_group_na
              f"{summary['totals']['flops'] / 1e12:.3f} TFLOP.", "",
              *([f"**{warning}**", ""] if (warning := coverage_line(summary["coverage"])) else []),
              *_adaptation_lines(summary, target, reference),
+             *(["Injected faults (`fleet.faults`): " + "; ".join(f"node {n}: {w}" for n, w in sorted(faults.items())), ""]
+               if faults else []),
              "![accuracy over time](accuracy_over_time.png)", "", "![final accuracy](final_accuracy.png)", "",
              "## Per node (last window; steps and energy summed over all windows)", "",
              f"| node | profile | steps | energy (J) | {target} received | " + " | ".join(metrics) + " | status |",

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Sequence
 
 from swarm.errors import SwarmError
 from swarm.fleet_report import read_rows
-from swarm.fleet_rows import FAILED, NO_RESULT, NOT_SIMULATED, RECEIVED_WINDOW
+from swarm.fleet_rows import DEVICE_FAULTS, NO_RESULT, NOT_SIMULATED, RECEIVED_WINDOW
 
 # Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom; beyond, the normal 1.96.
 _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
@@ -142,7 +142,8 @@ class FleetResult:
 
     @property
     def failed_nodes(self) -> int:
-        return len({r["node"] for r in self.rows if r["status"] == FAILED})
+        """Nodes that failed or were late in some window (device outcomes)."""
+        return len({r["node"] for r in self.rows if r["status"] in DEVICE_FAULTS})
 
     @property
     def not_simulated_nodes(self) -> int:

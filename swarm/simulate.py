@@ -2,7 +2,8 @@
 
 1. The coordinator pre-trains and prunes (Algorithm 1), or its cached result is reused.
 2. The fleet plan is drawn from the seed: every node's device profile, drift time, availability
-   phase and non-IID share of F (``fleet_plan.json``).
+   phase and non-IID share of F (``fleet_plan.json``); every node's own data folder is written
+   from it under ``nodes/`` (:mod:`nodes.local_data`, as ``swarm.partition`` does for devices).
 3. Flower's simulation engine runs the ServerApp and one ClientApp per node: the chosen
    checkpoint (``fleet.checkpoint``: last, all, a number or a list) is sent once, then every node
    adapts for ``fleet.windows`` windows within what its SimPy device model grants. Several
@@ -104,7 +105,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if pending:
         print(f"(saved after every window: if this run is killed, the same command with hydra.run.dir={run_dir} "
               f"resumes it)")
-        _run_flower([job.plan_path for job in pending], int(cfg.fleet.nodes))
+        root = _node_folders(FleetPlan.load(pending[0].plan_path), data, run_dir / NODES)
+        _run_flower([job.plan_path for job in pending], int(cfg.fleet.nodes), root)
 
     errors, failed_nodes, unserved, finals = [], {}, {}, []
     target = "acc_PF" if scenario.mode == "continual" else "acc_F"
@@ -119,7 +121,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                  f"iteration {job.iteration}")
         entry = record["iterations"][job.iteration]
         summary = write_report(job.directory, title, target=target, f_group_names=f_names,
-                               reference=entry.get("reference"), events=_events(job.plan_path))
+                               reference=entry.get("reference"), events=_events(job.plan_path),
+                               faults=_faults(job.plan_path))
         if status["failed_nodes"]:
             failed_nodes[job.iteration] = status["failed_nodes"]
         if status["not_simulated_nodes"]:
@@ -143,6 +146,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         where = "; ".join(f"iteration {it}: nodes {nodes}" for it, nodes in failed_nodes.items())
         raise FleetFailure(f"{where} failed; see report.md in {run_dir}")
     return {"jobs": [(job.iteration, summary) for job, summary in finals]}
+
+
+def _faults(plan_path: Path) -> dict[int, str]:
+    """The faults ``fleet.faults`` injected into a plan's nodes: node -> what and in which window."""
+    if not plan_path.exists():
+        return {}
+    return {node.partition: f"{node.fault} in window {node.fault_window}"
+            for node in FleetPlan.load(plan_path).nodes if node.fault}
 
 
 def _events(plan_path: Path) -> tuple[list[list[int]], dict[int, list[float]]] | None:
@@ -179,13 +190,36 @@ def _write_plan(cfg: DictConfig, config: dict[str, Any], data: ScenarioData, res
     plan_from_config(config, data, checkpoint=checkpoint, run_dir=job.directory).save(job.plan_path)
 
 
-def _run_flower(plans: list[Path], num_nodes: int) -> None:
-    """One Flower simulation for every pending plan: the engine starts once."""
-    from nodes.client_app import app as client_app
+NODES = "nodes"  # the simulated nodes' own folders (data and state), under the run folder
+
+
+def _node_folders(plan: FleetPlan, data: ScenarioData, root: Path) -> Path:
+    """Every node's data folder under ``root/node_NNN/data`` (the plans of one run share their data:
+    same scenario, seed and stream); folders already written for this data are kept."""
+    from nodes.local_data import MANIFEST, node_folder, write_fleet_data
+
+    def current(partition: int) -> bool:
+        manifest = node_folder(root, partition) / "data" / MANIFEST
+        return manifest.exists() and json.loads(manifest.read_text()).get("data_id") == plan.data_id(partition)
+
+    if all(current(i) for i in range(len(plan.nodes))):
+        return root
+    step = max(1, len(plan.nodes) // 10)
+    write_fleet_data(plan, data, root, inner="data",
+                     progress=lambda done, total: (done % step == 0 or done == total)
+                     and print(f"node data: {done}/{total} folders", flush=True))
+    return root
+
+
+def _run_flower(plans: list[Path], num_nodes: int, node_root: Path) -> None:
+    """One Flower simulation for every pending plan: the engine starts once. The simulated nodes
+    find their folders under ``node_root`` (their ``node_config`` holds only a partition id)."""
+    from nodes.client_app import NODE_ROOT, app as client_app
     from server.server_app import app as server_app
     from swarm import flower_sim
 
     os.environ["SWARM_FLEET_PLAN"] = os.pathsep.join(str(p) for p in plans)
+    os.environ[NODE_ROOT] = str(node_root)
     flower_sim.run(server_app, client_app, num_nodes)
 
 

@@ -171,6 +171,9 @@ def write_fleet_plan(cfg, workdir: Path, run_name: str, windows: int, pretrain_e
     config["fleet"]["windows"] = windows
     plan = plan_from_config(config, data, checkpoint=workdir / "start.pt", run_dir=run)
     plan.save(run / "fleet_plan.json")
+    from nodes.local_data import write_fleet_data
+
+    write_fleet_data(plan, data, run / "nodes", inner="data")  # each node's own folder, as in simulation
     return run / "fleet_plan.json", data
 
 
@@ -181,31 +184,53 @@ FLEET_TINY = ["scenario.dataset.train_per_group=8", "scenario.dataset.test_per_g
               "fleet.budget.compute_s=0.3"]
 
 
+def node_runtime(plan, partition: int):
+    """Node ``partition`` of a plan of :func:`write_fleet_plan` as the fleet runs it, without Flower:
+    its task, its own data folder and state folder, and the model the server would send."""
+    from nodes.local_data import load_node_data
+    from nodes.node import NodeRuntime
+
+    folder = Path(plan.run_dir) / "nodes" / f"node_{partition:03d}"
+    data = load_node_data(folder / "data", partition=partition, data_id=plan.data_id(partition))
+    return NodeRuntime(plan.task(partition, "0123456789abcdef"), data, folder / "state",
+                       model=plan.received_model().state_dict())
+
+
+def nodes_of(plan_path: Path) -> Path:
+    """The nodes' own folders of a plan written by :func:`write_fleet_plan` (as in simulation)."""
+    return Path(plan_path).parent / "nodes"
+
+
 def use_fake_engine(monkeypatch, **grid_options) -> None:
     """Make ``swarm.simulate`` run its plans as Flower's simulation would -- the real ServerApp, one
     plan after the other -- but on a :class:`FakeGrid` (``grid_options`` as its keywords)."""
     from server import server_app
     from swarm import simulate
 
-    def engine(plans, num_nodes):
+    def engine(plans, num_nodes, node_root):
         for plan in plans:
-            server_app.run_plan(FakeGrid(num_nodes, **grid_options), plan)
+            server_app.run_plan(FakeGrid(num_nodes, root=node_root, **grid_options), plan)
 
     monkeypatch.setattr(simulate, "_run_flower", engine)
 
 
 class FakeGrid:
     """Flower's Grid without an engine: each pushed message goes straight to the ClientApp, as a
-    SuperNode with that partition would answer it. ``silent`` partitions answer who they are but
-    no ``train.adapt`` (a hung actor, a device gone); ``tamper(reply, partition)`` may change a reply on its way back."""
+    SuperNode with that partition would answer it, its ``node_config`` naming its own folders under
+    ``root`` (``node_NNN/data``, ``node_NNN/state``: :func:`nodes_of` a plan of :func:`write_fleet_plan`;
+    without it, ``SWARM_NODE_ROOT`` as in simulation). ``silent`` partitions answer
+    who they are but no ``train.adapt`` (a hung actor, a device gone); ``tamper(reply, partition)``
+    may change a reply on its way back."""
 
-    def __init__(self, partitions: int, joined: int | None = None, silent=(), tamper=None, claims=None) -> None:
+    def __init__(self, partitions: int, joined: int | None = None, silent=(), tamper=None, claims=None,
+                 root: Path | None = None) -> None:
         self.ids = [10_000 + 37 * p for p in range(partitions)][: joined if joined is not None else partitions]
         self.partition = {nid: p for p, nid in enumerate(self.ids)}
         self.claims = claims or {}  # node id -> the partition it claims (default: its own)
         self.total, self.silent, self.tamper = partitions, set(silent), tamper
         self.replies = {}
         self.sent = []
+        self.root = root
 
     def get_node_ids(self):
         return list(self.ids)
@@ -227,9 +252,17 @@ class FakeGrid:
             if partition in self.silent and message.metadata.message_type == "train.adapt":
                 continue
             claimed = self.claims.get(nid, partition)
-            context = Context(run_id=1, node_id=nid, state=RecordDict(), run_config={},
-                              node_config={"partition-id": claimed, "num-partitions": self.total})
-            reply = client_app.app(message, context)
+            node_config = {"partition-id": claimed, "num-partitions": self.total}
+            if self.root is not None:
+                folder = Path(self.root) / f"node_{claimed:03d}"
+                node_config.update({"data-path": str(folder / "data"), "state-dir": str(folder / "state")})
+            context = Context(run_id=1, node_id=nid, state=RecordDict(), run_config={}, node_config=node_config)
+            try:
+                reply = client_app.app(message, context)
+            except Exception as error:  # as the engines do: the app's exception becomes an error reply
+                from flwr.app import Error
+
+                reply = client_app.Message(error=Error(code=0, reason=f"{type(error).__name__}: {error}"), reply_to=message)
             if self.tamper is not None and message.metadata.message_type == "train.adapt":
                 reply = self.tamper(reply, partition)
             self.replies[message.metadata.message_id] = reply

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from tests.conftest import FakeGrid, run_module
+from tests.conftest import FakeGrid, nodes_of, run_module
 
 TINY = ["scenario.dataset.train_per_group=6", "scenario.dataset.test_per_group=2", "train.max_epochs=1"]
 
@@ -138,15 +138,16 @@ def test_a_fleet_the_engine_serves_slower_than_the_deadline_is_simulated_whole(t
     seconds = [float(s) for s in re.findall(r"window \d/2: 60/60 nodes.*; ([\d.]+) s", log)]
     assert len(seconds) == 2 and max(seconds) > timeout, seconds  # the queue outlasted the deadline
     expected = (run / "nodes.csv").read_text()
-    shutil.rmtree(run / "nodes")
+    for state in (run / "nodes").glob("node_*/state"):  # the nodes' states; their data stays
+        shutil.rmtree(state)
     (run / "fleet_progress.json").unlink()  # a fresh run, not a resumed one
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as on an engine actor (one CPU each): the same kernels, the same sums
     try:
-        fleet.run_fleet(FakeGrid(60), run / "fleet_plan.json", strategy="fedavg", join_timeout_s=5,
-                        window_timeout_s=600)
+        fleet.run_fleet(FakeGrid(60, root=nodes_of(run / "fleet_plan.json")), run / "fleet_plan.json",
+                        strategy="fedavg", join_timeout_s=5, window_timeout_s=600)
     finally:
         torch.set_num_threads(threads)
     assert (run / "nodes.csv").read_text() == expected
@@ -190,14 +191,16 @@ def test_a_simulation_killed_in_the_fleet_stage_resumes_where_it_stopped(tmp_pat
     assert f"resuming the fleet after window {done}" in output
     assert f"window {done}/3:" not in output  # finished windows are not run again
     expected = (run / "nodes.csv").read_text()
-    shutil.rmtree(run / "nodes")
+    for state in (run / "nodes").glob("node_*/state"):  # the nodes' states; their data stays
+        shutil.rmtree(state)
     (run / "fleet_progress.json").unlink()
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as on an engine actor: the same kernels, the same sums
     try:
-        fleet.run_fleet(FakeGrid(2), run / "fleet_plan.json", strategy="fedavg", join_timeout_s=5)
+        fleet.run_fleet(FakeGrid(2, root=nodes_of(run / "fleet_plan.json")), run / "fleet_plan.json",
+                        strategy="fedavg", join_timeout_s=5)
     finally:
         torch.set_num_threads(threads)
     assert (run / "nodes.csv").read_text() == expected  # as if it had never been killed

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord
 
-import nodes.client_app as client_app
 from nodes.node import NodeRuntime
 from server import fleet
 from swarm.errors import SwarmError
-from tests.conftest import FLEET_TINY as TINY, FakeGrid, use_fake_engine, write_fleet_plan
+from tests.conftest import FLEET_TINY as TINY, FakeGrid, nodes_of, use_fake_engine, write_fleet_plan
 
 
 
@@ -38,7 +38,7 @@ def read_rows(path):
 
 def test_every_node_reports_every_window(plan_file):
     path = plan_file(3)
-    rows = fleet.run_fleet(FakeGrid(3), path, join_timeout_s=5, window_timeout_s=60)
+    rows = fleet.run_fleet(FakeGrid(3, root=nodes_of(path)), path, join_timeout_s=5, window_timeout_s=60)
     assert len(rows) == 9 and {r["status"] for r in rows} <= {"received", "ok", "budget_exhausted", "data_exhausted"}
     on_disk = read_rows(path.parent / "nodes.csv")
     assert tuple(on_disk[0]) == fleet.COLUMNS
@@ -53,12 +53,12 @@ def test_every_node_reports_every_window(plan_file):
 
 def test_same_seed_same_nodes_csv(plan_file, tmp_path):
     first = plan_file(2)
-    fleet.run_fleet(FakeGrid(2), first, join_timeout_s=5)
+    fleet.run_fleet(FakeGrid(2, root=nodes_of(first)), first, join_timeout_s=5)
     rows = read_rows(first.parent / "nodes.csv")
-    for state in (first.parent / "nodes").glob("*.pt"):
-        state.unlink()
+    for state in nodes_of(first).glob("node_*/state"):
+        shutil.rmtree(state)
     (first.parent / "fleet_progress.json").unlink()  # run it again from the start
-    fleet.run_fleet(FakeGrid(2), first, join_timeout_s=5)
+    fleet.run_fleet(FakeGrid(2, root=nodes_of(first)), first, join_timeout_s=5)
     assert read_rows(first.parent / "nodes.csv") == rows
 
 
@@ -67,12 +67,11 @@ class Killed(BaseException):
 
 
 def test_a_killed_fleet_resumes_after_its_last_finished_window(plan_file, tmp_path):
-    import shutil
-
     path = plan_file(3, "fleet.strategy=fedavg", windows=3)
-    whole = fleet.run_fleet(FakeGrid(3), path, strategy="fedavg", join_timeout_s=5)
+    whole = fleet.run_fleet(FakeGrid(3, root=nodes_of(path)), path, strategy="fedavg", join_timeout_s=5)
     expected = (path.parent / "nodes.csv").read_text()
-    shutil.rmtree(path.parent / "nodes")
+    for state in nodes_of(path).glob("node_*/state"):
+        shutil.rmtree(state)
     (path.parent / "fleet_progress.json").unlink()
 
     class DiesInWindow2(FakeGrid):
@@ -85,9 +84,9 @@ def test_a_killed_fleet_resumes_after_its_last_finished_window(plan_file, tmp_pa
             return replies
 
     with pytest.raises(Killed):
-        fleet.run_fleet(DiesInWindow2(3), path, strategy="fedavg", join_timeout_s=5)
+        fleet.run_fleet(DiesInWindow2(3, root=nodes_of(path)), path, strategy="fedavg", join_timeout_s=5)
     assert json.loads((path.parent / "fleet_progress.json").read_text())["windows_done"] == 1
-    resumed = FakeGrid(3)
+    resumed = FakeGrid(3, root=nodes_of(path))
     rows = fleet.run_fleet(resumed, path, strategy="fedavg", join_timeout_s=5)
     assert len(rows) == len(whole) and (path.parent / "nodes.csv").read_text() == expected
     windows = {m.content["config"]["window"] for m in resumed.sent if m.metadata.message_type == "train.adapt"}
@@ -108,7 +107,7 @@ def node_1_fails(monkeypatch):
 
 
 def test_a_node_that_raises_is_reported_and_the_others_finish(plan_file, node_1_fails):
-    rows = fleet.run_fleet(FakeGrid(3), plan_file(3), join_timeout_s=5)
+    rows = fleet.run_fleet(FakeGrid(3, root=nodes_of(path := plan_file(3))), path, join_timeout_s=5)
     failed = [r for r in rows if r["status"] == "failed"]
     assert {r["node"] for r in failed} == {1} and len(failed) == 2
     assert "sensor on fire" in failed[0]["error"]
@@ -146,7 +145,7 @@ def test_simulate_with_a_failing_node_writes_everything_and_exits_1(make_cfg, tm
 
 def test_fedavg_averages_the_adapted_models(plan_file):
     path = plan_file(2, "fleet.strategy=fedavg")
-    rows = fleet.run_fleet(FakeGrid(2), path, strategy="fedavg", join_timeout_s=5)
+    rows = fleet.run_fleet(FakeGrid(2, root=nodes_of(path)), path, strategy="fedavg", join_timeout_s=5)
     assert len(rows) == 6
     a = {"w": torch.tensor([1.0, 3.0]), "n": torch.tensor(5)}
     b = {"w": torch.tensor([3.0, 5.0]), "n": torch.tensor(9)}
@@ -175,20 +174,27 @@ def test_fedavg_averages_each_output_over_the_nodes_that_trained_it():
 
 def test_the_server_does_not_wait_forever(plan_file):
     with pytest.raises(SwarmError, match="only 1 of 3 nodes joined within 1 s"):
-        fleet.run_fleet(FakeGrid(3, joined=1), plan_file(3), join_timeout_s=1)
+        fleet.run_fleet(FakeGrid(3, joined=1, root=nodes_of(path := plan_file(3))), path, join_timeout_s=1)
     with pytest.raises(SwarmError, match="fleet.strategy"):
-        fleet.run_fleet(FakeGrid(3), plan_file(3), strategy="gossip")
+        fleet.run_fleet(FakeGrid(3, root=nodes_of(path := plan_file(3))), path, strategy="gossip")
 
 
-def test_nodes_build_the_same_labels_as_the_coordinator(make_cfg, tmp_path, cifar10_root):
-    """Label groups are ordered (vehicle = 0, animal = 1): a node must not reorder them."""
+def test_nodes_hold_the_coordinator_s_labels(make_cfg, tmp_path, cifar10_root):
+    """Label groups are ordered (vehicle = 0, animal = 1): a node's data must keep the coordinator's targets."""
+    from nodes.local_data import load_node_data
+    from nodes.plan import FleetPlan
+    from swarm.evaluation import test_sets
+
     cfg = make_cfg("scenario=cifar10_new_subclasses", f"data.root={cifar10_root}", "data.verify_checksums=false", "fleet.nodes=2")
     path, coordinator_data = write_fleet_plan(cfg, tmp_path, "run", windows=1)
-    client_app._data.cache_clear()
-    _, node_data = client_app.load_plan_and_data(str(path))
-    assert node_data.label_names == coordinator_data.label_names == ["vehicle", "animal"]
-    for role in ("P", "F"):
-        assert torch.equal(node_data.datasets[role]["test"].targets, coordinator_data.datasets[role]["test"].targets)
+    plan = FleetPlan.load(path)
+    assert coordinator_data.label_names == ["vehicle", "animal"]
+    expected = test_sets(coordinator_data, plan.continual, int(plan.config["fleet"]["eval_samples"]))
+    for partition in range(2):
+        mine = load_node_data(nodes_of(path) / f"node_{partition:03d}" / "data", partition=partition,
+                              data_id=plan.data_id(partition))
+        for name, dataset in expected.sets.items():
+            assert mine.tests.sets[name].targets.tolist() == [int(y) for _, y in dataset]
 
 
 def test_drift_events_give_an_accuracy_matrix_end_to_end(plan_file):
@@ -198,7 +204,7 @@ def test_drift_events_give_an_accuracy_matrix_end_to_end(plan_file):
     path = plan_file(2, "scenario.mode=continual", "scenario.split_by=class", "scenario.T=[]",
                      "scenario.P=[circle,square]", "scenario.F=[ring,star,diamond,hexagon]",
                      "fleet.drift.events=2", "fleet.drift.event_gap_s=150", "fleet.drift.high=20")
-    fleet.run_fleet(FakeGrid(2), path, join_timeout_s=5)
+    fleet.run_fleet(FakeGrid(2, root=nodes_of(path)), path, join_timeout_s=5)
     summary = write_report(path.parent, "events", target="acc_PF", f_group_names=["ring", "star", "diamond", "hexagon"],
                            events=_events(path))
     matrix = summary["accuracy_matrix"]

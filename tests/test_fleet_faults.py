@@ -12,12 +12,13 @@ import math
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
+from flwr.app import Array, ConfigRecord, MetricRecord
 
 from server import fleet
 from server.replies import safe_text
 from swarm.fleet_report import write_report
-from tests.conftest import FLEET_TINY as TINY, FakeGrid, compose_config, use_fake_engine, write_fleet_plan
+from tests.conftest import (FLEET_TINY as TINY, FakeGrid, compose_config, nodes_of, use_fake_engine,
+                            write_fleet_plan)
 
 
 
@@ -37,7 +38,8 @@ def fresh(plan_path):
     """Forget the nodes' state and results of an earlier test on the same plan."""
     import shutil
 
-    shutil.rmtree(plan_path.parent / "nodes", ignore_errors=True)
+    for state in (plan_path.parent / "nodes").glob("node_*/state"):
+        shutil.rmtree(state)
     (plan_path.parent / "nodes.csv").unlink(missing_ok=True)
     (plan_path.parent / "fleet_progress.json").unlink(missing_ok=True)
     return plan_path
@@ -121,7 +123,8 @@ BAD_REPLIES = {
 def test_an_invalid_reply_fails_its_node_and_the_run_goes_on(plan, case):
     path = fresh(plan)
     tamper, reason = BAD_REPLIES[case]
-    rows = fleet.run_fleet(FakeGrid(3, tamper=tamper), path, strategy="fedavg", join_timeout_s=5)
+    rows = fleet.run_fleet(FakeGrid(3, tamper=tamper, root=nodes_of(path)), path, strategy="fedavg",
+                           join_timeout_s=5)
     mine = [r for r in rows if r["node"] == 1 and r["window"] >= 0]
     assert [r["status"] for r in mine] == ["failed", "failed"]
     assert mine[0]["error"].startswith("invalid reply: ") and reason in mine[0]["error"]
@@ -133,7 +136,7 @@ def test_an_invalid_reply_fails_its_node_and_the_run_goes_on(plan, case):
 
 def test_a_duplicate_partition_claim_gets_no_work(plan):
     path = fresh(plan)
-    grid = FakeGrid(4)  # four SuperNodes for a plan of three; the fourth claims partition 0 again
+    grid = FakeGrid(4, root=nodes_of(path))  # four SuperNodes for a plan of three; the fourth claims partition 0 again
     grid.claims = {grid.ids[3]: 0}
     fleet.run_fleet(grid, path, join_timeout_s=5)
     adapted = [m.metadata.dst_node_id for m in grid.sent if m.metadata.message_type == "train.adapt"]
@@ -142,26 +145,28 @@ def test_a_duplicate_partition_claim_gets_no_work(plan):
 
 def test_in_simulation_a_silent_node_is_not_simulated_and_said_so(plan):
     path = fresh(plan)
-    rows = fleet.run_fleet(FakeGrid(3, silent={2}), path, join_timeout_s=5, window_timeout_s=0.3, simulated=True)
+    rows = fleet.run_fleet(FakeGrid(3, silent={2}, root=nodes_of(path)), path, join_timeout_s=5,
+                           window_timeout_s=0.3, simulated=True)
     mine = [r for r in rows if r["node"] == 2]
     assert [r["status"] for r in mine] == ["not_simulated", "not_simulated"]
     assert "simulation engine returned no reply" in mine[0]["error"]
     summary = write_report(path.parent, "silent")
     assert summary["coverage"] == {"nodes": 3, "nodes_with_result": 2, "nodes_in_last_window": 2,
-                                   "failed_node_windows": 0, "not_simulated_node_windows": 2, "complete": False}
+                                   "failed_node_windows": 0, "late_node_windows": 0, "not_simulated_node_windows": 2,
+                                   "complete": False}
     assert summary["totals"]["not_simulated_node_windows"] == 2 and summary["totals"]["failed_node_windows"] == 0
     report = (path.parent / "report.md").read_text()
     assert "INCOMPLETE FLEET: 2 node-windows were NOT SIMULATED" in report and "2 of 3 nodes" in report
     assert summary["idle_nodes"]["2"].startswith("the simulation engine never served it")
 
 
-def test_on_real_devices_a_late_node_fails_that_window_and_rejoins(plan):
+def test_on_real_devices_a_late_node_is_late_that_window_and_rejoins(plan):
     path = fresh(plan)
-    grid = FakeGrid(3, silent={2})
+    grid = FakeGrid(3, silent={2}, root=nodes_of(path))
     rows = fleet.run_fleet(grid, path, join_timeout_s=5, window_timeout_s=0.3,
                            progress=lambda window, _: grid.silent.clear())  # back after window 0
     mine = [(r["window"], r["status"], r["error"]) for r in rows if r["node"] == 2]
-    assert mine[0] == (0, "failed", "no reply within 0.3 s")
+    assert mine[0] == (0, "late", "no reply within 0.3 s")
     mine = [(w, status) for w, status, _ in mine]
     assert (-1, "received") in mine and mine[-1][0] == 1 and mine[-1][1] not in fleet.NO_RESULT
     second = [m for m in grid.sent if m.metadata.dst_node_id == grid.ids[2] and m.metadata.message_type == "train.adapt"]
@@ -177,7 +182,7 @@ def test_node_text_cannot_break_a_report(plan, monkeypatch):
 
     monkeypatch.setattr(NodeRuntime, "run_window", hostile)
     path = fresh(plan)
-    fleet.run_fleet(FakeGrid(3), path, join_timeout_s=5)
+    fleet.run_fleet(FakeGrid(3, root=nodes_of(path)), path, join_timeout_s=5)
     errors = [r["error"] for r in rows_of(path) if r["error"]]
     assert errors and all("\n" not in e and "|" not in e and "`" not in e for e in errors)
     assert not any(e.startswith(("=", "+", "-", "@")) for e in errors)
@@ -241,3 +246,102 @@ def test_simulate_says_loudly_when_nodes_were_not_simulated_and_exits_3(make_cfg
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["not_simulated_nodes"] == [1] and record["failed_nodes"] == []
     assert not (tmp_path / "cache" / "fleet").exists()  # an incomplete fleet is not cached
+
+
+# ---------------------------------------------------------------- fault injection (fleet.faults)
+
+def test_faults_are_drawn_from_the_seed_one_per_node():
+    from nodes.plan import NodePlan, check_faults, draw_faults
+
+    def draw(seed):
+        nodes = [NodePlan(i, "smartphone", 0.0, 0.0, [], 0) for i in range(20)]
+        draw_faults(nodes, check_faults({"crash": 0.1, "late": 0.2, "corrupt": 0.05}), 4, seed)
+        return [(n.fault, n.fault_window) for n in nodes]
+
+    faults = draw(3)
+    assert faults == draw(3) and faults != draw(4)
+    kinds = [kind for kind, _ in faults]
+    assert (kinds.count("crash"), kinds.count("late"), kinds.count("corrupt"), kinds.count("")) == (2, 4, 1, 13)
+    assert all(0 <= w < 4 for kind, w in faults if kind) and all(w == -1 for kind, w in faults if not kind)
+
+
+@pytest.mark.parametrize("faults, message", [({"meteor": 0.1}, "fleet.faults.meteor is not a fault"),
+                                             ({"crash": 1.5}, "between 0 and 1"),
+                                             ({"crash": 0.6, "late": 0.6}, "add up to 1.2")])
+def test_bad_fault_settings_are_one_clear_error(faults, message):
+    from nodes.plan import check_faults
+    from swarm.errors import SwarmError
+
+    with pytest.raises(SwarmError, match=message):
+        check_faults(faults)
+
+
+@pytest.fixture(scope="module")
+def faulty_plan(tmp_path_factory):
+    """Six nodes, three windows: one node of each fault kind, in its own window."""
+    from nodes.plan import FleetPlan
+
+    path = write_fleet_plan(compose_config(*TINY, "fleet.nodes=6"), tmp_path_factory.mktemp("injected"), "run",
+                            windows=3)[0]
+    plan = FleetPlan.load(path)
+    for partition, (kind, window) in {1: ("crash", 1), 2: ("late", 0), 3: ("corrupt", 1), 4: ("corrupt", 2)}.items():
+        plan.nodes[partition].fault, plan.nodes[partition].fault_window = kind, window
+    plan.save(path)
+    return path
+
+
+@pytest.mark.parametrize("strategy", ["local", "fedavg"])
+def test_injected_faults_are_survived_and_reported_per_node(faulty_plan, strategy):
+    import torch
+
+    from swarm import io
+
+    path = fresh(faulty_plan)
+    rows = fleet.run_fleet(FakeGrid(6, root=nodes_of(path)), path, strategy=strategy, join_timeout_s=5)
+    trained = [r for r in rows if r["window"] >= 0]
+    assert len(trained) == 6 * 3  # every node, every window: a row
+    status = {(r["node"], r["window"]): (r["status"], r["error"]) for r in trained}
+    assert status[1, 0][0] not in fleet.NO_RESULT
+    assert status[1, 1] == ("failed", "the node's app raised: InjectedCrash: injected fault (fleet.faults.crash) "
+                                      "in window 1")
+    assert status[1, 2][0] == "failed" and status[1, 2][1].startswith("failed earlier: ")
+    assert status[2, 0][0] == "late" and "fleet.faults.late" in status[2, 0][1]
+    assert status[2, 1][0] not in fleet.NO_RESULT and status[2, 2][0] not in fleet.NO_RESULT  # it rejoined
+    odd, even = {"local": ("is not an accuracy",) * 2, "fedavg": ("has shape", "holds NaN")}[strategy]
+    assert status[3, 1][0] == "failed" and odd in status[3, 1][1]
+    assert status[4, 2][0] == "failed" and even in status[4, 2][1]
+    for node in (0, 5):
+        assert all(status[node, w][0] not in fleet.NO_RESULT for w in range(3))
+    assert all(0 <= r["acc_F"] <= 1 for r in trained if r["status"] not in fleet.NO_RESULT)
+    if strategy == "fedavg":  # the shared model the fleet holds after the last window
+        shared = io.load_tensors(next(path.parent.glob("fleet_shared_w*.pt")))
+        assert all(torch.isfinite(v).all() for v in shared.values() if v.is_floating_point())
+    summary = write_report(path.parent, "faults", faults={1: "crash in window 1", 2: "late in window 0"})
+    assert summary["coverage"]["late_node_windows"] == 1 and not summary["coverage"]["complete"]
+    report = (path.parent / "report.md").read_text()
+    assert "1 node-windows were late" in report and "node 1: crash in window 1" in report
+
+
+def test_simulate_with_faults_writes_every_row_and_exits_1(make_cfg, tmp_path, monkeypatch, capsys):
+    import json
+
+    from swarm import simulate
+    from swarm.errors import FleetFailure
+
+    use_fake_engine(monkeypatch)
+    cfg = make_cfg(*TINY, "fleet.nodes=4", "fleet.windows=2", "prune.iterations=0", "train.max_epochs=1",
+                   "reference.adapt=false", "fleet.faults.crash=0.25", "fleet.faults.late=0.25",
+                   "fleet.faults.corrupt=0.25", f"cache_dir={tmp_path / 'cache'}")
+    with pytest.raises(FleetFailure) as caught:
+        simulate.run(cfg, tmp_path / "run")
+    assert caught.value.exit_code == 1
+    plan = json.loads((tmp_path / "run" / "fleet_plan.json").read_text())
+    injected = {n["partition"]: n["fault"] for n in plan["nodes"] if n["fault"]}
+    assert sorted(injected.values()) == ["corrupt", "crash", "late"]
+    rows = rows_of(tmp_path / "run" / "fleet_plan.json")
+    assert len([r for r in rows if r["window"] != "-1"]) == 4 * 2
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert sorted(record["failed_nodes"]) == sorted(injected)
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "Injected faults" in report and all(f"node {n}: {k}" in report for n, k in injected.items())
+    assert not (tmp_path / "cache" / "fleet").exists()  # a run with faults is not cached

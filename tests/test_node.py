@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import math
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from nodes.node import NodeRuntime
 from nodes.plan import FleetPlan
 from swarm import checkpoints
 from swarm.errors import SwarmError
-from tests.conftest import write_fleet_plan
+from tests.conftest import node_runtime, write_fleet_plan
 
 TINY = ["scenario.dataset.train_per_group=8", "scenario.dataset.test_per_group=3", "scenario.dataset.image_size=16",
         "fleet.nodes=3", "fleet.window_s=100", "fleet.stream_rate=0.2", "fleet.eval_samples=60",
@@ -31,7 +31,7 @@ def fleet(make_cfg, tmp_path):
 
 def test_windows_train_the_granted_steps_and_persist_state(fleet):
     plan, data = fleet()
-    node = NodeRuntime(plan, 1, data)
+    node = node_runtime(plan, 1)
     rows = []
     for window in range(3):
         metrics, model = node.run_window(window)
@@ -57,29 +57,29 @@ def test_windows_train_the_granted_steps_and_persist_state(fleet):
 
 def test_same_seed_same_rows(fleet, tmp_path):
     plan, data = fleet()
-    first = [NodeRuntime(plan, 0, data).run_window(w)[0] for w in range(2)]
-    for path in (tmp_path / "run" / "nodes").glob("*.pt"):
-        path.unlink()
-    again = [NodeRuntime(plan, 0, data).run_window(w)[0] for w in range(2)]
+    first = [node_runtime(plan, 0).run_window(w)[0] for w in range(2)]
+    for state in (tmp_path / "run" / "nodes").glob("node_*/state"):
+        shutil.rmtree(state)
+    again = [node_runtime(plan, 0).run_window(w)[0] for w in range(2)]
     assert first == again
 
 
 def test_the_microcontroller_does_not_fit(fleet):
     plan, data = fleet(profiles=("microcontroller",))
-    metrics, _ = NodeRuntime(plan, 0, data).run_window(0)
+    metrics, _ = node_runtime(plan, 0).run_window(0)
     assert metrics.status == "does_not_fit" and metrics.steps == 0 and 0 <= metrics.acc_P <= 1
 
 
 def test_a_budget_too_small_for_one_step(fleet):
     plan, data = fleet("fleet.budget.energy_j=1e-9")
-    metrics, _ = NodeRuntime(plan, 2, data).run_window(0)
+    metrics, _ = node_runtime(plan, 2).run_window(0)
     assert metrics.steps == 0 and metrics.energy_j == 0
     assert metrics.status in ("budget_exhausted", "ok")  # ok: no data arrived yet to train on
 
 
 def test_continual_nodes_replay_p(fleet):
     plan, data = fleet("scenario.mode=continual", "fleet.replay.capacity=40", "fleet.replay.policy=class_balanced")
-    node = NodeRuntime(plan, 0, data)
+    node = node_runtime(plan, 0)
     metrics, _ = node.run_window(0)
     assert not math.isnan(metrics.acc_PF)
     state = node._load(1)  # the state after window 0
@@ -89,7 +89,7 @@ def test_continual_nodes_replay_p(fleet):
 
 def test_received_row_is_the_model_before_training(fleet):
     plan, data = fleet()
-    node = NodeRuntime(plan, 0, data)
+    node = node_runtime(plan, 0)
     received = node.received()
     assert (received.window, received.status, received.steps, received.energy_j) == (-1, "received", 0, 0.0)
     start, _, _ = checkpoints.load(plan.checkpoint)
@@ -114,7 +114,7 @@ def test_a_node_with_enough_budget_learns_f(fleet):
     node that sees all of F (new subclasses of the same two labels), must end far above the model
     it received (0.43 as received, 0.67 after, when this test was written)."""
     plan, data = fleet(*LEARNABLE, *NEW_SUBCLASSES, profiles=("jetson_nano",), pretrain_epochs=4)
-    node = NodeRuntime(plan, 0, data)
+    node = node_runtime(plan, 0)
     received = node.received()
     rows = [node.run_window(w)[0] for w in range(2)]
     assert sum(r.steps for r in rows) >= 100
@@ -130,7 +130,7 @@ def test_continual_nodes_learn_the_new_classes_and_keep_p(fleet):
     barely knows P here, 0.33 of 4 classes, so this guards that they are learned at all; the
     measured figures on real images are in docs/adaptation.md, section 9)."""
     plan, data = fleet(*LEARNABLE, *NEW_CLASSES, profiles=("jetson_nano",), pretrain_epochs=4)
-    node = NodeRuntime(plan, 0, data)
+    node = node_runtime(plan, 0)
     received = node.received()
     # The new classes' outputs start neutral: zero weights (they were never a target before).
     assert plan.reset_outputs == data.untrained_outputs() and len(plan.reset_outputs) == 2
@@ -155,7 +155,7 @@ def test_drift_events_bring_f_in_tasks(fleet):
                        "fleet.drift.event_gap_s=300", "fleet.nodes=2", "fleet.alpha=100")
     assert plan.f_tasks == [[0, 1], [2, 3]] and plan.event_gap_s == 300
     for partition in range(2):
-        node = NodeRuntime(plan, partition, data)
+        node = node_runtime(plan, partition)
         me = plan.node(partition)
         f = node.roles == 1
         groups = np.array([data.label_names[t] for t in node.labels[f]])
@@ -169,7 +169,7 @@ def test_drift_events_bring_f_in_tasks(fleet):
 def test_training_is_bounded_by_passes_over_the_data(fleet):
     plan, data = fleet("fleet.passes=3", "fleet.budget.compute_s=null", "fleet.budget.duty_cycle=0.5",
                        profiles=("jetson_nano",))
-    node = NodeRuntime(plan, 0, data)
+    node = node_runtime(plan, 0)
     rows = [node.run_window(w)[0] for w in range(3)]
     steps = sum(r.steps for r in rows)
     assert 0 < steps * 8 <= 3 * rows[-1].samples_seen  # batch 8, no replay: 3 visits per sample at most
