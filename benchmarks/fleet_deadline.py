@@ -75,6 +75,7 @@ def main() -> int:
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for both runs")
     options = parser.parse_args()
     work = options.workdir or Path(tempfile.mkdtemp(prefix="fleet_deadline_"))
+    work.mkdir(parents=True, exist_ok=True)
     cache = work / "cache"
     common = ["scenario.dataset.train_per_group=150", f"fleet.nodes={options.nodes}",
               f"fleet.windows={options.windows}", "fleet.eval_samples=50", f"cache_dir={cache}", *options.overrides]

@@ -1,8 +1,8 @@
 """The Flower ServerApp of the fleet (Message API): runs :func:`server.fleet.run_fleet` on the grid.
 
-Where its settings come from: ``context.run_config["fleet-plan"]`` (``flwr run --run-config
-'fleet-plan="..."'``, as ``swarm.simulate`` runs it too) or, failing that, the ``SWARM_FLEET_PLAN``
-environment variable. Either may list several
+Where its settings come from: ``context.run_config["fleet-plan"]`` (Deployment Engine:
+``flwr run --run-config 'fleet-plan="..."'``) or the ``SWARM_FLEET_PLAN`` environment variable
+(``swarm.simulate``, whose Flower simulation leaves ``run_config`` empty). Either may list several
 plans separated by ``os.pathsep`` (like ``PATH``): they run one after the other on the same nodes,
 so one engine start serves every model size of ``fleet.checkpoint=all``. Each plan's outcome is
 written to ``fleet_status.json`` next to it, so the caller learns of failures that the engine
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import traceback
 from pathlib import Path
 
@@ -38,22 +37,8 @@ def plan_paths(context: Context) -> list[Path]:
     return [Path(part) for part in str(value).split(os.pathsep) if part]
 
 
-def log_to_stdout() -> None:
-    """Let the fleet's INFO lines (one per window) through. Under ``swarm.simulate`` Hydra has set
-    up logging; in the processes Flower starts for the app (``flwr run``) nothing has, and Python
-    would drop them; Flower streams this process's output to whoever ran the app."""
-    logger = logging.getLogger("swarm")
-    if not logger.hasHandlers():
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
-        logger.addHandler(handler)
-    if logger.getEffectiveLevel() > logging.INFO:
-        logger.setLevel(logging.INFO)
-
-
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    log_to_stdout()
     paths = plan_paths(context)
     for number, path in enumerate(paths, 1):
         if len(paths) > 1:
