@@ -77,6 +77,7 @@ class PeakMemory:
 
 
 def make_plan(nodes: int, windows: int, workdir: Path, name: str):
+    from nodes.local_data import write_fleet_data
     from nodes.plan import plan_from_config
     from swarm import checkpoints
     from swarm.config import data_options, scenario_of
@@ -99,33 +100,34 @@ def make_plan(nodes: int, windows: int, workdir: Path, name: str):
     plan = plan_from_config(OmegaConf.to_container(cfg, resolve=True), data, checkpoint=workdir / "start.pt",
                             run_dir=run)
     plan.save(run / "fleet_plan.json")
+    write_fleet_data(plan, data, run / "nodes", inner="data")  # each node's own folder, as swarm.simulate writes it
     return run / "fleet_plan.json", data
 
 
 def plain(nodes: int, windows: int, plans: int, workdir: Path) -> float:
-    from nodes.node import NodeRuntime
+    from nodes.node import local_runtime
     from nodes.plan import FleetPlan
-    from swarm import checkpoints
 
     made = [make_plan(nodes, windows, workdir, f"plain-{nodes}-{k}") for k in range(plans)]
     start = time.perf_counter()
-    for path, data in made:
+    for path, _ in made:
         plan = FleetPlan.load(path)
-        runtimes = [NodeRuntime(plan, p, data) for p in range(nodes)]
-        model_state = checkpoints.load(Path(plan.checkpoint))[0].state_dict()
+        runtimes = [local_runtime(plan, p, path.parent / "nodes") for p in range(nodes)]
         for window in range(windows):
             for runtime in runtimes:
-                runtime.run_window(window, model_state if window == 0 else None)
+                runtime.run_window(window)
     return time.perf_counter() - start
 
 
 def flower(nodes: int, windows: int, plans: int, workdir: Path) -> tuple[float, float]:
-    from nodes.client_app import app as client_app
+    from nodes.client_app import NODE_ROOT, app as client_app
     from server.server_app import app as server_app
     from swarm import flower_sim
 
     paths = [make_plan(nodes, windows, workdir, f"flower-{nodes}-{k}")[0] for k in range(plans)]
     os.environ["SWARM_FLEET_PLAN"] = os.pathsep.join(str(p) for p in paths)
+    # The plans share their data (same config and seed): one node root, as in swarm.simulate.
+    os.environ[NODE_ROOT] = str(paths[0].parent / "nodes")
     with PeakMemory() as memory:
         start = time.perf_counter()
         flower_sim.run(server_app, client_app, nodes)

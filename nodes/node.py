@@ -32,8 +32,8 @@ from torch import nn
 from nodes.device import (Budget, StreamCredit, WindowReport, activation_bytes_per_sample, load_profile, memory_check,
                           memory_need, simulate_window, step_flops)
 from nodes.drift import F, P, node_stream
-from nodes.local_data import NodeData
-from nodes.plan import NodeTask
+from nodes.local_data import NodeData, load_node_data, node_folder
+from nodes.plan import FleetPlan, NodeTask
 from nodes.replay import ReplayBuffer
 from swarm import checkpoints, io
 from swarm.errors import SwarmError
@@ -340,3 +340,12 @@ def _from_tensors(state: dict[str, Any]) -> dict[str, Any]:
     rng["state"] = {k: int(v) for k, v in rng["state"].items()}
     out["rng"] = rng
     return out
+
+
+def local_runtime(plan: FleetPlan, partition: int, root: Path, plan_id: str = "0" * 16) -> NodeRuntime:
+    """Node ``partition`` run in this process (tests, benchmarks), as the fleet runs it: its data
+    folder ``root/node_NNN/data`` (:func:`nodes.local_data.write_fleet_data` with ``inner="data"``),
+    its state folder beside it, its task from the plan and the model the server would send."""
+    folder = node_folder(root, partition)
+    data = load_node_data(folder / "data", partition=partition, data_id=plan.data_id(partition))
+    return NodeRuntime(plan.task(partition, plan_id), data, folder / "state", model=plan.received_model().state_dict())

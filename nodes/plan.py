@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from nodes.device import DeviceProfile, available_seconds, load_profile
-from nodes.drift import dirichlet_partition, drift_times
+from nodes.drift import DISTRIBUTIONS, dirichlet_partition, drift_times
+from nodes.replay import POLICIES
 from swarm import checkpoints, io
 from swarm.errors import SwarmError
 from swarm.data.build import ScenarioData
@@ -169,6 +170,70 @@ def availability_phase(profile: DeviceProfile, span_s: float, rng: np.random.Gen
 
 
 FAULTS = ("crash", "late", "corrupt")
+STRATEGIES = ("local", "fedavg")
+CHOICES = {"strategy": STRATEGIES, "loss": ("masked", "full"), "sampling": ("balanced", "uniform"),
+           "batchnorm": ("track", "frozen"), "new_class_outputs": NEW_CLASS_OUTPUTS}
+
+
+def check_fleet_settings(fleet: Mapping[str, Any]) -> None:
+    """Every ``fleet.*`` setting that can be checked without data, checked before any work starts
+    (so a typo costs seconds, not a pre-training): one :class:`SwarmError` naming the key, the value
+    and what it may be."""
+    def fail(key: str, value: Any, wanted: str) -> None:
+        raise SwarmError(f"fleet.{key}={value}: {wanted}")
+
+    for key, choices in CHOICES.items():
+        if key in fleet and fleet[key] not in choices:
+            fail(key, fleet[key], f"choose one of {', '.join(choices)}")
+    for key, low in (("nodes", 1), ("windows", 1), ("batch_size", 1)):
+        value = fleet.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            fail(key, value, f"a whole number >= {low}")
+    for key in ("window_s", "stream_rate", "alpha", "lr"):
+        value = fleet.get(key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+            fail(key, value, "a number > 0")
+    for key in ("passes", "recent_samples"):
+        value = fleet.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            fail(key, value, "a whole number >= 1, or null")
+    budget = fleet.get("budget") or {}
+    for key in ("energy_j", "compute_s", "flops", "duty_cycle"):
+        value = budget.get(key)
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
+            fail(f"budget.{key}", value, "a number >= 0, or null")
+    if budget.get("duty_cycle") is not None and budget["duty_cycle"] > 1:
+        fail("budget.duty_cycle", budget["duty_cycle"], "a share of the window, in [0, 1]")
+    drift = fleet.get("drift") or {}
+    if drift.get("kind") not in DISTRIBUTIONS:
+        fail("drift.kind", drift.get("kind"), f"choose one of {', '.join(DISTRIBUTIONS)}")
+    replay = fleet.get("replay") or {}
+    if replay.get("policy") not in POLICIES:
+        fail("replay.policy", replay.get("policy"), f"choose one of {', '.join(POLICIES)}")
+    capacity = replay.get("capacity")
+    if capacity not in (None, "all", "auto") and (isinstance(capacity, bool) or not isinstance(capacity, int)
+                                                   or capacity < 0):
+        fail("replay.capacity", capacity, "all, auto, or a whole number >= 0")
+    fraction = replay.get("fraction")
+    if not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
+        fail("replay.fraction", fraction, "a share of each batch, in [0, 1]")
+    eval_samples = fleet.get("eval_samples")
+    if isinstance(eval_samples, bool) or not isinstance(eval_samples, int) or eval_samples < 0:
+        fail("eval_samples", eval_samples, "a whole number >= 0 (0: all)")
+    profiles = fleet.get("profiles")
+    if not profiles:
+        fail("profiles", profiles, "a list of device profiles")
+    for name in profiles:
+        load_profile(name)  # an unknown profile fails here, listing the known ones
+    check_faults(fleet.get("faults"))
+
+
+def check_fleet_fits(fleet: Mapping[str, Any], data: ScenarioData) -> None:
+    """What needs the data: every node gets at least one sample of F."""
+    supply = len(data.datasets["F"]["train"])
+    if int(fleet["nodes"]) > supply:
+        raise SwarmError(f"fleet.nodes={fleet['nodes']}: F has {supply} training samples, so at most {supply} "
+                         "nodes get a share of it; lower fleet.nodes")
 
 
 def check_faults(faults: Mapping[str, Any] | None) -> dict[str, float]:

@@ -29,8 +29,8 @@ from swarm import checkpoints, io
 from swarm.data.build import ScenarioData
 from swarm.errors import SwarmError
 from swarm.models import build_model
-from swarm.pruning import count_macs_and_params, prunable_layers, prune_step
-from swarm.relevance import channel_relevance, filter_l1
+from swarm.pruning import SCOPES, count_macs_and_params, prunable_layers, prune_step
+from swarm.relevance import channel_relevance, composite_names, filter_l1
 from swarm.training import TrainSettings, evaluate, fit, make_loader, progress_bar, resolve_device
 
 log = logging.getLogger("swarm.coordinator")
@@ -153,13 +153,37 @@ def cached(cfg: DictConfig) -> CoordinatorResult | None:
     return CoordinatorResult(directory, record, cached=True)
 
 
+TARGETS = ("label", "prediction")
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """The coordinator's settings, checked before any data is read or model trained: one
+    :class:`SwarmError` naming the key, the value and what it may be."""
+    def fail(key: str, value: Any, wanted: str) -> None:
+        raise SwarmError(f"{key}={value}: {wanted}")
+
+    if cfg.pruning.name not in CRITERIA:
+        fail("pruning", cfg.pruning.name, f"choose one of {', '.join(CRITERIA)}")
+    iterations, ratio = cfg.prune.iterations, cfg.prune.ratio
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+        fail("prune.iterations", iterations, "a whole number >= 0")
+    if not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
+        fail("prune.ratio", ratio, "the share of channels each cut removes, in (0, 1)")
+    if cfg.prune.scope not in SCOPES:
+        fail("prune.scope", cfg.prune.scope, f"choose one of {', '.join(SCOPES)}")
+    if cfg.pruning.name == "lrp":
+        if cfg.pruning.composite not in composite_names():
+            fail("pruning.composite", cfg.pruning.composite, f"choose one of {', '.join(composite_names())}")
+        if cfg.pruning.target not in TARGETS:
+            fail("pruning.target", cfg.pruning.target, f"choose one of {', '.join(TARGETS)}")
+        if not float(cfg.pruning.epsilon) > 0:
+            fail("pruning.epsilon", cfg.pruning.epsilon, "a number > 0")
+
+
 def run(cfg: DictConfig, data: ScenarioData) -> CoordinatorResult:
     """Run (or resume, or reuse) Algorithm 1 for this configuration."""
-    if cfg.pruning.name not in CRITERIA:
-        raise SwarmError(f"pruning must be one of {', '.join(CRITERIA)}, not '{cfg.pruning.name}'")
+    check_settings(cfg)
     iterations, ratio, scope = int(cfg.prune.iterations), float(cfg.prune.ratio), str(cfg.prune.scope)
-    if iterations < 0:
-        raise SwarmError("prune.iterations must be >= 0")
     hit = cached(cfg)
     if hit is not None:
         log.info("coordinator: cached result in %s", hit.directory)

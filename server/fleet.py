@@ -23,7 +23,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-from nodes.plan import FleetPlan
+from nodes.plan import STRATEGIES, FleetPlan
 from server.progress import plan_hash, resume
 from server.replies import InvalidReply, check_reply, safe_text
 from swarm import io
@@ -33,7 +33,6 @@ from swarm.models import classifier
 
 log = logging.getLogger("swarm.fleet")
 
-STRATEGIES = ("local", "fedavg")
 
 
 class GridLike(Protocol):

@@ -49,6 +49,7 @@ def table(record: dict[str, Any]) -> str:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    coordinator.check_settings(cfg)  # before any data is read or model trained
     scenario = scenario_of(cfg)
     options = data_options(cfg)
     if cfg.prune.dry_run:

@@ -29,7 +29,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from nodes.plan import FleetPlan, plan_from_config
+from nodes.plan import FleetPlan, check_fleet_fits, check_fleet_settings, plan_from_config
 from server import coordinator, reference
 from swarm import fleet_cache, io
 from swarm.config import data_options, entry_point, scenario_of
@@ -75,8 +75,12 @@ class FleetJob:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    # Every setting that can be wrong is checked before the first sample is read or step trained.
+    coordinator.check_settings(cfg)
+    check_fleet_settings(OmegaConf.to_container(cfg.fleet, resolve=True))
     scenario = scenario_of(cfg)
     data = build(scenario, data_options(cfg))
+    check_fleet_fits(cfg.fleet, data)
     log.info("scenario %s (%s, pretrain=%s, pruning=%s)", scenario.name, scenario.mode, scenario.pretrain,
              cfg.pruning.name)
     result = coordinator.run(cfg, data)

@@ -185,15 +185,10 @@ FLEET_TINY = ["scenario.dataset.train_per_group=8", "scenario.dataset.test_per_g
 
 
 def node_runtime(plan, partition: int):
-    """Node ``partition`` of a plan of :func:`write_fleet_plan` as the fleet runs it, without Flower:
-    its task, its own data folder and state folder, and the model the server would send."""
-    from nodes.local_data import load_node_data
-    from nodes.node import NodeRuntime
+    """Node ``partition`` of a plan of :func:`write_fleet_plan` as the fleet runs it, without Flower."""
+    from nodes.node import local_runtime
 
-    folder = Path(plan.run_dir) / "nodes" / f"node_{partition:03d}"
-    data = load_node_data(folder / "data", partition=partition, data_id=plan.data_id(partition))
-    return NodeRuntime(plan.task(partition, "0123456789abcdef"), data, folder / "state",
-                       model=plan.received_model().state_dict())
+    return local_runtime(plan, partition, Path(plan.run_dir) / "nodes")
 
 
 def nodes_of(plan_path: Path) -> Path:

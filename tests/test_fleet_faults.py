@@ -345,3 +345,31 @@ def test_simulate_with_faults_writes_every_row_and_exits_1(make_cfg, tmp_path, m
     report = (tmp_path / "run" / "report.md").read_text()
     assert "Injected faults" in report and all(f"node {n}: {k}" in report for n, k in injected.items())
     assert not (tmp_path / "cache" / "fleet").exists()  # a run with faults is not cached
+
+
+# ---------------------------------------------------------------- settings checked before any work
+
+@pytest.mark.parametrize("override, message", [
+    ("fleet.strategy=fedprox", "fleet.strategy=fedprox: choose one of local, fedavg"),
+    ("fleet.replay.policy=bogus", "fleet.replay.policy=bogus: choose one of reservoir, class_balanced"),
+    ("fleet.drift.kind=sometimes", "fleet.drift.kind=sometimes: choose one of fixed, uniform, exponential"),
+    ("fleet.budget.energy_j=-1", "fleet.budget.energy_j=-1: a number >= 0, or null"),
+    ("fleet.nodes=0", "fleet.nodes=0: a whole number >= 1"),
+    ("fleet.nodes=100000", "fleet.nodes=100000: F has"),
+    ("fleet.profiles=[toaster]", "unknown device profile 'toaster'"),
+    ("pruning.composite=nope", "pruning.composite=nope: choose one of epsilon"),
+    ("prune.ratio=1.5", "prune.ratio=1.5: the share of channels each cut removes"),
+])
+def test_a_bad_setting_stops_simulate_before_any_training(make_cfg, tmp_path, monkeypatch, override, message):
+    """Issue 11's list: each is one line, raised before the coordinator trains (it would fail the test)."""
+    from server import coordinator
+    from swarm import simulate
+    from swarm.errors import SwarmError
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before the settings were checked")
+
+    monkeypatch.setattr(coordinator, "fit", no_training)
+    cfg = make_cfg(*TINY, override, f"cache_dir={tmp_path / 'cache'}")
+    with pytest.raises(SwarmError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        simulate.run(cfg, tmp_path / "run")

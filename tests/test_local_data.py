@@ -12,7 +12,8 @@ from nodes.drift import F, P
 from nodes.local_data import load_node_data, stream_of
 from nodes.plan import FleetPlan
 from server import fleet
-from swarm import io, partition
+from swarm import io
+from swarm import partition as partition_cli
 from swarm.errors import SwarmError
 from tests.conftest import FLEET_TINY, FakeGrid, compose_config, nodes_of, write_fleet_plan
 
@@ -114,12 +115,12 @@ def test_no_message_names_a_server_path(written, tmp_path, task_identity):
 
 def test_swarm_partition_writes_every_folder(written, tmp_path, capsys):
     plan, _, root = written
-    assert partition.main([str(root.parent), str(tmp_path / "out")]) == 0
+    assert partition_cli.main([str(root.parent), str(tmp_path / "out")]) == 0
     for p in range(3):
         ours = load_node_data(tmp_path / "out" / f"node_{p:03d}", partition=p, data_id=plan.data_id(p))
         theirs = load_node_data(folder(root, p), partition=p, data_id=plan.data_id(p))
         assert np.array_equal(ours.pools[P].positions, theirs.pools[P].positions)
         assert torch.equal(ours.tests.sets["PF"].images.images, theirs.tests.sets["PF"].images.images)
     assert "3 node folders" in capsys.readouterr().out
-    assert partition.main([str(tmp_path / "nothing"), str(tmp_path / "out2")]) == 2
+    assert partition_cli.main([str(tmp_path / "nothing"), str(tmp_path / "out2")]) == 2
     assert "no fleet plan at" in capsys.readouterr().err
