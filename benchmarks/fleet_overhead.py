@@ -134,7 +134,7 @@ def flower(nodes: int, windows: int, plans: int, workdir: Path) -> tuple[float, 
         seconds = time.perf_counter() - start
     for path in paths:
         rows = (path.parent / "nodes.csv").read_text().strip().splitlines()
-        assert len(rows) == nodes * windows + 1, "the fleet did not finish"
+        assert len(rows) == nodes * (windows + 1) + 1, "the fleet did not finish"  # + the received rows
     return seconds, memory.peak
 
 
