@@ -77,7 +77,7 @@ class PeakMemory:
 
 
 def make_plan(nodes: int, windows: int, workdir: Path, name: str):
-    from nodes.local_data import write_fleet_data
+    from nodes.local_data import DATA_DIR, write_fleet_data
     from nodes.plan import plan_from_config
     from swarm import checkpoints
     from swarm.config import data_options, scenario_of
@@ -100,7 +100,7 @@ def make_plan(nodes: int, windows: int, workdir: Path, name: str):
     plan = plan_from_config(OmegaConf.to_container(cfg, resolve=True), data, checkpoint=workdir / "start.pt",
                             run_dir=run)
     plan.save(run / "fleet_plan.json")
-    write_fleet_data(plan, data, run / "nodes", inner="data")  # each node's own folder, as swarm.simulate writes it
+    write_fleet_data(plan, data, run / "nodes", inner=DATA_DIR)  # each node's own folder, as swarm.simulate writes it
     return run / "fleet_plan.json", data
 
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from nodes.local_data import NodeData, load_node_data, node_folder
+from nodes.local_data import NodeData, load_node_data, simulated_folders
 from nodes.node import NodeRuntime, WindowMetrics
 from nodes.plan import NodeTask
 from swarm.errors import SwarmError
@@ -71,8 +71,7 @@ def node_paths(context: Context) -> tuple[Path, Path]:
     if not root:
         raise SwarmError("this node has no data: start it with --node-config 'data-path=\"...\" "
                          "state-dir=\"...\"' (its folder from python -m swarm.partition)")
-    folder = node_folder(Path(root), partition_of(context))
-    return folder / "data", folder / "state"
+    return simulated_folders(Path(root), partition_of(context))
 
 
 @lru_cache(maxsize=4)

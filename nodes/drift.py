@@ -77,25 +77,26 @@ def arrival_times(start_s: float, count: int, rate_per_s: float, rng: np.random.
 P, F = 0, 1  # the roles of stream samples
 
 
-def node_stream(*, drift_s: float, f_indices: list[int], f_events: list[int], seed: int, rate: float,
-                events: int, event_gap_s: float, p_train_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def node_stream(node: Any, *, rate: float, events: int, event_gap_s: float,
+                p_train_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Arrival time, role (``P`` or ``F``) and training-split position of every sample a node's
-    stream brings, in time order, from its plan entry (drawn from the node's own ``seed``).
+    stream brings, in time order, from its plan entry ``node`` (a :class:`nodes.plan.NodePlan`:
+    drift time, share of F and its drift events, drawn from the node's own seed).
 
     P-like samples (positions drawn uniformly from P's training split) arrive from 0 until the
     drift time; then its share of F, each drift event's samples from that event's start (or when
     the previous event's have all arrived, if later). The node's data folder holds exactly the
     samples this names (:mod:`nodes.local_data`), and the node replays the same draw."""
-    rng = np.random.default_rng(seed)
+    drift_s = node.drift_s
+    rng = np.random.default_rng(node.seed)
     expected = int(drift_s * rate * 1.5) + 10
     p_times = arrival_times(0.0, expected, rate, rng)
     p_times = p_times[p_times < drift_s]
     p_indices = rng.integers(0, p_train_size, len(p_times))
-    shares = np.asarray(f_indices, dtype=np.int64)
-    event_of = np.asarray(f_events or np.zeros(len(shares)), dtype=np.int64)
+    shares = np.asarray(node.f_indices, dtype=np.int64)
+    event_of = np.asarray(node.f_events or np.zeros(len(shares)), dtype=np.int64)
     f_positions, f_times, last = [], [], drift_s
-    for k in range(max(events, 1)):
-        start = drift_s + k * event_gap_s
+    for k, start in enumerate(node.event_starts(event_gap_s, max(events, 1))):
         members = rng.permutation(shares[event_of == k])
         times_k = arrival_times(max(start, last), len(members), rate, rng)
         last = float(times_k[-1]) if len(times_k) else max(start, last)

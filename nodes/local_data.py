@@ -46,12 +46,19 @@ from swarm.evaluation import SETS, TestSets, test_sets
 
 FORMAT = 1
 MANIFEST = "manifest.json"
-ROLES = {P: "P", F: "F"}
+DATA_DIR, STATE_DIR = "data", "state"  # a simulated node's folders inside its node_NNN/
 
 
 def node_folder(root: Path, partition: int) -> Path:
     """Where ``swarm.partition`` and the simulation put node ``partition``'s folder under ``root``."""
     return Path(root) / f"node_{partition:03d}"
+
+
+def simulated_folders(root: Path, partition: int) -> tuple[Path, Path]:
+    """(data folder, state folder) of node ``partition`` under a root of simulated nodes
+    (``node_NNN/data``, ``node_NNN/state``): the layout ``swarm.simulate`` makes under a run."""
+    folder = node_folder(root, partition)
+    return folder / DATA_DIR, folder / STATE_DIR
 
 
 @dataclass
@@ -95,10 +102,6 @@ class NodeData:
     def targets(self, role: int, positions: np.ndarray) -> np.ndarray:
         return self.pools[role].targets(np.asarray(positions, dtype=np.int64))
 
-    def replay_positions(self) -> np.ndarray:
-        """The P positions the device ships with for replay: P's training split (the paper keeps it all)."""
-        return np.arange(self.p_train_size, dtype=np.int64)
-
 
 # ---------------------------------------------------------------------------- writing
 
@@ -129,18 +132,10 @@ def _pool(dataset: LabeledImages, positions: np.ndarray) -> dict[str, torch.Tens
     return {"positions": torch.as_tensor(positions), **_samples(dataset, positions)}
 
 
-def uses_replay(plan: FleetPlan) -> bool:
-    """Whether the devices ship with P for replay (continual scenarios; in finetune scenarios a
-    replay buffer fills from the stream's own P-like samples)."""
-    return plan.continual
-
-
 def stream_of(plan: FleetPlan, partition: int, p_train_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Node ``partition``'s stream (:func:`nodes.drift.node_stream`) from the plan."""
-    me = plan.node(partition)
-    return node_stream(drift_s=me.drift_s, f_indices=me.f_indices, f_events=me.f_events, seed=me.seed,
-                       rate=float(plan.config["fleet"]["stream_rate"]), events=max(len(plan.f_tasks), 1),
-                       event_gap_s=plan.event_gap_s, p_train_size=p_train_size)
+    return node_stream(plan.node(partition), rate=float(plan.config["fleet"]["stream_rate"]),
+                       events=max(len(plan.f_tasks), 1), event_gap_s=plan.event_gap_s, p_train_size=p_train_size)
 
 
 def write_fleet_data(plan: FleetPlan, data: ScenarioData, root: Path, *, inner: str = "",
@@ -158,7 +153,9 @@ def write_fleet_data(plan: FleetPlan, data: ScenarioData, root: Path, *, inner: 
                                  for name in SETS if name in tests.sets}
     test_blob["f_groups"] = torch.as_tensor(np.asarray(tests.f_groups, dtype=np.int64))
     test_blob["f_group_names"] = list(tests.f_group_names)
-    replay = uses_replay(plan)
+    # Continual devices ship with P for replay; in finetune scenarios a replay buffer fills from
+    # the stream's own P-like samples.
+    replay = plan.continual
     shared: dict[str, Any] = {"test.pt": test_blob}
     if replay:
         shared["replay.pt"] = _pool(p_train, np.arange(len(p_train)))
@@ -174,7 +171,8 @@ def write_fleet_data(plan: FleetPlan, data: ScenarioData, root: Path, *, inner: 
                                                             "F": _pool(f_train, positions[roles == F])})}
         for name, blob in shared.items():
             if name in first:
-                digests[name] = _link(first[name][0], folder / name, first[name][1])
+                _link(first[name][0], folder / name)
+                digests[name] = first[name][1]
             else:
                 digests[name] = _save(folder / name, blob)
                 first[name] = (folder / name, digests[name])
@@ -193,7 +191,7 @@ def _save(path: Path, blob: Any) -> str:
     return _digest(path)
 
 
-def _link(source: Path, target: Path, digest: str) -> str:
+def _link(source: Path, target: Path) -> None:
     """``target`` as a hard link to ``source`` (a copy where links are impossible), atomically."""
     temporary = target.with_name(target.name + ".link")
     temporary.unlink(missing_ok=True)
@@ -202,7 +200,6 @@ def _link(source: Path, target: Path, digest: str) -> str:
     except OSError:
         temporary.write_bytes(source.read_bytes())
     os.replace(temporary, target)
-    return digest
 
 
 def _digest(path: Path) -> str:

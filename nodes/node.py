@@ -32,7 +32,7 @@ from torch import nn
 from nodes.device import (Budget, StreamCredit, WindowReport, activation_bytes_per_sample, load_profile, memory_check,
                           memory_need, simulate_window, step_flops)
 from nodes.drift import F, P, node_stream
-from nodes.local_data import NodeData, load_node_data, node_folder
+from nodes.local_data import NodeData, load_node_data, simulated_folders
 from nodes.plan import FleetPlan, NodeTask
 from nodes.replay import ReplayBuffer
 from swarm import checkpoints, io
@@ -111,8 +111,7 @@ class NodeRuntime:
         self.state_dir = Path(state_dir) / task.plan_id
         self.trained_per_output = np.zeros(0, dtype=np.int64)  # of the last window run (run_window)
         self.times, self.roles, self.indices = node_stream(
-            drift_s=self.me.drift_s, f_indices=self.me.f_indices, f_events=self.me.f_events, seed=self.me.seed,
-            rate=float(self.fleet["stream_rate"]), events=task.events, event_gap_s=task.event_gap_s,
+            self.me, rate=float(self.fleet["stream_rate"]), events=task.events, event_gap_s=task.event_gap_s,
             p_train_size=data.p_train_size)
         # The label of every stream sample (balanced batches draw by label); built once per runtime.
         self.labels = np.empty(len(self.indices), dtype=np.int64)
@@ -343,9 +342,9 @@ def _from_tensors(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def local_runtime(plan: FleetPlan, partition: int, root: Path, plan_id: str = "0" * 16) -> NodeRuntime:
-    """Node ``partition`` run in this process (tests, benchmarks), as the fleet runs it: its data
-    folder ``root/node_NNN/data`` (:func:`nodes.local_data.write_fleet_data` with ``inner="data"``),
-    its state folder beside it, its task from the plan and the model the server would send."""
-    folder = node_folder(root, partition)
-    data = load_node_data(folder / "data", partition=partition, data_id=plan.data_id(partition))
-    return NodeRuntime(plan.task(partition, plan_id), data, folder / "state", model=plan.received_model().state_dict())
+    """Node ``partition`` run in this process (tests, benchmarks), as the fleet runs it: its folders
+    under ``root`` as the simulation lays them out (:func:`nodes.local_data.simulated_folders`), its
+    task from the plan and the model the server would send."""
+    data_dir, state_dir = simulated_folders(root, partition)
+    data = load_node_data(data_dir, partition=partition, data_id=plan.data_id(partition))
+    return NodeRuntime(plan.task(partition, plan_id), data, state_dir, model=plan.received_model().state_dict())

@@ -200,16 +200,16 @@ NODES = "nodes"  # the simulated nodes' own folders (data and state), under the 
 def _node_folders(plan: FleetPlan, data: ScenarioData, root: Path) -> Path:
     """Every node's data folder under ``root/node_NNN/data`` (the plans of one run share their data:
     same scenario, seed and stream); folders already written for this data are kept."""
-    from nodes.local_data import MANIFEST, node_folder, write_fleet_data
+    from nodes.local_data import DATA_DIR, MANIFEST, simulated_folders, write_fleet_data
 
     def current(partition: int) -> bool:
-        manifest = node_folder(root, partition) / "data" / MANIFEST
+        manifest = simulated_folders(root, partition)[0] / MANIFEST
         return manifest.exists() and json.loads(manifest.read_text()).get("data_id") == plan.data_id(partition)
 
     if all(current(i) for i in range(len(plan.nodes))):
         return root
     step = max(1, len(plan.nodes) // 10)
-    write_fleet_data(plan, data, root, inner="data",
+    write_fleet_data(plan, data, root, inner=DATA_DIR,
                      progress=lambda done, total: (done % step == 0 or done == total)
                      and print(f"node data: {done}/{total} folders", flush=True))
     return root

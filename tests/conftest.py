@@ -171,9 +171,9 @@ def write_fleet_plan(cfg, workdir: Path, run_name: str, windows: int, pretrain_e
     config["fleet"]["windows"] = windows
     plan = plan_from_config(config, data, checkpoint=workdir / "start.pt", run_dir=run)
     plan.save(run / "fleet_plan.json")
-    from nodes.local_data import write_fleet_data
+    from nodes.local_data import DATA_DIR, write_fleet_data
 
-    write_fleet_data(plan, data, run / "nodes", inner="data")  # each node's own folder, as in simulation
+    write_fleet_data(plan, data, run / "nodes", inner=DATA_DIR)  # each node's own folder, as in simulation
     return run / "fleet_plan.json", data
 
 
@@ -249,8 +249,10 @@ class FakeGrid:
             claimed = self.claims.get(nid, partition)
             node_config = {"partition-id": claimed, "num-partitions": self.total}
             if self.root is not None:
-                folder = Path(self.root) / f"node_{claimed:03d}"
-                node_config.update({"data-path": str(folder / "data"), "state-dir": str(folder / "state")})
+                from nodes.local_data import simulated_folders
+
+                data_dir, state_dir = simulated_folders(self.root, claimed)
+                node_config.update({"data-path": str(data_dir), "state-dir": str(state_dir)})
             context = Context(run_id=1, node_id=nid, state=RecordDict(), run_config={}, node_config=node_config)
             try:
                 reply = client_app.app(message, context)

@@ -181,7 +181,7 @@ def test_the_server_does_not_wait_forever(plan_file):
 
 def test_nodes_hold_the_coordinator_s_labels(make_cfg, tmp_path, cifar10_root):
     """Label groups are ordered (vehicle = 0, animal = 1): a node's data must keep the coordinator's targets."""
-    from nodes.local_data import load_node_data
+    from nodes.local_data import load_node_data, simulated_folders
     from nodes.plan import FleetPlan
     from swarm.evaluation import test_sets
 
@@ -191,7 +191,7 @@ def test_nodes_hold_the_coordinator_s_labels(make_cfg, tmp_path, cifar10_root):
     assert coordinator_data.label_names == ["vehicle", "animal"]
     expected = test_sets(coordinator_data, plan.continual, int(plan.config["fleet"]["eval_samples"]))
     for partition in range(2):
-        mine = load_node_data(nodes_of(path) / f"node_{partition:03d}" / "data", partition=partition,
+        mine = load_node_data(simulated_folders(nodes_of(path), partition)[0], partition=partition,
                               data_id=plan.data_id(partition))
         for name, dataset in expected.sets.items():
             assert mine.tests.sets[name].targets.tolist() == [int(y) for _, y in dataset]

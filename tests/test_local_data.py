@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from nodes.drift import F, P
-from nodes.local_data import load_node_data, stream_of
+from nodes.local_data import load_node_data, simulated_folders, stream_of
 from nodes.plan import FleetPlan
 from server import fleet
 from swarm import io
@@ -30,7 +30,7 @@ def written(tmp_path_factory):
 
 
 def folder(root, partition):
-    return root / f"node_{partition:03d}" / "data"
+    return simulated_folders(root, partition)[0]
 
 
 def test_a_node_folder_holds_its_stream_bit_for_bit(written):
