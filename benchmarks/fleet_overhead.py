@@ -8,12 +8,12 @@ For each fleet size it draws one plan (synthetic data, an untrained resnet_small
 per-window budgets so that Flower's share is visible), then runs every window of every node
 
 * ``plain``: in one Python loop calling :class:`nodes.node.NodeRuntime` directly;
-* ``flower``: through :func:`swarm.flower_sim.run` (Ray, one CPU per node actor), the way
-  ``swarm.simulate`` does,
+* ``flower``: through :func:`swarm.flower_sim.run` (``flwr run`` on a SuperLink in simulation
+  mode; Ray, one CPU per node actor), the way ``swarm.simulate`` does,
 
 each into its own run directory (2 training steps per node and window on the Pi 4 profile), and reports wall times, their ratio (goal <= 1.3) and the time
 per node-window. While Flower runs, the resident memory of this process and all its descendants
-(Ray's raylet, GCS and workers) is sampled every 0.5 s; the peak is reported (goal <= 4 GB at 200
+(the SuperLink, its simulation process, Ray's raylet, GCS and workers) is sampled every 0.5 s; the peak is reported (goal <= 4 GB at 200
 nodes). Flower's wall time includes starting and stopping Ray. With ``--plans K`` the work is K
 plans (as ``fleet.checkpoint=all`` runs K model sizes), one after the other in one engine start.
 """
@@ -120,17 +120,13 @@ def plain(nodes: int, windows: int, plans: int, workdir: Path) -> float:
 
 
 def flower(nodes: int, windows: int, plans: int, workdir: Path) -> tuple[float, float]:
-    from nodes.client_app import NODE_ROOT, app as client_app
-    from server.server_app import app as server_app
     from swarm import flower_sim
 
     paths = [make_plan(nodes, windows, workdir, f"flower-{nodes}-{k}")[0] for k in range(plans)]
-    os.environ["SWARM_FLEET_PLAN"] = os.pathsep.join(str(p) for p in paths)
     # The plans share their data (same config and seed): one node root, as in swarm.simulate.
-    os.environ[NODE_ROOT] = str(paths[0].parent / "nodes")
     with PeakMemory() as memory:
         start = time.perf_counter()
-        flower_sim.run(server_app, client_app, nodes)
+        flower_sim.run(paths, nodes, paths[0].parent / "nodes")
         seconds = time.perf_counter() - start
     for path in paths:
         rows = (path.parent / "nodes.csv").read_text().strip().splitlines()

@@ -1,11 +1,11 @@
 """The Flower ServerApp of the fleet (Message API): runs :func:`server.fleet.run_fleet` on the grid.
 
-Where its settings come from: ``context.run_config["fleet-plan"]`` (Deployment Engine:
-``flwr run --run-config 'fleet-plan="..."'``) or the ``SWARM_FLEET_PLAN`` environment variable
-(``swarm.simulate``, whose Flower simulation leaves ``run_config`` empty). Either may list several
+Where its settings come from: ``context.run_config["fleet-plan"]`` (``flwr run --run-config
+'fleet-plan="..."'``, as ``swarm.simulate`` runs it too) or, failing that, the ``SWARM_FLEET_PLAN``
+environment variable. Either may list several
 plans separated by ``os.pathsep`` (like ``PATH``): they run one after the other on the same nodes,
-so one engine start serves every model size of ``fleet.checkpoint=all``. Each plan's outcome is
-written to ``fleet_status.json`` next to it, so the caller learns of failures that the engine
+so one engine start serves every model size of ``fleet.checkpoint=all``. Each plan's log goes to
+``fleet.log`` and its outcome to ``fleet_status.json`` next to it, so the caller learns of failures that the engine
 would only log; one plan that fails does not stop the next.
 """
 
@@ -48,6 +48,21 @@ def main(grid: Grid, context: Context) -> None:
 
 def run_plan(grid: Grid, path: Path) -> None:
     status_file = path.parent / "fleet_status.json"
+    # The plan's log, beside it: what swarm.flower_sim follows, and a record on a real SuperLink.
+    handler = logging.FileHandler(path.parent / "fleet.log")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    logger = logging.getLogger("swarm")
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        _run_plan(grid, path, status_file)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def _run_plan(grid: Grid, path: Path, status_file: Path) -> None:
     try:
         fleet = FleetPlan.load(path).config["fleet"]
         rows = run_fleet(grid, path, strategy=str(fleet["strategy"]), join_timeout_s=float(fleet["join_timeout_s"]),

@@ -1,52 +1,163 @@
-"""The one place that calls Flower's simulation engine (``run_simulation`` is deprecated upstream).
+"""The one place that starts Flower's Simulation Runtime: ``flwr run`` against a SuperLink of our own.
 
-Ray is Flower's simulation backend: one actor per CPU core, each given one CPU, runs the
-ClientApp for whichever node a message is for. Flower's telemetry and Ray's uv hook are switched
-off before Flower is imported.
+Flower 1.42 deprecates the in-process ``run_simulation``; the supported path is the CLI's
+``flwr run`` against a SuperLink in simulation mode, which runs the app (this repository, built
+into a FAB) in a ``flwr-simulation`` process on the Ray backend. Here that SuperLink is started
+for the run, on free loopback ports, with a Flower home folder of its own (a temporary folder:
+nothing is left in ``~/.flwr``), and stopped when the run ends, so one call is one engine start:
 
-Ray is started here rather than by Flower: Flower would start it with a ``runtime_env`` that only
-sets ``PYTHONPATH``, and preparing that runtime environment costs about 4 s per run on 2 cores
-(``benchmarks/fleet_overhead.py``). Exporting ``PYTHONPATH`` before ``ray.init`` gives the workers
-the same import path. Flower shuts Ray down when the run ends.
+* every plan of the run goes to the ServerApp in ``run_config["fleet-plan"]`` (``os.pathsep``
+  separated), so several model sizes share one engine start;
+* ``num-supernodes`` and one CPU per node actor go in ``--federation-config``;
+* the simulated nodes find their own folders under ``SWARM_NODE_ROOT``, which the SuperLink's
+  processes inherit (their ``node_config`` holds only a partition id);
+* the app's dependencies are this environment's (``--disable-runtime-dependency-installation``),
+  and Flower's telemetry is off.
+
+Progress: the ServerApp writes each plan's log to ``fleet.log`` beside the plan; this process
+follows those files and prints their new lines until every plan's ``fleet_status.json`` is
+written, or Flower says the run ended (``flwr ls``). (``flwr run --stream`` was tried first: it
+can miss every line of a run that ends within seconds.)
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
+import signal
+import socket
+import subprocess
 import sys
-import warnings
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from swarm.errors import SwarmError
+
+APP_DIR = Path(__file__).resolve().parents[1]  # this repository: pyproject.toml's [tool.flwr.app]
+STARTUP_S = 60.0
 
 
-def run(server_app, client_app, num_nodes: int, *, cpus_per_node: float = 1.0) -> None:
-    os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    # Flower logs at DEBUG and its state store through alembic at INFO (already while being
-    # imported); keep the run's log readable.
-    for name in ("flwr", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from flwr.simulation import run_simulation
-
-        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-        _start_ray()
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=num_nodes,
-            backend_config={
-                "client_resources": {"num_cpus": cpus_per_node, "num_gpus": 0.0},
-            },
-        )
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
-def _start_ray() -> None:
-    import ray
+def _environment(home: Path, node_root: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    paths = [str(APP_DIR)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env.update({"FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+                "RAY_DEDUP_LOGS": "0", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0", "SWARM_NODE_ROOT": str(node_root),
+                "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))})
+    return env
 
-    if ray.is_initialized():
-        return
-    paths = [p for p in sys.path if p] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=True)
+
+def _wait_healthy(port: int, superlink: subprocess.Popen, log: Path) -> None:
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per probe in the run's log
+    deadline = time.monotonic() + STARTUP_S
+    while time.monotonic() < deadline:
+        if superlink.poll() is not None:
+            raise SwarmError(f"Flower's SuperLink exited with code {superlink.returncode} while starting; see {log}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1.0).is_success:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SwarmError(f"Flower's SuperLink did not start within {STARTUP_S:.0f} s; see {log}")
+
+
+LOG = "fleet.log"  # the ServerApp's log of one plan, next to it (server.server_app)
+POLL_S = 0.5
+STATUS_EVERY_S = 3.0
+
+
+class LogTail:
+    """The lines appended to a file since this object was made."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = path.stat().st_size if path.exists() else 0
+
+    def new_lines(self) -> str:
+        if not self.path.exists():
+            return ""
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            chunk = f.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        return complete.decode("utf-8", errors="replace")
+
+
+def _run_status(run_id: str, env: dict[str, str]) -> str:
+    """Flower's status of the run ("running", "finished:completed", ...; "" if unknown)."""
+    listed = subprocess.run(["flwr", "ls", "swarm", "--run-id", run_id, "--format", "json"], env=env,
+                            capture_output=True, text=True)
+    try:
+        runs = json.loads(listed.stdout).get("runs", [])
+        return str(runs[0]["status"]) if runs else ""
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return ""
+
+
+def _follow(plans: list[Path], tails: list[LogTail], run_id: str, env: dict[str, str],
+            superlink: subprocess.Popen, log: Path) -> None:
+    """Print the fleet's log as it grows until every plan has its status file or the run ended."""
+    checked = time.monotonic()
+    while True:
+        for tail in tails:
+            sys.stdout.write(tail.new_lines())
+        sys.stdout.flush()
+        if all((Path(plan).parent / "fleet_status.json").exists() for plan in plans):
+            return
+        if superlink.poll() is not None:
+            raise SwarmError(f"Flower's SuperLink stopped during the run (exit {superlink.returncode}); see {log}")
+        if time.monotonic() - checked > STATUS_EVERY_S:
+            checked = time.monotonic()
+            if _run_status(run_id, env).startswith("finished"):
+                for tail in tails:
+                    sys.stdout.write(tail.new_lines())
+                return  # swarm.simulate reports the plans without a status file
+        time.sleep(POLL_S)
+
+
+def run(plans: list[Path], num_nodes: int, node_root: Path, *, cpus_per_node: float = 1.0) -> None:
+    """Simulate ``num_nodes`` nodes running every plan, one after the other, in one engine start."""
+    home = Path(tempfile.mkdtemp(prefix="swarm-flwr-"))
+    port = _free_port()
+    env = _environment(home, node_root)
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "swarm"\n\n[superlink.swarm]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
+    log = home / "superlink.log"
+    superlink = subprocess.Popen(
+        ["flower-superlink", "--insecure", "--simulation", "--isolation", "subprocess", "--host", "127.0.0.1",
+         "--port", str(port), "--disable-runtime-dependency-installation"],
+        env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_healthy(port, superlink, log)
+        tails = [LogTail(Path(plan).parent / LOG) for plan in plans]  # new lines only, not a killed run's
+        federation = f"num-supernodes={num_nodes} client-resources-num-cpus={cpus_per_node:g} client-resources-num-gpus=0"
+        command = ["flwr", "run", str(APP_DIR), "swarm", "--format", "json",
+                   "--run-config", f'fleet-plan="{os.pathsep.join(str(p) for p in plans)}"',
+                   "--federation-config", federation]
+        submitted = subprocess.run(command, env=env, capture_output=True, text=True)
+        try:
+            run_id = str(json.loads(submitted.stdout)["run-id"])
+        except (ValueError, KeyError, TypeError):
+            raise SwarmError(f"flwr run did not start the fleet (exit {submitted.returncode}): "
+                             f"{(submitted.stdout + submitted.stderr).strip()[-500:]}") from None
+        _follow(plans, tails, run_id, env, superlink, log)
+    finally:
+        if superlink.poll() is None:
+            os.killpg(superlink.pid, signal.SIGTERM)
+            try:
+                superlink.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(superlink.pid, signal.SIGKILL)
+        shutil.rmtree(home, ignore_errors=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -218,13 +217,9 @@ def _node_folders(plan: FleetPlan, data: ScenarioData, root: Path) -> Path:
 def _run_flower(plans: list[Path], num_nodes: int, node_root: Path) -> None:
     """One Flower simulation for every pending plan: the engine starts once. The simulated nodes
     find their folders under ``node_root`` (their ``node_config`` holds only a partition id)."""
-    from nodes.client_app import NODE_ROOT, app as client_app
-    from server.server_app import app as server_app
     from swarm import flower_sim
 
-    os.environ["SWARM_FLEET_PLAN"] = os.pathsep.join(str(p) for p in plans)
-    os.environ[NODE_ROOT] = str(node_root)
-    flower_sim.run(server_app, client_app, num_nodes)
+    flower_sim.run(plans, num_nodes, node_root)
 
 
 def _status(directory: Path) -> dict[str, Any]:
