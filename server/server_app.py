@@ -41,12 +41,10 @@ def plan_paths(context: Context) -> list[Path]:
 def main(grid: Grid, context: Context) -> None:
     paths = plan_paths(context)
     for number, path in enumerate(paths, 1):
-        if len(paths) > 1:
-            log.info("fleet %d/%d: %s", number, len(paths), path.parent)
-        run_plan(grid, path)
+        run_plan(grid, path, f"fleet {number}/{len(paths)}" if len(paths) > 1 else "")
 
 
-def run_plan(grid: Grid, path: Path) -> None:
+def run_plan(grid: Grid, path: Path, label: str = "") -> None:
     status_file = path.parent / "fleet_status.json"
     # The plan's log, beside it: what swarm.flower_sim follows, and a record on a real SuperLink.
     handler = logging.FileHandler(path.parent / "fleet.log")
@@ -56,6 +54,8 @@ def run_plan(grid: Grid, path: Path) -> None:
     if logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
     try:
+        if label:
+            log.info("%s: %s", label, path.parent)
         _run_plan(grid, path, status_file)
     finally:
         logger.removeHandler(handler)

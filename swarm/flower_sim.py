@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -138,7 +137,7 @@ def run(plans: list[Path], num_nodes: int, node_root: Path, *, cpus_per_node: fl
     superlink = subprocess.Popen(
         ["flower-superlink", "--insecure", "--simulation", "--isolation", "subprocess", "--host", "127.0.0.1",
          "--port", str(port), "--disable-runtime-dependency-installation"],
-        env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     try:
         _wait_healthy(port, superlink, log)
         tails = [LogTail(Path(plan).parent / LOG) for plan in plans]  # new lines only, not a killed run's
@@ -154,10 +153,13 @@ def run(plans: list[Path], num_nodes: int, node_root: Path, *, cpus_per_node: fl
                              f"{(submitted.stdout + submitted.stderr).strip()[-500:]}") from None
         _follow(plans, tails, run_id, env, superlink, log)
     finally:
+        # The SuperLink stays in this process group, so a kill of the whole group (Ctrl-C, SIGKILL
+        # of a job) takes it down too; Flower's SuperExec and simulation processes follow it
+        # through their parent-pid monitors.
         if superlink.poll() is None:
-            os.killpg(superlink.pid, signal.SIGTERM)
+            superlink.terminate()
             try:
                 superlink.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                os.killpg(superlink.pid, signal.SIGKILL)
+                superlink.kill()
         shutil.rmtree(home, ignore_errors=True)
