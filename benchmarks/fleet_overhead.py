@@ -8,7 +8,7 @@ For each fleet size it draws one plan (synthetic data, an untrained resnet_small
 per-window budgets so that Flower's share is visible), then runs every window of every node
 
 * ``plain``: in one Python loop calling :class:`nodes.node.NodeRuntime` directly;
-* ``flower``: through :func:`swarm.flower_sim.run` (``flwr run`` on a SuperLink in simulation
+* ``flower``: through :func:`server.flower_sim.run` (``flwr run`` on a SuperLink in simulation
   mode; Ray, one CPU per node actor), the way ``swarm.simulate`` does,
 
 each into its own run directory (2 training steps per node and window on the Pi 4 profile), and reports wall times, their ratio (goal <= 1.3) and the time
@@ -120,7 +120,7 @@ def plain(nodes: int, windows: int, plans: int, workdir: Path) -> float:
 
 
 def flower(nodes: int, windows: int, plans: int, workdir: Path) -> tuple[float, float]:
-    from swarm import flower_sim
+    from server import flower_sim
 
     paths = [make_plan(nodes, windows, workdir, f"flower-{nodes}-{k}")[0] for k in range(plans)]
     # The plans share their data (same config and seed): one node root, as in swarm.simulate.

@@ -24,7 +24,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from nodes.plan import STRATEGIES, FleetPlan
-from server.progress import plan_hash, resume
+from server.progress import plan_hash, resume, run_folder_lock
 from server.replies import InvalidReply, check_reply, safe_text
 from swarm import io
 from swarm.fleet_rows import COLUMNS, FAILED, LATE, NO_RESULT, NOT_SIMULATED, RECEIVED_WINDOW
@@ -195,6 +195,12 @@ def run_fleet(grid: GridLike, plan_path: Path, *, strategy: str = "local", join_
     has none yet)."""
     if strategy not in STRATEGIES:
         raise SwarmError(f"fleet.strategy must be one of {', '.join(STRATEGIES)}, not '{strategy}'")
+    with run_folder_lock(Path(FleetPlan.load(plan_path).run_dir)):
+        return _run_windows(grid, plan_path, strategy, join_timeout_s, window_timeout_s, simulated, progress)
+
+
+def _run_windows(grid: GridLike, plan_path: Path, strategy: str, join_timeout_s: float, window_timeout_s: float,
+                 simulated: bool, progress) -> list[dict[str, Any]]:
     plan = FleetPlan.load(plan_path)
     count = len(plan.nodes)
     deadline = Deadline(window_timeout_s, simulated)

@@ -1,18 +1,22 @@
 """The Flower ServerApp of the fleet (Message API): runs :func:`server.fleet.run_fleet` on the grid.
 
 Where its settings come from: ``context.run_config["fleet-plan"]`` (``flwr run --run-config
-'fleet-plan="..."'``, as ``swarm.simulate`` runs it too) or, failing that, the ``SWARM_FLEET_PLAN``
-environment variable. Either may list several
+'fleet-plan="..."'``, as ``swarm.simulate`` runs it too). It may list several
 plans separated by ``os.pathsep`` (like ``PATH``): they run one after the other on the same nodes,
 so one engine start serves every model size of ``fleet.checkpoint=all``. Each plan's log goes to
 ``fleet.log`` and its outcome to ``fleet_status.json`` next to it, so the caller learns of failures that the engine
 would only log; one plan that fails does not stop the next.
+
+Under ``swarm.simulate`` the run's processes end with their caller (:func:`stop_with_caller`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
+import time
 import traceback
 from pathlib import Path
 
@@ -29,16 +33,52 @@ app = ServerApp()
 
 log = logging.getLogger("swarm.fleet")
 
+CALLER_PID = "SWARM_CALLER_PID"  # set by server.flower_sim: the process that started this run
+CALLER_POLL_S = 0.2
+
+
+def stop_with_caller(caller_pid: int) -> None:
+    """End this run's processes as soon as ``caller_pid`` is gone.
+
+    Flower starts its simulation process (this one, with Ray under it) in a session of its own,
+    so killing the caller's process group (a second Ctrl-C, SIGKILL of a job, a CI timeout) would
+    leave the fleet running, writing to a run folder that the caller, started again, resumes
+    from. Flower's own parent monitor only follows the SuperExec and asks for a graceful stop,
+    which lets a window finish. Here a thread polls the caller and, once it is gone, kills this
+    process group: the simulation, its Ray processes and the SuperExec, as a kill of the caller's
+    group would have. (If this process shares the caller's group, only itself.)"""
+    try:
+        shared_group = os.getpgid(caller_pid) == os.getpgrp()
+    except ProcessLookupError:
+        shared_group = False
+
+    def watch() -> None:
+        while True:
+            time.sleep(CALLER_POLL_S)
+            try:
+                os.kill(caller_pid, 0)
+            except ProcessLookupError:
+                break
+            except PermissionError:
+                continue  # alive, another user's (a recycled pid would be too; a run outlives that rarely)
+        if shared_group:
+            os.kill(os.getpid(), signal.SIGKILL)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="swarm-caller-watch", daemon=True).start()
+
 
 def plan_paths(context: Context) -> list[Path]:
-    value = context.run_config.get("fleet-plan") or os.environ.get("SWARM_FLEET_PLAN")
+    value = context.run_config.get("fleet-plan")
     if not value:
-        raise RuntimeError("no fleet plan: set run_config fleet-plan or SWARM_FLEET_PLAN")
+        raise RuntimeError("no fleet plan: run with --run-config 'fleet-plan=\"/path/to/fleet_plan.json\"'")
     return [Path(part) for part in str(value).split(os.pathsep) if part]
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    if os.environ.get(CALLER_PID):
+        stop_with_caller(int(os.environ[CALLER_PID]))
     paths = plan_paths(context)
     for number, path in enumerate(paths, 1):
         run_plan(grid, path, f"fleet {number}/{len(paths)}" if len(paths) > 1 else "")
@@ -46,7 +86,7 @@ def main(grid: Grid, context: Context) -> None:
 
 def run_plan(grid: Grid, path: Path, label: str = "") -> None:
     status_file = path.parent / "fleet_status.json"
-    # The plan's log, beside it: what swarm.flower_sim follows, and a record on a real SuperLink.
+    # The plan's log, beside it: what server.flower_sim follows, and a record on a real SuperLink.
     handler = logging.FileHandler(path.parent / "fleet.log")
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
     logger = logging.getLogger("swarm")

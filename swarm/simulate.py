@@ -217,7 +217,7 @@ def _node_folders(plan: FleetPlan, data: ScenarioData, root: Path) -> Path:
 def _run_flower(plans: list[Path], num_nodes: int, node_root: Path) -> None:
     """One Flower simulation for every pending plan: the engine starts once. The simulated nodes
     find their folders under ``node_root`` (their ``node_config`` holds only a partition id)."""
-    from swarm import flower_sim
+    from server import flower_sim
 
     flower_sim.run(plans, num_nodes, node_root)
 

@@ -68,6 +68,8 @@ def test_simulate_runs_coordinator_and_a_real_flower_fleet(tmp_path):
     assert [it["iteration"] for it in coordinator["iterations"]] == [0, 1]
     log = result.stdout + result.stderr
     assert log.count("fleet 1/2: ") == 1 and log.count("fleet 2/2: ") == 1
+    assert log.count("Flower simulation runtime: ") == 1  # one engine start for both model sizes
+    assert "deprecated" not in log.lower()  # Flower's supported path, not run_simulation
     assert "setup plugin" not in log  # alembic's import-time chatter stays out of the log
     for iteration in (0, 1):
         out = run / f"iteration_{iteration:02d}"
@@ -102,7 +104,7 @@ def test_simulate_runs_coordinator_and_a_real_flower_fleet(tmp_path):
                          timeout=400)
     assert resumed.returncode != 0
     assert "error: fleet.checkpoint=7: the coordinator has iterations 0..1" in resumed.stderr
-    assert "run_simulation" not in resumed.stdout + resumed.stderr and "fleet 1/2" not in resumed.stdout
+    assert "Flower simulation runtime" not in resumed.stdout and "fleet 1/2" not in resumed.stdout
     assert "2 from the cache" in resumed.stdout and "1 from the cache" in resumed.stdout
     for job, iteration in (("1", 0), ("1", 1), ("2", 1)):
         where = sweep / job / f"iteration_{iteration:02d}" if job == "1" else sweep / job
@@ -179,9 +181,16 @@ def test_a_simulation_killed_in_the_fleet_stage_resumes_where_it_stopped(tmp_pat
         if progress.exists() and json.loads(progress.read_text())["windows_done"] >= 1:
             break
         time.sleep(0.2)
-    os.killpg(victim.pid, signal.SIGKILL)  # the simulation, its Ray workers, everything
+    os.killpg(victim.pid, signal.SIGKILL)  # the simulation and the SuperLink it started
     victim.wait()
     log.close()
+    # Flower runs the fleet in a session of its own; it must end with its caller, within seconds.
+    from server.progress import run_folder_lock
+
+    started = time.monotonic()
+    with run_folder_lock(run, wait_s=15):
+        stopped_after = time.monotonic() - started
+    assert stopped_after < 10, f"the fleet ran on for {stopped_after:.1f} s after its caller was killed"
     done = json.loads(progress.read_text())["windows_done"]
     assert 1 <= done < 3, (tmp_path / "killed.log").read_text()[-2000:]
 

@@ -11,6 +11,9 @@ nothing is left in ``~/.flwr``), and stopped when the run ends, so one call is o
 * ``num-supernodes`` and one CPU per node actor go in ``--federation-config``;
 * the simulated nodes find their own folders under ``SWARM_NODE_ROOT``, which the SuperLink's
   processes inherit (their ``node_config`` holds only a partition id);
+* the run's processes end with this one: Flower detaches its simulation process into a session
+  of its own, so the ServerApp watches this process (``SWARM_CALLER_PID``) and kills its group
+  when it is gone (:func:`server.server_app.stop_with_caller`);
 * the app's dependencies are this environment's (``--disable-runtime-dependency-installation``),
   and Flower's telemetry is off.
 
@@ -35,6 +38,8 @@ from pathlib import Path
 
 import httpx
 
+from nodes.client_app import NODE_ROOT
+from server.server_app import CALLER_PID
 from swarm.errors import SwarmError
 
 APP_DIR = Path(__file__).resolve().parents[1]  # this repository: pyproject.toml's [tool.flwr.app]
@@ -51,7 +56,8 @@ def _environment(home: Path, node_root: Path) -> dict[str, str]:
     env = dict(os.environ)
     paths = [str(APP_DIR)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env.update({"FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
-                "RAY_DEDUP_LOGS": "0", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0", "SWARM_NODE_ROOT": str(node_root),
+                "RAY_DEDUP_LOGS": "0", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0", NODE_ROOT: str(node_root),
+                CALLER_PID: str(os.getpid()),
                 "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))})
     return env
 
@@ -128,6 +134,9 @@ def _follow(plans: list[Path], tails: list[LogTail], run_id: str, env: dict[str,
 
 def run(plans: list[Path], num_nodes: int, node_root: Path, *, cpus_per_node: float = 1.0) -> None:
     """Simulate ``num_nodes`` nodes running every plan, one after the other, in one engine start."""
+    if not (APP_DIR / "pyproject.toml").exists():
+        raise SwarmError(f"the Flower app is built from swarm's source tree, and {APP_DIR} has no pyproject.toml: "
+                         "install swarm from a clone with pip install -e <clone>")
     home = Path(tempfile.mkdtemp(prefix="swarm-flwr-"))
     port = _free_port()
     env = _environment(home, node_root)
@@ -140,6 +149,8 @@ def run(plans: list[Path], num_nodes: int, node_root: Path, *, cpus_per_node: fl
         env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     try:
         _wait_healthy(port, superlink, log)
+        print(f"Flower simulation runtime: SuperLink on 127.0.0.1:{port}, {num_nodes} simulated nodes, "
+              f"{len(plans)} fleet plan{'s' if len(plans) > 1 else ''}", flush=True)
         tails = [LogTail(Path(plan).parent / LOG) for plan in plans]  # new lines only, not a killed run's
         federation = f"num-supernodes={num_nodes} client-resources-num-cpus={cpus_per_node:g} client-resources-num-gpus=0"
         command = ["flwr", "run", str(APP_DIR), "swarm", "--format", "json",
@@ -153,9 +164,8 @@ def run(plans: list[Path], num_nodes: int, node_root: Path, *, cpus_per_node: fl
                              f"{(submitted.stdout + submitted.stderr).strip()[-500:]}") from None
         _follow(plans, tails, run_id, env, superlink, log)
     finally:
-        # The SuperLink stays in this process group, so a kill of the whole group (Ctrl-C, SIGKILL
-        # of a job) takes it down too; Flower's SuperExec and simulation processes follow it
-        # through their parent-pid monitors.
+        # The SuperLink is in this process group, so a kill of the group takes it down too; the
+        # simulation process follows this process (server.server_app.stop_with_caller).
         if superlink.poll() is None:
             superlink.terminate()
             try:
