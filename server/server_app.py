@@ -33,6 +33,8 @@ app = ServerApp()
 
 log = logging.getLogger("swarm.fleet")
 
+LOG = "fleet.log"  # each plan's log, next to it
+STATUS = "fleet_status.json"  # each plan's outcome, next to it
 CALLER_PID = "SWARM_CALLER_PID"  # set by server.flower_sim: the process that started this run
 CALLER_POLL_S = 0.2
 
@@ -85,9 +87,9 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def run_plan(grid: Grid, path: Path, label: str = "") -> None:
-    status_file = path.parent / "fleet_status.json"
+    status_file = path.parent / STATUS
     # The plan's log, beside it: what server.flower_sim follows, and a record on a real SuperLink.
-    handler = logging.FileHandler(path.parent / "fleet.log")
+    handler = logging.FileHandler(path.parent / LOG)
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
     logger = logging.getLogger("swarm")
     logger.addHandler(handler)
