@@ -40,14 +40,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from nodes.local_data import NodeData, load_node_data, simulated_folders
-from nodes.node import NodeRuntime, WindowMetrics
+from nodes.node import NodeRuntime
 from nodes.plan import NodeTask
 from swarm.errors import SwarmError
+from swarm.fleet_protocol import Status, WindowRow
 
 app = ClientApp()
 
-NUMERIC = ("node", "window", "sim_time_s", "steps", "samples_seen", "flops", "energy_j", "acc_P", "acc_F", "acc_PF")
-LISTS = ("acc_F_groups",)
 
 
 class InjectedCrash(RuntimeError):
@@ -87,14 +86,8 @@ def node_data(folder: Path, partition: int, data_id: str) -> NodeData:
     return _node_data(str(folder), partition, data_id, mtime)
 
 
-def metrics_record(metrics: WindowMetrics) -> MetricRecord:
-    values = {}
-    for key in NUMERIC:
-        value = getattr(metrics, key)
-        values[key] = float(value) if isinstance(value, float) else int(value)
-    for key in LISTS:
-        values[key] = [float(v) for v in getattr(metrics, key)]
-    return MetricRecord(values)
+def metrics_record(row: WindowRow) -> MetricRecord:
+    return MetricRecord(row.metrics())
 
 
 @app.query("partition")
@@ -126,16 +119,14 @@ def adapt(msg: Message, context: Context) -> Message:
     except InjectedCrash:
         raise
     except Exception as error:  # reported, so that the other nodes finish and the run says what broke
-        nan = math.nan
-        metrics = WindowMetrics(node, profile, window, nan, 0, 0, 0.0, 0.0, nan, nan, nan, "failed",
-                                f"{type(error).__name__}: {error}")
+        metrics = WindowRow.untrained(node, profile, window, Status.failed, f"{type(error).__name__}: {error}")
         traceback.print_exc()
         model = None
     if fault == "late":
         return _late_reply(msg, metrics, window)
     content = RecordDict({
         "metrics": metrics_record(metrics),
-        "info": ConfigRecord({"profile": metrics.profile, "status": metrics.status, "error": metrics.error}),
+        "info": ConfigRecord({"profile": metrics.profile, "status": str(metrics.status), "error": metrics.error}),
     })
     if received is not None:
         content["received"] = metrics_record(received)
@@ -147,14 +138,13 @@ def adapt(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
-def _late_reply(msg: Message, metrics: WindowMetrics, window: int) -> Message:
+def _late_reply(msg: Message, metrics: WindowRow, window: int) -> Message:
     """A ``late`` node's answer: the device adapted (its state is saved), but its result missed the
     window's deadline, so it carries no measurement and no weights."""
-    nan = math.nan
-    late = WindowMetrics(metrics.node, metrics.profile, window, nan, 0, 0, 0.0, 0.0, nan, nan, nan, "late",
-                         f"injected fault (fleet.faults.late) in window {window}: the answer missed the deadline")
+    late = WindowRow.untrained(metrics.node, metrics.profile, window, Status.late,
+                               f"injected fault (fleet.faults.late) in window {window}: the answer missed the deadline")
     return Message(RecordDict({"metrics": metrics_record(late), "info": ConfigRecord(
-        {"profile": late.profile, "status": late.status, "error": late.error})}), reply_to=msg)
+        {"profile": late.profile, "status": str(late.status), "error": late.error})}), reply_to=msg)
 
 
 def _corrupt(content: RecordDict, node: int) -> None:

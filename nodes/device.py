@@ -29,6 +29,7 @@ import yaml
 from torch import nn
 
 from swarm.errors import SwarmError
+from swarm.fleet_protocol import Status
 
 # Profiles ship in the installed config tree (Hydra group `device`).
 PROFILE_DIR = Path(str(resources.files("scenarios") / "device"))
@@ -122,7 +123,7 @@ class WindowReport:
     flops: float = 0.0
     available_s: float = 0.0
     samples_arrived: int = 0
-    status: str = "ok"
+    status: str = Status.ok
     step_starts: list[float] = field(default_factory=list)  # when each granted step began
 
 
@@ -208,13 +209,13 @@ def simulate_window(profile: DeviceProfile, budget: Budget, flops_per_step: floa
                 yield request | env.timeout(end - env.now)
                 if not request.triggered:
                     request.cancel()
-                    if consumes and report.status == "ok":
-                        report.status = "data_exhausted"  # trained its data as often as allowed
+                    if consumes and report.status == Status.ok:
+                        report.status = Status.data_exhausted  # trained its data as often as allowed
                     break
                 yield data.put(need)  # it was only a wait: the data is used when a step starts
                 continue
             if not affordable():
-                report.status = "budget_exhausted"
+                report.status = Status.budget_exhausted
                 break
             if consumes:
                 yield data.get(credit.per_step)
@@ -232,11 +233,11 @@ def simulate_window(profile: DeviceProfile, budget: Budget, flops_per_step: floa
     env.run(until=env.process(trainer()))
     report.available_s = available_seconds(profile, start_s, end, phase_s)
     report.samples_arrived = sum(1 for a in arrivals if start_s <= a < end)
-    if report.steps == 0 and report.status == "ok":
+    if report.steps == 0 and report.status == Status.ok:
         if report.available_s == 0:
-            report.status = "unavailable"
+            report.status = Status.unavailable
         elif step_s > budget.window_s:
-            report.status = "budget_exhausted"  # not even one step fits in the window
+            report.status = Status.budget_exhausted  # not even one step fits in the window
     report.idle_energy_j = (budget.window_s - report.busy_s) * profile.idle_power_w
     return report
 

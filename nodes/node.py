@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -37,7 +37,7 @@ from nodes.plan import FleetPlan, NodeTask
 from nodes.replay import ReplayBuffer
 from swarm import checkpoints, io
 from swarm.errors import SwarmError
-from swarm.fleet_rows import RECEIVED_WINDOW
+from swarm.fleet_protocol import RECEIVED_WINDOW, Status, WindowRow
 from swarm.models import classifier
 from swarm.pruning import count_macs_and_params
 from swarm.evaluation import accuracies
@@ -53,26 +53,6 @@ def model_costs(model: nn.Module, arch: Mapping[str, Any]) -> tuple[int, int]:
         macs, _ = count_macs_and_params(model, checkpoints.example_inputs(arch))
         _COSTS[key] = (macs, activation_bytes_per_sample(model, checkpoints.example_inputs(arch, 2)))
     return _COSTS[key]
-
-
-@dataclass
-class WindowMetrics:
-    """One row of nodes.csv."""
-
-    node: int
-    profile: str
-    window: int
-    sim_time_s: float
-    steps: int
-    samples_seen: int
-    flops: float
-    energy_j: float
-    acc_P: float
-    acc_F: float
-    acc_PF: float
-    status: str
-    error: str = ""
-    acc_F_groups: list[float] = field(default_factory=list)  # accuracy on each group of F (its classes or domains)
 
 
 def train_mode(model: nn.Module, *, frozen_batchnorm: bool) -> None:
@@ -195,7 +175,7 @@ class NodeRuntime:
                 self.state_path(old).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ one window
-    def run_window(self, window: int, weights: Mapping[str, torch.Tensor] | None = None) -> tuple[WindowMetrics, nn.Module]:
+    def run_window(self, window: int, weights: Mapping[str, torch.Tensor] | None = None) -> tuple[WindowRow, nn.Module]:
         # A device that missed windows (it was unreachable) rejoins at the window it is asked for;
         # the windows it missed trained nothing.
         if window == 0:  # a plan starts (or a run killed in its first window starts again) afresh
@@ -217,7 +197,7 @@ class NodeRuntime:
         arrived = (self.times >= start) & (self.times < end)
         before = int((self.times < start).sum())
         if not memory_check(self.profile, need):
-            report = WindowReport(status="does_not_fit", samples_arrived=int(arrived.sum()))
+            report = WindowReport(status=Status.does_not_fit, samples_arrived=int(arrived.sum()))
         else:
             macs, _ = model_costs(model, state["arch"])
             cost = step_flops(2.0 * macs, int(self.fleet["batch_size"]))
@@ -235,7 +215,7 @@ class NodeRuntime:
         accuracy = self._evaluate(model)
         state["window"] = window + 1
         self._save(state, optimizer, window)
-        metrics = WindowMetrics(node=self.me.partition, profile=self.me.profile, window=window, sim_time_s=end,
+        metrics = WindowRow(node=self.me.partition, profile=self.me.profile, window=window, sim_time_s=end,
                                 steps=report.steps, samples_seen=before + int(arrived.sum()), flops=report.flops,
                                 energy_j=report.energy_j, status=report.status, **accuracy)
         return metrics, model
@@ -310,12 +290,12 @@ class NodeRuntime:
     def _evaluate(self, model: nn.Module) -> dict[str, Any]:
         return accuracies(model, self.tests, torch.device("cpu"))
 
-    def received(self, weights: Mapping[str, torch.Tensor] | None = None) -> WindowMetrics:
+    def received(self, weights: Mapping[str, torch.Tensor] | None = None) -> WindowRow:
         """The model as this node received it, evaluated before any training: the row (window -1,
         status ``received``) every gain is measured against."""
         model = self._model(weights)
-        return WindowMetrics(node=self.me.partition, profile=self.me.profile, window=RECEIVED_WINDOW, sim_time_s=0.0,
-                             steps=0, samples_seen=0, flops=0.0, energy_j=0.0, status="received",
+        return WindowRow(node=self.me.partition, profile=self.me.profile, window=RECEIVED_WINDOW, sim_time_s=0.0,
+                             steps=0, samples_seen=0, flops=0.0, energy_j=0.0, status=Status.received,
                              **self._evaluate(model))
 
 

@@ -32,6 +32,7 @@ from swarm.models import build_model
 from swarm.pruning import SCOPES, count_macs_and_params, prunable_layers, prune_step
 from swarm.relevance import channel_relevance, composite_names, filter_l1
 from swarm.training import TrainSettings, evaluate, fit, make_loader, progress_bar, resolve_device
+from swarm.fleet_protocol import COORDINATOR
 
 log = logging.getLogger("swarm.coordinator")
 
@@ -109,7 +110,7 @@ class CoordinatorResult:
 
 
 def _read_record(directory: Path) -> dict[str, Any] | None:
-    path = directory / "coordinator.json"
+    path = directory / COORDINATOR
     if not path.exists():
         return None
     record = json.loads(path.read_text())
@@ -267,7 +268,7 @@ def _finish_iteration(directory: Path, record: dict[str, Any], model: torch.nn.M
     checkpoints.save(checkpoint_path(directory, iteration), model, arch, iteration=iteration,
                      scenario=cfg.scenario.name, label_names=list(data.label_names))
     record["iterations"].append(entry)
-    io.write_json(directory / "coordinator.json", record)
+    io.write_json(directory / COORDINATOR, record)
     log.info("iteration %d: %.2fM params, %.1fM MACs, P val %.3f test %.3f (%d epochs, %.0f s)", iteration,
              params / 1e6, macs / 1e6, entry["val_acc"], entry["test_acc"], fitted.epochs, seconds)
 

@@ -9,8 +9,6 @@ guard against a hung actor); nothing waits forever. Every reply is checked befor
 
 from __future__ import annotations
 
-import csv
-import io as text_io
 import logging
 import math
 import time
@@ -27,7 +25,7 @@ from nodes.plan import STRATEGIES, FleetPlan
 from server.progress import plan_hash, resume, run_folder_lock
 from server.replies import InvalidReply, check_reply, safe_text
 from swarm import io
-from swarm.fleet_rows import COLUMNS, FAILED, LATE, NO_RESULT, NOT_SIMULATED, RECEIVED_WINDOW
+from swarm.fleet_protocol import NO_RESULT, NODES_CSV, RECEIVED_WINDOW, Status, WindowRow, write_rows
 from swarm.errors import SwarmError
 from swarm.models import classifier
 
@@ -65,8 +63,8 @@ class Deadline:
     def missed(self) -> tuple[str, str]:
         """(status, error) of a node whose reply did not come."""
         if self.simulated:
-            return NOT_SIMULATED, f"the simulation engine returned no reply for {self.seconds:g} s (a hung actor?)"
-        return LATE, f"no reply within {self.seconds:g} s"
+            return Status.not_simulated, f"the simulation engine returned no reply for {self.seconds:g} s (a hung actor?)"
+        return Status.late, f"no reply within {self.seconds:g} s"
 
 
 def collect(grid: GridLike, messages: list[Message], deadline: Deadline, poll_s: float = 0.1) -> dict[int, Message]:
@@ -162,26 +160,7 @@ def average(records: list[ArrayRecord], weights: list[float], sent: dict[str, to
 
 
 def _missing_row(partition: int, window: int, profile: str, status: str, error: str) -> dict[str, Any]:
-    """The row of a node that sent no usable result this window: every measurement empty."""
-    return {"node": partition, "profile": profile, "window": window, "status": status, "error": error,
-            **{k: math.nan for k in COLUMNS if k not in ("node", "profile", "window", "status", "error")}}
-
-
-def _cell(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return ""
-    if isinstance(value, (list, tuple)):
-        return " ".join("nan" if math.isnan(v) else f"{v:.4f}" for v in value)
-    return value
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    buffer = text_io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS), extrasaction="ignore")
-    writer.writeheader()
-    for row in sorted(rows, key=lambda r: (r["window"], r["node"])):
-        writer.writerow({k: _cell(row.get(k, "")) for k in COLUMNS})
-    io.write_text(path, buffer.getvalue())
+    return WindowRow.without_result(partition, profile, window, status, error).as_dict()
 
 
 def run_fleet(grid: GridLike, plan_path: Path, *, strategy: str = "local", join_timeout_s: float = 120,
@@ -221,7 +200,7 @@ def _run_windows(grid: GridLike, plan_path: Path, strategy: str, join_timeout_s:
     head, output_layer = classifier(model)
     rows, failed = saved.rows, saved.failed
     has_model = saved.has_model  # nodes that adapted at least one window (they hold the model)
-    csv_path = Path(plan.run_dir) / "nodes.csv"
+    csv_path = Path(plan.run_dir) / NODES_CSV
     for window in range(saved.windows_done, plan.windows):
         messages = []
         for partition in range(count):
@@ -241,7 +220,7 @@ def _run_windows(grid: GridLike, plan_path: Path, strategy: str, join_timeout_s:
         for partition in range(count):
             profile = plan.node(partition).profile
             if partition in failed:
-                rows.append(_missing_row(partition, window, profile, FAILED, f"failed earlier: {failed[partition]}"))
+                rows.append(_missing_row(partition, window, profile, Status.failed, f"failed earlier: {failed[partition]}"))
                 continue
             reply = replies.get(mapping[partition])
             if reply is None:
@@ -256,16 +235,16 @@ def _run_windows(grid: GridLike, plan_path: Path, strategy: str, join_timeout_s:
             except InvalidReply as error:
                 reason = f"invalid reply: {error}" if not reply.has_error() else str(error)
                 failed[partition] = reason
-                rows.append(_missing_row(partition, window, profile, FAILED, reason))
+                rows.append(_missing_row(partition, window, profile, Status.failed, reason))
                 log.warning("node %d, window %d: %s", partition, window, reason)
                 continue
             if checked.received is not None:
                 rows.append(checked.received)
-            if checked.row["status"] == LATE:  # its result came too late to use; it rejoins next window
-                rows.append(_missing_row(partition, window, profile, LATE, checked.row["error"]))
+            if checked.row["status"] == Status.late:  # its result came too late to use; it rejoins next window
+                rows.append(_missing_row(partition, window, profile, Status.late, checked.row["error"]))
                 continue
             rows.append(checked.row)
-            if checked.row["status"] == FAILED:
+            if checked.row["status"] == Status.failed:
                 failed[partition] = checked.row["error"]
                 continue
             has_model.add(partition)
@@ -277,7 +256,7 @@ def _run_windows(grid: GridLike, plan_path: Path, strategy: str, join_timeout_s:
                 trained.append(checked.examples_per_output)
         if records:
             shared = average(records, sizes, shared, per_output=(head, trained) if masked_loss else None)
-        write_csv(csv_path, rows)
+        write_rows(csv_path, rows)
         saved.windows_done = window + 1
         saved.shared = shared if strategy == "fedavg" else None
         saved.save(Path(plan.run_dir))

@@ -39,7 +39,8 @@ from pathlib import Path
 import httpx
 
 from nodes.client_app import NODE_ROOT
-from server.server_app import CALLER_PID, LOG, STATUS
+from server.server_app import CALLER_PID
+from swarm.fleet_protocol import FLEET_LOG, FLEET_STATUS
 from swarm.errors import SwarmError
 
 APP_DIR = Path(__file__).resolve().parents[1]  # this repository: pyproject.toml's [tool.flwr.app]
@@ -118,7 +119,7 @@ def _follow(plans: list[Path], tails: list[LogTail], run_id: str, env: dict[str,
         for tail in tails:
             sys.stdout.write(tail.new_lines())
         sys.stdout.flush()
-        if all((Path(plan).parent / STATUS).exists() for plan in plans):
+        if all((Path(plan).parent / FLEET_STATUS).exists() for plan in plans):
             return
         if superlink.poll() is not None:
             raise SwarmError(f"Flower's SuperLink stopped during the run (exit {superlink.returncode}); see {log}")
@@ -151,8 +152,8 @@ def run(plans: list[Path], num_nodes: int, node_root: Path, *, cpus_per_node: fl
         print(f"Flower simulation runtime: SuperLink on 127.0.0.1:{port}, {num_nodes} simulated nodes, "
               f"{len(plans)} fleet plan{'s' if len(plans) > 1 else ''}", flush=True)
         for plan in plans:  # the run is over when every plan has its status: none may be left from before
-            (Path(plan).parent / STATUS).unlink(missing_ok=True)
-        tails = [LogTail(Path(plan).parent / LOG) for plan in plans]  # new lines only, not a killed run's
+            (Path(plan).parent / FLEET_STATUS).unlink(missing_ok=True)
+        tails = [LogTail(Path(plan).parent / FLEET_LOG) for plan in plans]  # new lines only, not a killed run's
         federation = f"num-supernodes={num_nodes} client-resources-num-cpus={cpus_per_node:g} client-resources-num-gpus=0"
         command = ["flwr", "run", str(APP_DIR), "swarm", "--format", "json",
                    "--run-config", f'fleet-plan="{os.pathsep.join(str(p) for p in plans)}"',

@@ -31,11 +31,10 @@ import torch
 
 from swarm import io
 from swarm.errors import SwarmError
+from swarm.fleet_protocol import FLEET_LOCK, FLEET_PROGRESS
 
 log = logging.getLogger("swarm.fleet")
 
-PROGRESS = "fleet_progress.json"
-LOCK = "fleet.lock"
 LOCK_WAIT_S = 60.0
 
 
@@ -47,7 +46,7 @@ def run_folder_lock(run_dir: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None
     (:func:`server.server_app.stop_with_caller`), and the same command started again at once must
     resume from what that run finished, not write beside it."""
     run_dir = Path(run_dir)
-    with open(run_dir / LOCK, "a") as handle:
+    with open(run_dir / FLEET_LOCK, "a") as handle:
         deadline = time.monotonic() + wait_s
         waiting = False
         while True:
@@ -91,7 +90,7 @@ class Progress:
         run_dir = Path(run_dir)
         if self.shared is not None:
             io.save_tensors(_shared_path(run_dir, self.windows_done), self.shared)
-        io.write_json(run_dir / PROGRESS, {
+        io.write_json(run_dir / FLEET_PROGRESS, {
             "plan": self.plan, "windows_done": self.windows_done, "rows": self.rows,
             "failed": {str(k): v for k, v in self.failed.items()}, "has_model": sorted(self.has_model),
             "shared": self.shared is not None})
@@ -104,7 +103,7 @@ def resume(run_dir: Path, plan_path: Path) -> Progress:
     """The progress of an earlier, interrupted run of this plan in ``run_dir``, or a fresh start
     (which clears the progress another plan left there)."""
     run_dir = Path(run_dir)
-    path = run_dir / PROGRESS
+    path = run_dir / FLEET_PROGRESS
     digest = plan_hash(plan_path)
     if path.exists():
         record = json.loads(path.read_text())

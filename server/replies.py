@@ -22,11 +22,8 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
-from swarm.fleet_rows import DEVICE_FAULTS, NODE_STATUSES, RECEIVED, RECEIVED_WINDOW
+from swarm.fleet_protocol import ACCURACIES, AMOUNTS, COUNTS, DEVICE_FAULTS, NODE_STATUSES, RECEIVED_WINDOW, Status
 
-ACCURACIES = ("acc_P", "acc_F", "acc_PF")
-COUNTS = ("steps", "samples_seen")
-AMOUNTS = ("sim_time_s", "flops", "energy_j")
 MAX_TEXT = 300
 
 
@@ -156,7 +153,7 @@ def check_reply(reply: Message, *, partition: int, window: int, profile: str,
         if "received" not in content:
             raise InvalidReply("the evaluation of the model as received is missing")
         received = _metrics(content["received"], partition, RECEIVED_WINDOW, failed=False)
-        received.update(node=partition, window=RECEIVED_WINDOW, profile=profile, status=RECEIVED, error="")
+        received.update(node=partition, window=RECEIVED_WINDOW, profile=profile, status=Status.received, error="")
     arrays, examples = None, None
     if want_arrays and not failed:
         if "arrays" not in content:

@@ -26,15 +26,13 @@ from flwr.serverapp import Grid, ServerApp
 from nodes.plan import FleetPlan
 from server.fleet import run_fleet
 from swarm import io
-from swarm.fleet_rows import DEVICE_FAULTS, NOT_SIMULATED
+from swarm.fleet_protocol import DEVICE_FAULTS, FLEET_LOG, FLEET_STATUS, Status
 
 app = ServerApp()
 
 
 log = logging.getLogger("swarm.fleet")
 
-LOG = "fleet.log"  # each plan's log, next to it
-STATUS = "fleet_status.json"  # each plan's outcome, next to it
 CALLER_PID = "SWARM_CALLER_PID"  # set by server.flower_sim: the process that started this run
 CALLER_POLL_S = 0.2
 
@@ -87,9 +85,9 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def run_plan(grid: Grid, path: Path, label: str = "") -> None:
-    status_file = path.parent / STATUS
+    status_file = path.parent / FLEET_STATUS
     # The plan's log, beside it: what server.flower_sim follows, and a record on a real SuperLink.
-    handler = logging.FileHandler(path.parent / LOG)
+    handler = logging.FileHandler(path.parent / FLEET_LOG)
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
     logger = logging.getLogger("swarm")
     logger.addHandler(handler)
@@ -110,7 +108,7 @@ def _run_plan(grid: Grid, path: Path, status_file: Path) -> None:
         rows = run_fleet(grid, path, strategy=str(fleet["strategy"]), join_timeout_s=float(fleet["join_timeout_s"]),
                          window_timeout_s=float(fleet["window_timeout_s"]), simulated=is_simulation(grid))
         failed = sorted({r["node"] for r in rows if r["status"] in DEVICE_FAULTS})
-        not_simulated = sorted({r["node"] for r in rows if r["status"] == NOT_SIMULATED})
+        not_simulated = sorted({r["node"] for r in rows if r["status"] == Status.not_simulated})
         io.write_json(status_file, {"ok": not failed and not not_simulated, "failed_nodes": failed,
                                     "not_simulated_nodes": not_simulated, "error": ""})
     except Exception as error:

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from swarm import io
+from swarm.fleet_protocol import NODES_CSV
 
-FILES = ("nodes.csv",)
+FILES = (NODES_CSV,)
 # Bump when the meaning of cached fleet results changes, so that old entries are not reused
 # (2: nodes built their data with label groups re-ordered before this; 3: received rows, new
 # on-device training, availability lined up with the run; 4: fleet.new_class_outputs, reset).

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 import statistics
 from pathlib import Path
@@ -14,33 +13,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from swarm import io  # noqa: E402
-from swarm.fleet_rows import FAILED, LATE, NO_RESULT, NOT_SIMULATED, RECEIVED_WINDOW  # noqa: E402
+from swarm.fleet_protocol import (ACCURACIES, METRICS, NO_RESULT, NODES_CSV, RECEIVED_WINDOW, REPORT,  # noqa: E402
+                                  SUMMARY, Status, read_rows)
 
-METRICS = ("acc_P", "acc_F", "acc_PF", "steps", "samples_seen", "flops", "energy_j")
-ACCURACIES = ("acc_P", "acc_F", "acc_PF")
-# Why a node that never trained did not, by the statuses of its windows.
+# Why a node that never trained did not, by the statuses of its windows (the first that applies).
 IDLE_REASONS = {
-    "unavailable": "never available while the run lasted (its availability cycle)",
-    "does_not_fit": "training does not fit in its RAM",
-    "budget_exhausted": "the budget of a window does not cover one training step",
-    "data_exhausted": "it never had enough local data for a step",
-    "ok": "no data arrived to train on",
-    "failed": "it failed",
-    "late": "its answers missed the deadline",
-    "not_simulated": "the simulation engine never served it (not a device outcome)",
+    Status.not_simulated: "the simulation engine never served it (not a device outcome)",
+    Status.failed: "it failed",
+    Status.late: "its answers missed the deadline",
+    Status.does_not_fit: "training does not fit in its RAM",
+    Status.unavailable: "never available while the run lasted (its availability cycle)",
+    Status.budget_exhausted: "the budget of a window does not cover one training step",
+    Status.data_exhausted: "it never had enough local data for a step",
+    Status.ok: "no data arrived to train on",
 }
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with open(path) as f:
-        for row in csv.DictReader(f):
-            for key in METRICS + ("sim_time_s",):
-                row[key] = float(row[key]) if row.get(key) not in (None, "") else math.nan
-            row["node"], row["window"] = int(row["node"]), int(row["window"])
-            row["acc_F_groups"] = [float(v) for v in (row.get("acc_F_groups") or "").split()]
-            rows.append(row)
-    return rows
 
 
 def _stats(values: list[float]) -> dict[str, float] | None:
@@ -163,7 +149,7 @@ def idle_nodes(rows: list[dict[str, Any]]) -> dict[int, str]:
         if sum(r["steps"] for r in mine if not math.isnan(r["steps"])) > 0:
             continue
         statuses = {r["status"] for r in mine}
-        for status in (NOT_SIMULATED, FAILED, LATE, "does_not_fit", "unavailable", "budget_exhausted", "data_exhausted", "ok"):
+        for status in IDLE_REASONS:
             if status in statuses:
                 reasons[node] = IDLE_REASONS[status]
                 break
@@ -178,9 +164,9 @@ def coverage(rows: list[dict[str, Any]]) -> dict[str, Any]:
     trained = [r for r in rows if r["window"] != RECEIVED_WINDOW]
     last = max((r["window"] for r in trained), default=RECEIVED_WINDOW)
     final = final_rows(rows)
-    failed = sum(r["status"] == FAILED for r in trained)
-    late = sum(r["status"] == LATE for r in trained)
-    unserved = sum(r["status"] == NOT_SIMULATED for r in trained)
+    failed = sum(r["status"] == Status.failed for r in trained)
+    late = sum(r["status"] == Status.late for r in trained)
+    unserved = sum(r["status"] == Status.not_simulated for r in trained)
     return {"nodes": len(nodes), "nodes_with_result": len(final),
             "nodes_in_last_window": sum(1 for r in trained if r["window"] == last and r["status"] not in NO_RESULT),
             "failed_node_windows": failed, "late_node_windows": late, "not_simulated_node_windows": unserved,
@@ -219,9 +205,9 @@ def summarize(rows: list[dict[str, Any]], f_group_names: list[str] | None = None
     ok = [r for r in trained if r["status"] not in NO_RESULT]
     totals = {"steps": sum(r["steps"] for r in ok), "flops": sum(r["flops"] for r in ok),
               "energy_j": sum(r["energy_j"] for r in ok), "node_windows": len(trained),
-              "failed_node_windows": sum(r["status"] == FAILED for r in trained),
-              "late_node_windows": sum(r["status"] == LATE for r in trained),
-              "not_simulated_node_windows": sum(r["status"] == NOT_SIMULATED for r in trained)}
+              "failed_node_windows": sum(r["status"] == Status.failed for r in trained),
+              "late_node_windows": sum(r["status"] == Status.late for r in trained),
+              "not_simulated_node_windows": sum(r["status"] == Status.not_simulated for r in trained)}
     received = [r for r in rows if r["window"] == RECEIVED_WINDOW]
     summary: dict[str, Any] = {
         "coverage": coverage(rows),
@@ -338,13 +324,13 @@ def write_report(run_dir: Path, title: str, *, target: str = "acc_F", f_group_na
     adaptation of the same model (``{"before", "after", "epochs"}``), drawn beside the fleet;
     ``events`` the drift events' tasks and each node's event start times (the accuracy matrix);
     ``faults`` the faults injected by ``fleet.faults`` (node -> what and when), listed as such."""
-    rows = read_rows(run_dir / "nodes.csv")
+    rows = read_rows(run_dir / NODES_CSV)
     summary = summarize(rows, f_group_names, events)
     if reference:
         summary["reference"] = reference
     if faults:
         summary["injected_faults"] = {str(node): what for node, what in sorted(faults.items())}
-    io.write_json(run_dir / "summary.json", summary)
+    io.write_json(run_dir / SUMMARY, summary)
     metrics = [m for m in ACCURACIES if any(not math.isnan(r[m]) for r in rows)]
     _plot_over_time(rows, target, run_dir / "accuracy_over_time.png",
                     f"{title}: {target.replace('acc_', 'accuracy on ')} per node",
@@ -372,5 +358,5 @@ def write_report(run_dir: Path, title: str, *, target: str = "acc_F", f_group_na
         before = _fmt(received[node][target]) if node in received else "-"
         status = final["status"] + (f" ({final['error']})" if final.get("error") else "")
         lines.append(f"| {node} | {final['profile']} | {steps:.0f} | {energy:.1f} | {before} | {accs} | {status} |")
-    io.write_text(run_dir / "report.md", "\n".join(lines) + "\n")
+    io.write_text(run_dir / REPORT, "\n".join(lines) + "\n")
     return summary

@@ -25,13 +25,14 @@ from nodes.plan import FleetPlan
 from swarm.config import data_options, scenario_of
 from swarm.data.build import build
 from swarm.errors import SwarmError
+from swarm.fleet_protocol import FLEET_PLAN
 
 
 def plan_path(value: str) -> Path:
     """The plan file named, or the ``fleet_plan.json`` in the folder named."""
     path = Path(value)
     if path.is_dir():
-        path = path / "fleet_plan.json"
+        path = path / FLEET_PLAN
     if not path.is_file():
         raise SwarmError(f"no fleet plan at {path}: give a fleet_plan.json, or the run folder of python -m swarm.simulate "
                          "that holds one (with several model sizes: its iteration_NN/ folder)")

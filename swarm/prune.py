@@ -25,6 +25,7 @@ from swarm import io
 from swarm.config import data_options, entry_point, scenario_of
 from swarm.data import sources
 from swarm.data.build import build
+from swarm.fleet_protocol import COORDINATOR
 
 log = logging.getLogger("swarm.prune")
 
@@ -67,7 +68,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if cfg.reference.in_prune:
             record = reference.annotate(cfg, data, result, [it["iteration"] for it in result.iterations])
         record = {**record, "cache_dir": str(result.directory), "cached": result.cached}
-    io.write_json(run_dir / "coordinator.json", record)
+    io.write_json(run_dir / COORDINATOR, record)
     criterion = "scores: weight magnitude" if cfg.prune.dry_run else f"pruning={cfg.pruning.name}"
     title = (f"{scenario.name} · pretrain={scenario.pretrain} · {criterion} · {cfg.model.name} · "
              f"{cfg.prune.iterations} x {cfg.prune.ratio:.0%} ({cfg.prune.scope})" + (" · dry run" if cfg.prune.dry_run else ""))

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterable
 
 from swarm import io
-from swarm.fleet_rows import NO_RESULT
+from swarm.fleet_protocol import NO_RESULT, REPORT
 from swarm.errors import SwarmError
 from swarm.report_plots import plot_budget, plot_fig3, plot_fleets
 from swarm.results import Estimate, FleetResult, collect, estimate, paired_difference, pruning_curve
@@ -219,7 +219,7 @@ def write(directories: list[Path], out: Path, target: float | None = None) -> li
             name = f"budget_{stem}.png"
             plot_budget(group, out / name, f"{scenario} · {model}: accuracy after adaptation vs budget")
             lines += ["### Accuracy against budget", "", f"![budget curves]({name})", ""]
-    io.write_text(out / "report.md", "\n".join(lines) + "\n")
+    io.write_text(out / REPORT, "\n".join(lines) + "\n")
     return results
 
 

@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from swarm.errors import SwarmError
-from swarm.fleet_report import read_rows
-from swarm.fleet_rows import DEVICE_FAULTS, NO_RESULT, NOT_SIMULATED, RECEIVED_WINDOW
+from swarm.fleet_protocol import DEVICE_FAULTS, NODES_CSV, NO_RESULT, RECEIVED_WINDOW, RUN_RECORD, Status, read_rows
 
 # Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom; beyond, the normal 1.96.
 _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
@@ -148,7 +147,7 @@ class FleetResult:
     @property
     def not_simulated_nodes(self) -> int:
         """Nodes the simulation engine left unserved in some window (not a device outcome)."""
-        return len({r["node"] for r in self.rows if r["status"] == NOT_SIMULATED})
+        return len({r["node"] for r in self.rows if r["status"] == Status.not_simulated})
 
     def curve(self, metric: str | None = None) -> list[tuple[float, float, float]]:
         """(simulated seconds, joules spent per node so far, fleet mean) after every window."""
@@ -197,7 +196,7 @@ def load(run_json: Path) -> FleetResult:
     fleet = dict(record["fleet"])
     kind, value = _budget(fleet)
     variant = {k: v for k, v in fleet.items() if k != "budget"}
-    rows = read_rows(run_json.parent / "nodes.csv")
+    rows = read_rows(run_json.parent / NODES_CSV)
     if not rows:
         raise SwarmError(f"{run_json.parent / 'nodes.csv'} has no rows; run the fleet again")
     return FleetResult(
@@ -216,8 +215,8 @@ def collect(directories: Sequence[Path]) -> tuple[list[FleetResult], list[str]]:
         directory = Path(directory)
         if not directory.exists():
             raise SwarmError(f"{directory} does not exist; pass run or multirun directories of swarm.simulate")
-        for run_json in sorted(directory.rglob("run.json")):
-            if not (run_json.parent / "nodes.csv").exists():
+        for run_json in sorted(directory.rglob(RUN_RECORD)):
+            if not (run_json.parent / NODES_CSV).exists():
                 problems.append(f"{run_json.parent}: run.json without nodes.csv (skipped)")
                 continue
             try:

@@ -37,6 +37,7 @@ from swarm.errors import FleetFailure, FleetIncomplete, SwarmError
 from swarm.evaluation import f_groups
 from swarm.fleet_report import coverage_line, write_report
 from swarm.prune import table
+from swarm.fleet_protocol import COORDINATOR, FLEET_PLAN, FLEET_STATUS, NODE_FOLDERS, RUN_RECORD
 
 log = logging.getLogger("swarm.simulate")
 
@@ -70,7 +71,7 @@ class FleetJob:
 
     @property
     def plan_path(self) -> Path:
-        return self.directory / "fleet_plan.json"
+        return self.directory / FLEET_PLAN
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -85,7 +86,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     result = coordinator.run(cfg, data)
     iterations = chosen_iterations(cfg.fleet.checkpoint, result)
     record = reference.annotate(cfg, data, result, iterations)
-    io.write_json(run_dir / "coordinator.json", {**record, "cache_dir": str(result.directory)})
+    io.write_json(run_dir / COORDINATOR, {**record, "cache_dir": str(result.directory)})
     print(f"\ncoordinator: {scenario.name} · pretrain={scenario.pretrain} · pruning={cfg.pruning.name} · "
           f"{cfg.model.name}{' (from cache)' if result.cached else ''}\n{table(record)}")
 
@@ -96,7 +97,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             for it in iterations]
     for job in jobs:
         job.directory.mkdir(parents=True, exist_ok=True)
-        (job.directory / "fleet_status.json").unlink(missing_ok=True)
+        (job.directory / FLEET_STATUS).unlink(missing_ok=True)
         job.from_cache = fleet_cache.restore(cache_dir, job.key, job.directory)
         _write_plan(cfg, config, data, result, job)  # also for a cached result: its report reads the plan
     pending = [job for job in jobs if not job.from_cache]
@@ -108,7 +109,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if pending:
         print(f"(saved after every window: if this run is killed, the same command with hydra.run.dir={run_dir} "
               f"resumes it)")
-        root = _node_folders(FleetPlan.load(pending[0].plan_path), data, run_dir / NODES)
+        root = _node_folders(FleetPlan.load(pending[0].plan_path), data, run_dir / NODE_FOLDERS)
         _run_flower([job.plan_path for job in pending], int(cfg.fleet.nodes), root)
 
     errors, failed_nodes, unserved, finals = [], {}, {}, []
@@ -193,7 +194,6 @@ def _write_plan(cfg: DictConfig, config: dict[str, Any], data: ScenarioData, res
     plan_from_config(config, data, checkpoint=checkpoint, run_dir=job.directory).save(job.plan_path)
 
 
-NODES = "nodes"  # the simulated nodes' own folders (data and state), under the run folder
 
 
 def _node_folders(plan: FleetPlan, data: ScenarioData, root: Path) -> Path:
@@ -223,7 +223,7 @@ def _run_flower(plans: list[Path], num_nodes: int, node_root: Path) -> None:
 
 
 def _status(directory: Path) -> dict[str, Any]:
-    path = directory / "fleet_status.json"
+    path = directory / FLEET_STATUS
     if not path.exists():
         return {"error": f"the fleet stopped without a result in {directory}", "failed_nodes": [],
                 "not_simulated_nodes": []}
@@ -245,7 +245,7 @@ def _write_run_record(cfg: DictConfig, mode: str, record: dict[str, Any], job: F
         "not_simulated_nodes": status["not_simulated_nodes"], "totals": summary["totals"],
         "gain": summary["gain"],
     }
-    io.write_json(job.directory / "run.json", run_record)
+    io.write_json(job.directory / RUN_RECORD, run_record)
 
 
 @entry_point("config")

@@ -14,6 +14,7 @@ from flwr.app import ArrayRecord
 from nodes.node import NodeRuntime
 from server import fleet
 from swarm.errors import SwarmError
+from swarm.fleet_protocol import COLUMNS
 from tests.conftest import FLEET_TINY as TINY, FakeGrid, nodes_of, use_fake_engine, write_fleet_plan
 
 
@@ -41,7 +42,7 @@ def test_every_node_reports_every_window(plan_file):
     rows = fleet.run_fleet(FakeGrid(3, root=nodes_of(path)), path, join_timeout_s=5, window_timeout_s=60)
     assert len(rows) == 9 and {r["status"] for r in rows} <= {"received", "ok", "budget_exhausted", "data_exhausted"}
     on_disk = read_rows(path.parent / "nodes.csv")
-    assert tuple(on_disk[0]) == fleet.COLUMNS
+    assert tuple(on_disk[0]) == COLUMNS
     # First each node's evaluation of the model as received (window -1), then every window.
     assert [(int(r["window"]), int(r["node"])) for r in on_disk] == [(w, n) for w in range(-1, 2) for n in range(3)]
     received = [r for r in on_disk if r["window"] == "-1"]

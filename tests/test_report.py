@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from server.fleet import write_csv
+from swarm.fleet_protocol import write_rows
 from swarm import report
 from swarm.results import collect, estimate, paired_difference
 
@@ -39,7 +39,7 @@ def fake_run(root, *, pruning="lrp", pretrain="extra", seed=0, iteration=0, fina
             if node == failed_node and window == windows - 1:
                 row.update(status="failed", error="RuntimeError: boom", acc_P=math.nan, **{metric: math.nan})
             rows.append(row)
-    write_csv(directory / "nodes.csv", rows)
+    write_rows(directory / "nodes.csv", rows)
     coordinator = [{"iteration": i, "params": 1000 * (10 - i), "macs": 1, "test_acc": p_acc - 0.01 * i,
                     "val_acc": p_acc} for i in range(3)]
     if reference is not None:

@@ -1,0 +1,151 @@
+"""The fleet's protocol, defined once: a node-window row, its statuses, and the run folder's files.
+
+Nodes build a :class:`WindowRow` and send its :meth:`~WindowRow.metrics` in their reply; the server
+checks the reply against the same field groups (:mod:`server.replies`), writes the rows to
+``nodes.csv`` with :func:`write_rows`; reports, results and the fleet cache read them back with
+:func:`read_rows`. Every module that names a file of a run folder takes the name from here.
+
+Statuses a node reports about its own window: ``ok`` (it trained what its budget granted),
+``budget_exhausted``, ``data_exhausted``, ``does_not_fit``, ``unavailable``, ``failed`` (its app
+raised, or the server found its reply invalid: the node is out for the rest of the run), ``late``
+(its answer missed the window's deadline: its result is not used, and it rejoins the next window;
+on real devices the server writes it when the deadline passes, in simulation the simulated device
+reports it). Statuses the server writes: ``received`` (the model as received, window -1) and, in
+simulation only, ``not_simulated`` (the engine never served that node's window: a fact about this
+machine, not about the device). Rows with a status in :data:`NO_RESULT` carry no measurement and
+are never averaged; :data:`DEVICE_FAULTS` are the ones that make a run exit 1.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as text_io
+import math
+from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from swarm import io
+
+
+class Status(StrEnum):
+    """What became of one node in one window (equal to its name as a string, as written in CSV)."""
+
+    ok = "ok"
+    budget_exhausted = "budget_exhausted"
+    data_exhausted = "data_exhausted"
+    does_not_fit = "does_not_fit"
+    unavailable = "unavailable"
+    failed = "failed"
+    late = "late"
+    received = "received"
+    not_simulated = "not_simulated"
+
+
+RECEIVED_WINDOW = -1  # the row of the model as received, before any window
+NODE_STATUSES = (Status.ok, Status.budget_exhausted, Status.data_exhausted, Status.does_not_fit,
+                 Status.unavailable, Status.failed, Status.late)  # what a node may report
+DEVICE_FAULTS = (Status.failed, Status.late)
+NO_RESULT = (Status.failed, Status.late, Status.not_simulated)
+
+# The measurement columns, by what they may hold (the server checks replies by these groups).
+ACCURACIES = ("acc_P", "acc_F", "acc_PF")  # in [0, 1], or NaN where not measured
+COUNTS = ("steps", "samples_seen")  # whole, >= 0
+AMOUNTS = ("sim_time_s", "flops", "energy_j")  # finite, >= 0
+METRICS = ACCURACIES + COUNTS + ("flops", "energy_j")  # what reports summarise
+
+
+@dataclass
+class WindowRow:
+    """One row of ``nodes.csv``: one node in one window (or as received, window -1)."""
+
+    node: int
+    profile: str
+    window: int
+    sim_time_s: float
+    steps: int
+    samples_seen: int
+    flops: float
+    energy_j: float
+    acc_P: float
+    acc_F: float
+    acc_PF: float
+    status: str
+    error: str = ""
+    acc_F_groups: list[float] = field(default_factory=list)  # accuracy on each group of F (classes or domains)
+
+    @classmethod
+    def without_result(cls, node: int, profile: str, window: int, status: str, error: str) -> WindowRow:
+        """The server's row for a node whose window it has no result of: every measurement empty."""
+        nan = math.nan
+        return cls(node, profile, window, nan, nan, nan, nan, nan, nan, nan, nan, status, error)  # type: ignore[arg-type]
+
+    @classmethod
+    def untrained(cls, node: int, profile: str, window: int, status: str, error: str) -> WindowRow:
+        """A node's own row for a window it spent nothing on (it failed, or its answer is late):
+        zero steps, samples, FLOPs and energy; no accuracy."""
+        nan = math.nan
+        return cls(node, profile, window, nan, 0, 0, 0.0, 0.0, nan, nan, nan, status, error)
+
+    def metrics(self) -> dict[str, int | float | list[float]]:
+        """The numeric fields, as a reply's MetricRecord carries them."""
+        values: dict[str, int | float | list[float]] = {"node": int(self.node), "window": int(self.window)}
+        for key in AMOUNTS + ACCURACIES:
+            values[key] = float(getattr(self, key))
+        for key in COUNTS:
+            values[key] = int(getattr(self, key))
+        values["acc_F_groups"] = [float(v) for v in self.acc_F_groups]
+        return values
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+COLUMNS = tuple(f.name for f in fields(WindowRow))
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    if isinstance(value, (list, tuple)):
+        return " ".join("nan" if math.isnan(v) else f"{v:.4f}" for v in value)
+    return value
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """``nodes.csv``, atomically: rows sorted by window and node; NaN as an empty cell."""
+    buffer = text_io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS), extrasaction="ignore")
+    writer.writeheader()
+    for row in sorted(rows, key=lambda r: (r["window"], r["node"])):
+        writer.writerow({k: _cell(row.get(k, "")) for k in COLUMNS})
+    io.write_text(path, buffer.getvalue())
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a ``nodes.csv``, with numbers as numbers (an empty cell is NaN)."""
+    rows = []
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            for key in METRICS + ("sim_time_s",):
+                row[key] = float(row[key]) if row.get(key) not in (None, "") else math.nan
+            row["node"], row["window"] = int(row["node"]), int(row["window"])
+            row["acc_F_groups"] = [float(v) for v in (row.get("acc_F_groups") or "").split()]
+            rows.append(row)
+    return rows
+
+
+# The files of a run folder (hydra.run.dir; with several checkpoints, the fleet's files are in
+# iteration_NN/ and the nodes' folders are shared).
+COORDINATOR = "coordinator.json"  # the coordinator's record, copied from the cache
+FLEET_PLAN = "fleet_plan.json"
+NODES_CSV = "nodes.csv"
+FLEET_PROGRESS = "fleet_progress.json"  # what a killed fleet resumes from
+FLEET_LOCK = "fleet.lock"  # held while a fleet runs in the folder
+FLEET_LOG = "fleet.log"  # the ServerApp's log of the plan
+FLEET_STATUS = "fleet_status.json"  # the ServerApp's outcome of the plan
+SUMMARY = "summary.json"
+RUN_RECORD = "run.json"  # what swarm.report reads
+REPORT = "report.md"
+NODE_FOLDERS = "nodes"  # the simulated nodes' own folders: nodes/node_NNN/{data,state}
