@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
+from swarm.config import compose_config
+from swarm import settings
 
 # The node training of the landed code before issue 9, then one change at a time.
 OLD = ["fleet.batchnorm=track", "fleet.recent_samples=256", "fleet.loss=full", "fleet.sampling=uniform",
@@ -50,14 +50,13 @@ def run_variant(name: str, overrides: list[str], workdir: Path) -> list[dict]:
     from swarm.config import data_options, scenario_of
     from swarm.data.build import build
 
-    with initialize_config_module(config_module="scenarios", version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
+    cfg = compose_config(overrides)
     data = build(scenario_of(cfg), data_options(cfg))
     result = coordinator.run(cfg, data)
     run_dir = workdir / name
     shutil.rmtree(run_dir, ignore_errors=True)
     checkpoint = result.checkpoint(-1)
-    plan_from_config(OmegaConf.to_container(cfg, resolve=True), data, checkpoint=checkpoint,
+    plan_from_config(settings.plain(cfg), data, checkpoint=checkpoint,
                      run_dir=run_dir).save(run_dir / "fleet_plan.json")
     plan = FleetPlan.load(run_dir / "fleet_plan.json")
     received_model = checkpoints.load(checkpoint)[0]

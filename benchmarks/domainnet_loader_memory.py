@@ -42,14 +42,10 @@ def make_tree(root: Path, images: int) -> None:
 
 
 def measure(data_root: Path, image_size: int) -> None:
-    from hydra import compose, initialize_config_module
-
-    from swarm.config import data_options, scenario_of
+    from swarm.config import compose_config, data_options, scenario_of
     from swarm.data.build import SPLITS, build
 
-    with initialize_config_module(config_module="scenarios", version_base="1.3"):
-        cfg = compose("config", overrides=["scenario=domainnet", f"data.root={data_root}",
-                                           f"data.image_size={image_size}"])
+    cfg = compose_config(["scenario=domainnet", f"data.root={data_root}", f"data.image_size={image_size}"])
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
     data = build(scenario_of(cfg), data_options(cfg))

@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
+from swarm import settings
+from swarm.config import compose_config
 
 
 def tree_rss_mb(root: int) -> float:
@@ -88,8 +88,7 @@ def make_plan(nodes: int, windows: int, workdir: Path, name: str):
                  f"fleet.windows={windows}", "fleet.window_s=100", "fleet.stream_rate=1", "fleet.drift.low=0",
                  "fleet.drift.high=50", "fleet.eval_samples=50", "fleet.budget.energy_j=null",
                  "fleet.budget.compute_s=3", "fleet.profiles=[raspberry_pi_4]"]  # 2 steps a window
-    with initialize_config_module(config_module="scenarios", version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
+    cfg = compose_config(overrides)
     data = build(scenario_of(cfg), data_options(cfg))
     torch.manual_seed(0)
     model = build_model(cfg.model, data.num_outputs, data.channels, data.image_size)
@@ -97,7 +96,7 @@ def make_plan(nodes: int, windows: int, workdir: Path, name: str):
     checkpoints.save(workdir / "start.pt", model, arch)
     run = workdir / name
     shutil.rmtree(run, ignore_errors=True)
-    plan = plan_from_config(OmegaConf.to_container(cfg, resolve=True), data, checkpoint=workdir / "start.pt",
+    plan = plan_from_config(settings.plain(cfg), data, checkpoint=workdir / "start.pt",
                             run_dir=run)
     plan.save(run / "fleet_plan.json")
     write_fleet_data(plan, data, run / "nodes", inner=DATA_DIR)  # each node's own folder, as swarm.simulate writes it

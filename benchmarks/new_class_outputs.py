@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from hydra import compose, initialize_config_module
+from swarm.config import compose_config
 
 from swarm import checkpoints
 from swarm.config import data_options, scenario_of
@@ -41,8 +41,7 @@ def main() -> None:
     parser.add_argument("checkpoint")
     parser.add_argument("--set", nargs="*", default=[], help="Hydra overrides (the scenario)")
     args = parser.parse_args()
-    with initialize_config_module(config_module="scenarios", version_base="1.3"):
-        cfg = compose("config", overrides=args.set)
+    cfg = compose_config(args.set)
     data = build(scenario_of(cfg), data_options(cfg))
     tests = test_sets(data, True, int(cfg.fleet.eval_samples))
     f_rows = data.untrained_outputs()

@@ -68,12 +68,23 @@ class DeviceProfile:
             raise SwarmError(f"device profile {data.get('name', '?')}: {error}") from None
 
 
+def profile_of(fleet: Mapping[str, Any], name: str) -> DeviceProfile:
+    """A profile from a plan's fleet settings (``fleet.devices``: the contents the entry point
+    loaded from the ``device`` config group), so a node never looks a profile up by itself."""
+    devices = fleet.get("devices") or {}
+    if name not in devices:
+        raise SwarmError(f"the fleet plan has no device profile '{name}' in fleet.devices "
+                         f"(it has {', '.join(sorted(devices)) or 'none'}); draw the plan again")
+    return DeviceProfile.from_mapping(devices[name])
+
+
 def available_profiles(directory: Path = PROFILE_DIR) -> list[str]:
     return sorted(p.stem for p in directory.glob("*.yaml"))
 
 
 def load_profile(name: str, directory: Path = PROFILE_DIR) -> DeviceProfile:
-    """A shipped profile by name; an unknown name is an error that lists the profiles."""
+    """A shipped profile by name (for scripts and tests; runs take theirs from the config group
+    through :func:`swarm.config.device_profiles`); an unknown name lists the shipped ones."""
     path = directory / f"{name}.yaml"
     if not path.exists():
         raise SwarmError(f"unknown device profile '{name}'; profiles: {', '.join(available_profiles(directory))}")

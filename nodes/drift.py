@@ -9,13 +9,19 @@ few groups, large α an even mix.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any, Mapping
 
 import numpy as np
 
 from swarm.errors import SwarmError
 
-DISTRIBUTIONS = ("fixed", "uniform", "exponential")
+class DriftKind(StrEnum):
+    """How nodes' drift times are drawn: one value for all, uniform in [low, high], or exponential with a mean."""
+
+    fixed = "fixed"
+    uniform = "uniform"
+    exponential = "exponential"
 
 
 def dirichlet_partition(groups: np.ndarray, num_nodes: int, alpha: float, rng: np.random.Generator,
@@ -64,7 +70,7 @@ def drift_times(num_nodes: int, spec: Mapping[str, Any], rng: np.random.Generato
         return rng.uniform(low, high, num_nodes)
     if kind == "exponential":
         return rng.exponential(float(spec["mean"]), num_nodes)
-    raise SwarmError(f"fleet.drift.kind must be one of {', '.join(DISTRIBUTIONS)}, not '{kind}'")
+    raise SwarmError(f"fleet.drift.kind must be one of {', '.join(DriftKind)}, not '{kind}'")
 
 
 def arrival_times(start_s: float, count: int, rate_per_s: float, rng: np.random.Generator) -> np.ndarray:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -29,11 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from nodes.device import (Budget, StreamCredit, WindowReport, activation_bytes_per_sample, load_profile, memory_check,
+from nodes.device import (Budget, StreamCredit, WindowReport, activation_bytes_per_sample, memory_check, profile_of,
                           memory_need, simulate_window, step_flops)
 from nodes.drift import F, P, node_stream
 from nodes.local_data import NodeData, load_node_data, simulated_folders
-from nodes.plan import FleetPlan, NodeTask
+from nodes.plan import BatchNormMode, FleetPlan, Loss, NodeTask, Sampling
 from nodes.replay import ReplayBuffer
 from swarm import checkpoints, io
 from swarm.errors import SwarmError
@@ -86,7 +85,7 @@ class NodeRuntime:
         self.task, self.data, self.received_weights = task, data, model
         self.me = task.node
         self.fleet = task.fleet
-        self.profile = load_profile(self.me.profile)
+        self.profile = profile_of(self.fleet, self.me.profile)
         self.continual = task.continual
         self.state_dir = Path(state_dir) / task.plan_id
         self.trained_per_output = np.zeros(0, dtype=np.int64)  # of the last window run (run_window)
@@ -236,9 +235,9 @@ class NodeRuntime:
         recent = self.fleet.get("recent_samples")
         rng = np.random.default_rng((self.me.seed, window))
         loss_fn = nn.CrossEntropyLoss()
-        train_mode(model, frozen_batchnorm=self.fleet.get("batchnorm", "track") == "frozen")
-        masked = self.fleet.get("loss", "full") == "masked"
-        balanced = self.fleet.get("sampling", "uniform") == "balanced"
+        train_mode(model, frozen_batchnorm=self.fleet.get("batchnorm", BatchNormMode.track) == BatchNormMode.frozen)
+        masked = self.fleet.get("loss", Loss.full) == Loss.masked
+        balanced = self.fleet.get("sampling", Sampling.uniform) == Sampling.balanced
         for t in step_starts:
             seen = int(np.searchsorted(self.times, t, side="right"))  # the stream is in time order
             n_replay = self._replayed_per_batch(replay)

@@ -13,18 +13,18 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from enum import StrEnum
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 
-from nodes.device import DeviceProfile, available_seconds, load_profile
-from nodes.drift import DISTRIBUTIONS, dirichlet_partition, drift_times
-from nodes.replay import POLICIES
+from nodes.device import DeviceProfile, available_seconds, profile_of
+from nodes.drift import dirichlet_partition, drift_times
 from swarm import checkpoints, io
 from swarm.errors import SwarmError
 from swarm.data.build import ScenarioData
-from swarm.models import NEW_CLASS_OUTPUTS, reset_outputs
+from swarm.models import NewClassOutputs, reset_outputs
 from swarm.evaluation import f_groups
 
 
@@ -170,62 +170,16 @@ def availability_phase(profile: DeviceProfile, span_s: float, rng: np.random.Gen
 
 
 FAULTS = ("crash", "late", "corrupt")
-STRATEGIES = ("local", "fedavg")
-CHOICES = {"strategy": STRATEGIES, "loss": ("masked", "full"), "sampling": ("balanced", "uniform"),
-           "batchnorm": ("track", "frozen"), "new_class_outputs": NEW_CLASS_OUTPUTS}
 
 
-def check_fleet_settings(fleet: Mapping[str, Any]) -> None:
-    """Every ``fleet.*`` setting that can be checked without data, checked before any work starts
-    (so a typo costs seconds, not a pre-training): one :class:`SwarmError` naming the key, the value
-    and what it may be."""
-    def fail(key: str, value: Any, wanted: str) -> None:
-        raise SwarmError(f"fleet.{key}={value}: {wanted}")
-
-    for key, choices in CHOICES.items():
-        if key in fleet and fleet[key] not in choices:
-            fail(key, fleet[key], f"choose one of {', '.join(choices)}")
-    for key, low in (("nodes", 1), ("windows", 1), ("batch_size", 1)):
-        value = fleet.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            fail(key, value, f"a whole number >= {low}")
-    for key in ("window_s", "stream_rate", "alpha", "lr"):
-        value = fleet.get(key)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-            fail(key, value, "a number > 0")
-    for key in ("passes", "recent_samples"):
-        value = fleet.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            fail(key, value, "a whole number >= 1, or null")
-    budget = fleet.get("budget") or {}
-    for key in ("energy_j", "compute_s", "flops", "duty_cycle"):
-        value = budget.get(key)
-        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
-            fail(f"budget.{key}", value, "a number >= 0, or null")
-    if budget.get("duty_cycle") is not None and budget["duty_cycle"] > 1:
-        fail("budget.duty_cycle", budget["duty_cycle"], "a share of the window, in [0, 1]")
-    drift = fleet.get("drift") or {}
-    if drift.get("kind") not in DISTRIBUTIONS:
-        fail("drift.kind", drift.get("kind"), f"choose one of {', '.join(DISTRIBUTIONS)}")
-    replay = fleet.get("replay") or {}
-    if replay.get("policy") not in POLICIES:
-        fail("replay.policy", replay.get("policy"), f"choose one of {', '.join(POLICIES)}")
-    capacity = replay.get("capacity")
-    if capacity not in (None, "all", "auto") and (isinstance(capacity, bool) or not isinstance(capacity, int)
-                                                   or capacity < 0):
-        fail("replay.capacity", capacity, "all, auto, or a whole number >= 0")
-    fraction = replay.get("fraction")
-    if not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
-        fail("replay.fraction", fraction, "a share of each batch, in [0, 1]")
-    eval_samples = fleet.get("eval_samples")
-    if isinstance(eval_samples, bool) or not isinstance(eval_samples, int) or eval_samples < 0:
-        fail("eval_samples", eval_samples, "a whole number >= 0 (0: all)")
-    profiles = fleet.get("profiles")
-    if not profiles:
-        fail("profiles", profiles, "a list of device profiles")
-    for name in profiles:
-        load_profile(name)  # an unknown profile fails here, listing the known ones
-    check_faults(fleet.get("faults"))
+# What the server does with the nodes' models after a window: nothing (each adapts alone), or FedAvg.
+Strategy = StrEnum("Strategy", ["local", "fedavg"])
+# On-device loss: cross-entropy over the classes a batch holds (masked), or over every output (full).
+Loss = StrEnum("Loss", ["masked", "full"])
+# How a batch draws from the local stream: a label, then a sample of it (balanced), or uniformly.
+Sampling = StrEnum("Sampling", ["balanced", "uniform"])
+# BatchNorm on a device: re-estimate the statistics on local data (track), or keep the received (frozen).
+BatchNormMode = StrEnum("BatchNormMode", ["track", "frozen"])
 
 
 def check_fleet_fits(fleet: Mapping[str, Any], data: ScenarioData) -> None:
@@ -287,8 +241,7 @@ def draw_plan(*, run_dir: Path, config: dict[str, Any], checkpoint: Path, archit
     assigned round-robin, so a fleet of mixed devices is reproducible and balanced. With
     ``drift["events"] > 1`` F's groups arrive as that many tasks, ``drift["event_gap_s"]`` apart.
     """
-    for name in profiles:
-        load_profile(name)  # an unknown profile fails here, listing the known ones
+    devices = {name: profile_of(config["fleet"], name) for name in profiles}  # a missing one fails here
     f_groups = np.asarray(f_groups)
     tasks = split_tasks(len(np.unique(f_groups)), int(drift.get("events", 1)))
     event_of_group = {g: k for k, task in enumerate(tasks) for g in task}
@@ -300,7 +253,7 @@ def draw_plan(*, run_dir: Path, config: dict[str, Any], checkpoint: Path, archit
         profile = profiles[i % len(profiles)]
         events = [event_of_group[int(g)] for g in f_groups[shares[i]]] if len(tasks) > 1 else []
         nodes.append(NodePlan(partition=i, profile=profile, drift_s=float(drifts[i]),
-                              phase_s=availability_phase(load_profile(profile), window_s * windows, rng),
+                              phase_s=availability_phase(devices[profile], window_s * windows, rng),
                               f_indices=shares[i].tolist(), seed=int(rng.integers(0, 2**31 - 1)), f_events=events))
     draw_faults(nodes, check_faults(faults), int(windows), seed)
     return FleetPlan(str(run_dir), config, str(checkpoint), dict(architecture), float(window_s), int(windows), nodes,
@@ -314,8 +267,8 @@ def plan_from_config(config: Mapping[str, Any], data: ScenarioData, *, checkpoin
     fleet = config["fleet"]
     _, arch, _ = checkpoints.load(Path(checkpoint))
     choice = str(fleet.get("new_class_outputs", "reset"))
-    if choice not in NEW_CLASS_OUTPUTS:
-        raise SwarmError(f"fleet.new_class_outputs must be one of {', '.join(NEW_CLASS_OUTPUTS)}, not '{choice}'")
+    if choice not in tuple(NewClassOutputs):
+        raise SwarmError(f"fleet.new_class_outputs must be one of {', '.join(NewClassOutputs)}, not '{choice}'")
     return draw_plan(run_dir=run_dir, config=dict(config), checkpoint=checkpoint, architecture=arch,
                      f_groups=f_groups(data, "train")[0], num_nodes=int(fleet["nodes"]), profiles=list(fleet["profiles"]),
                      alpha=float(fleet["alpha"]), drift=dict(fleet["drift"]), window_s=float(fleet["window_s"]),

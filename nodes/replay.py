@@ -13,19 +13,24 @@ samples themselves; :func:`nodes.device.memory_need` charges their bytes). Two p
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Iterable
 
 import numpy as np
 
 from swarm.errors import SwarmError
 
-POLICIES = ("reservoir", "class_balanced")
+class ReplayPolicy(StrEnum):
+    """Which P samples the replay buffer keeps: a uniform reservoir, or class-balanced (CBRS)."""
+
+    reservoir = "reservoir"
+    class_balanced = "class_balanced"
 
 
 class ReplayBuffer:
     def __init__(self, capacity: int | None, policy: str = "reservoir", seed: int = 0) -> None:
-        if policy not in POLICIES:
-            raise SwarmError(f"replay.policy must be one of {', '.join(POLICIES)}, not '{policy}'")
+        if policy not in tuple(ReplayPolicy):
+            raise SwarmError(f"replay.policy must be one of {', '.join(ReplayPolicy)}, not '{policy}'")
         if capacity is not None and capacity < 0:
             raise SwarmError(f"replay capacity must be >= 0, not {capacity}")
         self.capacity = capacity

@@ -27,10 +27,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from swarm import checkpoints, io
 from swarm.data.build import ScenarioData
-from swarm.errors import SwarmError
 from swarm.models import build_model
-from swarm.pruning import SCOPES, count_macs_and_params, prunable_layers, prune_step
-from swarm.relevance import channel_relevance, composite_names, filter_l1
+from swarm.criteria import CRITERIA, ScoringContext
+from swarm.relevance import filter_l1
+from swarm.pruning import count_macs_and_params, prunable_layers, prune_step
 from swarm.training import TrainSettings, evaluate, fit, make_loader, progress_bar, resolve_device
 from swarm.fleet_protocol import COORDINATOR
 
@@ -38,11 +38,10 @@ log = logging.getLogger("swarm.coordinator")
 
 # Bump when the meaning of cached results changes, so that old caches are not reused.
 CACHE_VERSION = 1
-CRITERIA = ("lrp", "imp")
 
 
 def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    return OmegaConf.to_container(node, resolve=True, enum_to_str=True) if isinstance(node, DictConfig) else node
 
 
 def _key_parts(cfg: DictConfig) -> dict[str, Any]:
@@ -70,7 +69,9 @@ def cache_key(cfg: DictConfig) -> str:
     # Not the number of iterations: iteration i does not depend on how many follow it, so a longer
     # run extends a shorter one and a shorter one reuses a longer one's prefix.
     prune = {k: v for k, v in _plain(cfg.prune).items() if k not in ("dry_run", "iterations")}
-    return _hash({**_key_parts(cfg), "pruning": _plain(cfg.pruning), "prune": prune})
+    # A criterion's unused settings (IMP has no LRP composite) are left out, as their absence always was.
+    pruning = {k: v for k, v in _plain(cfg.pruning).items() if v is not None}
+    return _hash({**_key_parts(cfg), "pruning": pruning, "prune": prune})
 
 
 def model_key(cfg: DictConfig, iteration: int) -> str:
@@ -122,18 +123,17 @@ def _read_record(directory: Path) -> dict[str, Any] | None:
 
 def _scores(cfg: DictConfig, model: torch.nn.Module, data: ScenarioData, settings: TrainSettings,
             layers: list[str]) -> dict[str, torch.Tensor]:
-    if cfg.pruning.name == "imp":
-        return filter_l1(model, layers)
-    device = resolve_device(settings.device)
-    model.to(device)
-    p_train = data.datasets["P"]["train"]
-    if cfg.prune.relevance_samples:
-        p_train = torch.utils.data.Subset(p_train, range(min(len(p_train), int(cfg.prune.relevance_samples))))
-    loader = make_loader(p_train, int(cfg.prune.relevance_batch_size), shuffle=False,
-                         num_workers=settings.num_workers)
-    batches = progress_bar(loader, desc="relevance on P", unit="batch")
-    return channel_relevance(model, batches, composite=str(cfg.pruning.composite), target=str(cfg.pruning.target),
-                             epsilon=float(cfg.pruning.epsilon), layers=layers, device=device)
+    """Channel scores by the chosen criterion (:mod:`swarm.criteria`)."""
+    def p_batches():
+        p_train = data.datasets["P"]["train"]
+        if cfg.prune.relevance_samples:
+            p_train = torch.utils.data.Subset(p_train, range(min(len(p_train), int(cfg.prune.relevance_samples))))
+        loader = make_loader(p_train, int(cfg.prune.relevance_batch_size), shuffle=False,
+                             num_workers=settings.num_workers)
+        return progress_bar(loader, desc="relevance on P", unit="batch")
+
+    context = ScoringContext(p_batches, resolve_device(settings.device), _plain(cfg.pruning))
+    return CRITERIA[str(cfg.pruning.name)](model, layers, context)
 
 
 def _p_accuracy(model: torch.nn.Module, data: ScenarioData, settings: TrainSettings) -> dict[str, float]:
@@ -154,36 +154,9 @@ def cached(cfg: DictConfig) -> CoordinatorResult | None:
     return CoordinatorResult(directory, record, cached=True)
 
 
-TARGETS = ("label", "prediction")
-
-
-def check_settings(cfg: DictConfig) -> None:
-    """The coordinator's settings, checked before any data is read or model trained: one
-    :class:`SwarmError` naming the key, the value and what it may be."""
-    def fail(key: str, value: Any, wanted: str) -> None:
-        raise SwarmError(f"{key}={value}: {wanted}")
-
-    if cfg.pruning.name not in CRITERIA:
-        fail("pruning", cfg.pruning.name, f"choose one of {', '.join(CRITERIA)}")
-    iterations, ratio = cfg.prune.iterations, cfg.prune.ratio
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
-        fail("prune.iterations", iterations, "a whole number >= 0")
-    if not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
-        fail("prune.ratio", ratio, "the share of channels each cut removes, in (0, 1)")
-    if cfg.prune.scope not in SCOPES:
-        fail("prune.scope", cfg.prune.scope, f"choose one of {', '.join(SCOPES)}")
-    if cfg.pruning.name == "lrp":
-        if cfg.pruning.composite not in composite_names():
-            fail("pruning.composite", cfg.pruning.composite, f"choose one of {', '.join(composite_names())}")
-        if cfg.pruning.target not in TARGETS:
-            fail("pruning.target", cfg.pruning.target, f"choose one of {', '.join(TARGETS)}")
-        if not float(cfg.pruning.epsilon) > 0:
-            fail("pruning.epsilon", cfg.pruning.epsilon, "a number > 0")
-
-
 def run(cfg: DictConfig, data: ScenarioData) -> CoordinatorResult:
-    """Run (or resume, or reuse) Algorithm 1 for this configuration."""
-    check_settings(cfg)
+    """Run (or resume, or reuse) Algorithm 1 for this configuration (its settings were checked
+    when it was composed: :mod:`swarm.settings`)."""
     iterations, ratio, scope = int(cfg.prune.iterations), float(cfg.prune.ratio), str(cfg.prune.scope)
     hit = cached(cfg)
     if hit is not None:
@@ -293,3 +266,22 @@ def dry_run(cfg: DictConfig, num_outputs: int, in_channels: int, image_size: int
         record["iterations"].append({"iteration": iteration, "params": params, "macs": macs,
                                      "val_acc": None, "test_acc": None, "seconds": round(seconds, 3)})
     return record
+
+
+def _acc(value: Any) -> str:
+    return "   -  " if value is None or value != value else f"{value:.3f}"
+
+
+def table(record: dict[str, Any]) -> str:
+    """The coordinator's iterations; with reference adaptations, their accuracy on F before and after."""
+    with_reference = any("reference" in it for it in record["iterations"])
+    head = f"{'iter':>4} {'params':>10} {'vs 0':>6} {'MACs':>10} {'val acc':>8} {'test acc':>8} {'seconds':>8}"
+    rows = [head + (f" {'ref F before':>12} {'ref F after':>11}" if with_reference else "")]
+    base = record["iterations"][0]["params"] if record["iterations"] else 1
+    for it in record["iterations"]:
+        line = (f"{it['iteration']:>4} {it['params'] / 1e6:>9.2f}M {it['params'] / base:>6.1%} "
+                f"{it['macs'] / 1e6:>9.1f}M {_acc(it['val_acc']):>8} {_acc(it['test_acc']):>8} {it['seconds']:>8.1f}")
+        if "reference" in it:
+            line += f" {_acc(it['reference']['before']['acc_F']):>12} {_acc(it['reference']['after']['acc_F']):>11}"
+        rows.append(line)
+    return "\n".join(rows)

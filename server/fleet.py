@@ -21,10 +21,9 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-from nodes.plan import STRATEGIES, FleetPlan
+from nodes.plan import FleetPlan, Loss, Strategy
 from server.progress import plan_hash, resume, run_folder_lock
 from server.replies import InvalidReply, check_reply, safe_text
-from swarm import io
 from swarm.fleet_protocol import NO_RESULT, NODES_CSV, RECEIVED_WINDOW, Status, WindowRow, write_rows
 from swarm.errors import SwarmError
 from swarm.models import classifier
@@ -172,8 +171,8 @@ def run_fleet(grid: GridLike, plan_path: Path, *, strategy: str = "local", join_
     that it failed, is ``failed`` for the rest of the run; a node that missed a deadline (or
     reports that its answer did, ``late``) is sent the next window again (with the model, if it
     has none yet)."""
-    if strategy not in STRATEGIES:
-        raise SwarmError(f"fleet.strategy must be one of {', '.join(STRATEGIES)}, not '{strategy}'")
+    if strategy not in tuple(Strategy):
+        raise SwarmError(f"fleet.strategy must be one of {', '.join(Strategy)}, not '{strategy}'")
     with run_folder_lock(Path(FleetPlan.load(plan_path).run_dir)):
         return _run_windows(grid, plan_path, strategy, join_timeout_s, window_timeout_s, simulated, progress)
 
@@ -196,7 +195,7 @@ def _run_windows(grid: GridLike, plan_path: Path, strategy: str, join_timeout_s:
     tasks = {partition: ConfigRecord(plan.task(partition, plan_id).to_config()) for partition in range(count)}
     shared = saved.shared if saved.shared is not None else sent
     batch_size = int(plan.config["fleet"]["batch_size"])
-    masked_loss = plan.config["fleet"].get("loss", "full") == "masked"
+    masked_loss = plan.config["fleet"].get("loss", Loss.full) == Loss.masked
     head, output_layer = classifier(model)
     rows, failed = saved.rows, saved.failed
     has_model = saved.has_model  # nodes that adapted at least one window (they hold the model)
@@ -207,10 +206,10 @@ def _run_windows(grid: GridLike, plan_path: Path, strategy: str, join_timeout_s:
             if partition in failed:
                 continue
             first = partition not in has_model
-            content = RecordDict({"config": ConfigRecord({"window": window, "return_weights": strategy == "fedavg",
+            content = RecordDict({"config": ConfigRecord({"window": window, "return_weights": strategy == Strategy.fedavg,
                                                           "evaluate_received": first}),
                                   "task": tasks[partition]})
-            if first or strategy == "fedavg":  # the model travels once (each round under FedAvg)
+            if first or strategy == Strategy.fedavg:  # the model travels once (each round under FedAvg)
                 content["arrays"] = ArrayRecord(shared)
             messages.append(Message(content, dst_node_id=mapping[partition], message_type="train.adapt"))
         started = time.monotonic()
@@ -230,7 +229,7 @@ def _run_windows(grid: GridLike, plan_path: Path, strategy: str, join_timeout_s:
                 if reply.has_error():
                     raise InvalidReply(f"the node's app raised: {safe_text(reply.error.reason)}")
                 checked = check_reply(reply, partition=partition, window=window, profile=profile, sent=sent,
-                                      want_arrays=strategy == "fedavg", want_received=partition not in has_model,
+                                      want_arrays=strategy == Strategy.fedavg, want_received=partition not in has_model,
                                       outputs=output_layer.out_features)
             except InvalidReply as error:
                 reason = f"invalid reply: {error}" if not reply.has_error() else str(error)
@@ -258,7 +257,7 @@ def _run_windows(grid: GridLike, plan_path: Path, strategy: str, join_timeout_s:
             shared = average(records, sizes, shared, per_output=(head, trained) if masked_loss else None)
         write_rows(csv_path, rows)
         saved.windows_done = window + 1
-        saved.shared = shared if strategy == "fedavg" else None
+        saved.shared = shared if strategy == Strategy.fedavg else None
         saved.save(Path(plan.run_dir))
         window_rows = [r for r in rows if r["window"] == window]
         log.info(_window_line(window, plan.windows, count, window_rows, rows) + f"; {seconds:.1f} s")

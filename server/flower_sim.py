@@ -32,6 +32,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -53,8 +54,22 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _scripts() -> str:
+    """The folder of this environment's console scripts (``flwr``, ``flower-superlink``, and what the
+    SuperLink starts by name), so a run works without an activated virtual environment."""
+    return sysconfig.get_path("scripts")
+
+
+def _tool(name: str) -> str:
+    path = Path(_scripts()) / name
+    if not path.exists():
+        raise SwarmError(f"{name} is missing from {_scripts()}: install swarm's dependencies there (pip install -e .)")
+    return str(path)
+
+
 def _environment(home: Path, node_root: Path) -> dict[str, str]:
     env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([_scripts(), env.get("PATH", "")])
     paths = [str(APP_DIR)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env.update({"FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
                 "RAY_DEDUP_LOGS": "0", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0", NODE_ROOT: str(node_root),
@@ -102,7 +117,7 @@ class LogTail:
 
 def _run_status(run_id: str, env: dict[str, str]) -> str:
     """Flower's status of the run ("running", "finished:completed", ...; "" if unknown)."""
-    listed = subprocess.run(["flwr", "ls", "swarm", "--run-id", run_id, "--format", "json"], env=env,
+    listed = subprocess.run([_tool("flwr"), "ls", "swarm", "--run-id", run_id, "--format", "json"], env=env,
                             capture_output=True, text=True)
     try:
         runs = json.loads(listed.stdout).get("runs", [])
@@ -144,7 +159,7 @@ def run(plans: list[Path], num_nodes: int, node_root: Path, *, cpus_per_node: fl
         f'[superlink]\ndefault = "swarm"\n\n[superlink.swarm]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
     log = home / "superlink.log"
     superlink = subprocess.Popen(
-        ["flower-superlink", "--insecure", "--simulation", "--isolation", "subprocess", "--host", "127.0.0.1",
+        [_tool("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess", "--host", "127.0.0.1",
          "--port", str(port), "--disable-runtime-dependency-installation"],
         env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     try:
@@ -155,7 +170,7 @@ def run(plans: list[Path], num_nodes: int, node_root: Path, *, cpus_per_node: fl
             (Path(plan).parent / FLEET_STATUS).unlink(missing_ok=True)
         tails = [LogTail(Path(plan).parent / FLEET_LOG) for plan in plans]  # new lines only, not a killed run's
         federation = f"num-supernodes={num_nodes} client-resources-num-cpus={cpus_per_node:g} client-resources-num-gpus=0"
-        command = ["flwr", "run", str(APP_DIR), "swarm", "--format", "json",
+        command = [_tool("flwr"), "run", str(APP_DIR), "swarm", "--format", "json",
                    "--run-config", f'fleet-plan="{os.pathsep.join(str(p) for p in plans)}"',
                    "--federation-config", federation]
         submitted = subprocess.run(command, env=env, capture_output=True, text=True)

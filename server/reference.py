@@ -27,7 +27,7 @@ from swarm import checkpoints, io
 from swarm.data.build import ScenarioData
 from swarm.errors import SwarmError
 from swarm.evaluation import accuracies, test_sets
-from swarm.models import NEW_CLASS_OUTPUTS, reset_outputs
+from swarm.models import NewClassOutputs, reset_outputs
 from swarm.training import TrainSettings, fit, resolve_device
 
 log = logging.getLogger("swarm.reference")
@@ -39,15 +39,15 @@ SEED_OFFSET = 10_000
 
 
 def _settings(cfg: DictConfig) -> TrainSettings:
-    train = OmegaConf.to_container(cfg.train, resolve=True)
+    train = OmegaConf.to_container(cfg.train, resolve=True, enum_to_str=True)
     train["max_epochs"] = int(cfg.reference.max_epochs)
     return TrainSettings.from_config(train, cfg.data.num_workers)
 
 
 def _new_class_outputs(cfg: DictConfig) -> str:
     choice = str(cfg.reference.new_class_outputs)
-    if choice not in NEW_CLASS_OUTPUTS:
-        raise SwarmError(f"reference.new_class_outputs must be one of {', '.join(NEW_CLASS_OUTPUTS)}, not '{choice}'")
+    if choice not in tuple(NewClassOutputs):
+        raise SwarmError(f"reference.new_class_outputs must be one of {', '.join(NewClassOutputs)}, not '{choice}'")
     return choice
 
 
@@ -75,7 +75,7 @@ def adapt(cfg: DictConfig, data: ScenarioData, result: CoordinatorResult, iterat
     continual = cfg.scenario.mode == "continual"
     roles = "PF" if continual else "F"
     model, _, _ = checkpoints.load(checkpoint_path(result.directory, iteration))
-    if _new_class_outputs(cfg) == "reset":  # the same start as the fleet's (nodes.plan)
+    if _new_class_outputs(cfg) == NewClassOutputs.reset:  # the same start as the fleet's (nodes.plan)
         reset_outputs(model, data.untrained_outputs())
     settings = _settings(cfg)
     tests = test_sets(data, continual, int(cfg.fleet.eval_samples))

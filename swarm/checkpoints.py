@@ -28,7 +28,7 @@ def architecture(model: nn.Module, model_cfg: Mapping[str, Any], num_outputs: in
                  image_size: int) -> dict[str, Any]:
     """Everything needed to rebuild ``model``'s shape, as plain JSON-able values."""
     return {
-        "model": OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig)
+        "model": OmegaConf.to_container(model_cfg, resolve=True, enum_to_str=True) if isinstance(model_cfg, DictConfig)
         else dict(model_cfg),
         "num_outputs": int(num_outputs),
         "in_channels": int(in_channels),

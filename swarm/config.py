@@ -1,19 +1,33 @@
-"""Hydra glue shared by the entry points: the config tree, user-error handling, config to options."""
+"""Hydra glue shared by the entry points: the config tree and its schema, user-error handling
+(one exit-code scheme for every entry point), config to options.
+
+Exit codes: 0 success; 1 the fleet ran but nodes failed (:class:`swarm.errors.FleetFailure`);
+2 a user error: a setting Hydra rejects while composing the config (unknown key, group option,
+type or choice), a setting :func:`swarm.settings.check` rejects, missing data, ...; 3 nodes the
+simulation engine never served (:class:`swarm.errors.FleetIncomplete`). Each user error is one
+line on stderr that starts with ``error:``; a bug is a traceback.
+"""
 
 from __future__ import annotations
 
 import functools
+import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 import hydra
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from swarm.data.options import DataOptions
 from swarm.data.scenario import Scenario
+from swarm import settings
 from swarm.errors import SwarmError
 
 # The config tree is the installed `scenarios` package, so entry points work from any directory.
@@ -23,14 +37,18 @@ CONFIG_PATH = "pkg://scenarios"
 def entry_point(config_name: str = "config") -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
     """Wrap a task as a Hydra main whose user errors print as one line and exit with code 2.
 
-    Under ``--multirun`` an error is printed and re-raised instead: Hydra records the job as failed,
-    runs the remaining points of the sweep, and exits non-zero at the end."""
+    The schema is registered first, so Hydra checks types and choices while composing; the task
+    starts only after :func:`swarm.settings.check` passed. Under ``--multirun`` a job's error is
+    printed and re-raised instead: Hydra records the job as failed, runs the remaining points of
+    the sweep, and the sweep exits non-zero at the end."""
+    settings.register()
 
     def decorate(task: Callable[[DictConfig], Any]) -> Callable[[], Any]:
         @hydra.main(config_path=CONFIG_PATH, config_name=config_name, version_base="1.3")
         @functools.wraps(task)
         def main(cfg: DictConfig) -> Any:
             try:
+                prepare(cfg)
                 return task(cfg)
             except SwarmError as error:
                 print(f"error: {error}", file=sys.stderr)
@@ -38,9 +56,90 @@ def entry_point(config_name: str = "config") -> Callable[[Callable[[DictConfig],
                     raise
                 sys.exit(error.exit_code)
 
-        return main
+        @functools.wraps(task)
+        def run() -> Any:
+            # Hydra prints its own errors over several lines and exits 1; let them reach us instead.
+            os.environ["HYDRA_FULL_ERROR"] = "1"
+            try:
+                return main()
+            except SwarmError as error:  # a sweep's failed job, already printed
+                sys.exit(error.exit_code)
+            except (HydraException, OmegaConfBaseException) as error:
+                print(f"error: {composition_error(error)}", file=sys.stderr)
+                sys.exit(SwarmError.exit_code)
+
+        return run
 
     return decorate
+
+
+def prepare(cfg: DictConfig) -> None:
+    """What every entry point does to a composed config before its task: check it, and load the
+    device profiles it names (from Hydra's search path) into ``fleet.devices``."""
+    if cfg.get("device") is not None:  # device=NAME: a fleet of that one device class
+        cfg.fleet.profiles = [cfg.device.name]
+    settings.check(cfg)
+    cfg.fleet.devices = device_profiles(list(cfg.fleet.profiles))
+
+
+def device_profiles(names: list[str]) -> dict[str, dict[str, Any]]:
+    """Each named profile from the config group ``device`` on Hydra's search path (the shipped
+    ones, and those in a ``--config-dir``), checked; an unknown name is one line listing the known.
+    Needs Hydra initialised (inside an entry point, or :func:`compose_config`)."""
+    from hydra import compose
+
+    from nodes.device import DeviceProfile
+
+    profiles = {}
+    for name in dict.fromkeys(names):
+        try:
+            node = compose(overrides=[f"+device={name}"]).device
+        except MissingConfigException:
+            known = GlobalHydra.instance().config_loader().get_group_options("device")
+            raise SwarmError(f"fleet.profiles: unknown device profile '{name}'; choose one of {', '.join(known)} "
+                             f"(or add device/{name}.yaml to a --config-dir)") from None
+        profile = settings.plain(node)
+        DeviceProfile.from_mapping(profile)  # every number checked
+        profiles[name] = profile
+    return profiles
+
+
+def compose_config(overrides: list[str] = (), config_name: str = "config") -> DictConfig:
+    """The config an entry point would get for these overrides, prepared (for scripts and tests)."""
+    from hydra import compose, initialize_config_module
+
+    settings.register()
+    with initialize_config_module(config_module="scenarios", version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=list(overrides))
+        prepare(cfg)
+    return cfg
+
+
+def composition_error(error: BaseException) -> str:
+    """One line for an error Hydra raised while composing the config: what is wrong, and the
+    choices where there are some."""
+    if isinstance(error, MissingConfigException):
+        line = str(error).strip().splitlines()[0]
+        if error.options:
+            line += f"; choose one of {', '.join(error.options)}"
+        return line
+    cause = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else error
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        message = str(getattr(cause, "msg", "") or cause).strip().splitlines()[0]
+        choices = re.fullmatch(r"Invalid value '.*', expected one of \[(.*)\]", message)
+        if choices:  # an enum's choices, said as every other check of ours says them
+            message = f"choose one of {choices.group(1)}"
+        override = _override_of(error, cause.full_key)
+        return f"{override or cause.full_key}: {message}"
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return "; ".join(lines[:2]) if lines else type(error).__name__
+
+
+def _override_of(error: BaseException, key: str) -> str:
+    """The command-line override that set ``key`` (``fleet.strategy=fedprox``), if the message names it."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    prefix = "Error merging override "
+    return first[len(prefix):] if first.startswith(prefix) else ""
 
 
 def data_options(cfg: DictConfig) -> DataOptions:

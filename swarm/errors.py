@@ -1,6 +1,11 @@
 """Errors a user can fix. Entry points print them as one line and exit with code 2; the fleet's
 outcomes have their own codes (1: nodes failed, 3: nodes not simulated), after all is written."""
 
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
 
 class SwarmError(Exception):
     """A problem with the user's input or environment, explained in one line."""
@@ -31,3 +36,15 @@ class CorruptDataError(SwarmError):
 
 class ScenarioError(SwarmError):
     """A scenario's split declaration is inconsistent with its dataset."""
+
+
+def run_command(action: Callable[[], str]) -> int:
+    """The body of a plain (argparse) entry point: run ``action`` and print the line it returns
+    (exit code 0); a :class:`SwarmError` prints as one ``error:`` line and gives its exit code."""
+    try:
+        done = action()
+    except SwarmError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    print(done)
+    return 0

@@ -7,6 +7,7 @@ them alike.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -17,15 +18,27 @@ from torchvision.models.resnet import BasicBlock
 from swarm.errors import SwarmError
 
 MODELS = ("resnet50", "resnet18", "resnet_small")
-STEMS = ("auto", "imagenet", "small")
-# How adaptation treats the outputs of classes the model was never trained on (see reset_outputs).
-NEW_CLASS_OUTPUTS = ("reset", "keep")
+
+
+class Stem(StrEnum):
+    """The first layers: auto (small for inputs of 64 px or less), imagenet (7x7 stride-2 conv + max-pool), small (3x3 stride-1)."""
+
+    auto = "auto"
+    imagenet = "imagenet"
+    small = "small"
+
+
+class NewClassOutputs(StrEnum):
+    """How adaptation treats the outputs of classes the model was never trained on (see reset_outputs)."""
+
+    reset = "reset"
+    keep = "keep"
 
 
 def resolve_stem(stem: str, image_size: int) -> str:
     """``auto`` picks the small stem (3x3 stride-1 conv, no max-pool) for inputs of 64 px or less."""
-    if stem not in STEMS:
-        raise SwarmError(f"model.stem must be one of {', '.join(STEMS)}, not '{stem}'")
+    if stem not in tuple(Stem):
+        raise SwarmError(f"model.stem must be one of {', '.join(Stem)}, not '{stem}'")
     if stem == "auto":
         return "small" if image_size <= 64 else "imagenet"
     return stem

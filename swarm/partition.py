@@ -24,7 +24,7 @@ from nodes.local_data import write_fleet_data
 from nodes.plan import FleetPlan
 from swarm.config import data_options, scenario_of
 from swarm.data.build import build
-from swarm.errors import SwarmError
+from swarm.errors import SwarmError, run_command
 from swarm.fleet_protocol import FLEET_PLAN
 
 
@@ -58,13 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("plan", help="fleet_plan.json, or the run folder that holds it")
     parser.add_argument("out", help="folder to write node_000/, node_001/, ... into")
     args = parser.parse_args(argv)
-    try:
-        folders = partition(plan_path(args.plan), Path(args.out))
-    except SwarmError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return error.exit_code
-    print(f"{len(folders)} node folders in {args.out}")
-    return 0
+    return run_command(lambda: f"{len(partition(plan_path(args.plan), Path(args.out)))} node folders in {args.out}")
 
 
 if __name__ == "__main__":

@@ -30,27 +30,7 @@ from swarm.fleet_protocol import COORDINATOR
 log = logging.getLogger("swarm.prune")
 
 
-def _acc(value: Any) -> str:
-    return "   -  " if value is None or value != value else f"{value:.3f}"
-
-
-def table(record: dict[str, Any]) -> str:
-    """The coordinator's iterations; with reference adaptations, their accuracy on F before and after."""
-    with_reference = any("reference" in it for it in record["iterations"])
-    head = f"{'iter':>4} {'params':>10} {'vs 0':>6} {'MACs':>10} {'val acc':>8} {'test acc':>8} {'seconds':>8}"
-    rows = [head + (f" {'ref F before':>12} {'ref F after':>11}" if with_reference else "")]
-    base = record["iterations"][0]["params"] if record["iterations"] else 1
-    for it in record["iterations"]:
-        line = (f"{it['iteration']:>4} {it['params'] / 1e6:>9.2f}M {it['params'] / base:>6.1%} "
-                f"{it['macs'] / 1e6:>9.1f}M {_acc(it['val_acc']):>8} {_acc(it['test_acc']):>8} {it['seconds']:>8.1f}")
-        if "reference" in it:
-            line += f" {_acc(it['reference']['before']['acc_F']):>12} {_acc(it['reference']['after']['acc_F']):>11}"
-        rows.append(line)
-    return "\n".join(rows)
-
-
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    coordinator.check_settings(cfg)  # before any data is read or model trained
     scenario = scenario_of(cfg)
     options = data_options(cfg)
     if cfg.prune.dry_run:
@@ -72,7 +52,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     criterion = "scores: weight magnitude" if cfg.prune.dry_run else f"pruning={cfg.pruning.name}"
     title = (f"{scenario.name} · pretrain={scenario.pretrain} · {criterion} · {cfg.model.name} · "
              f"{cfg.prune.iterations} x {cfg.prune.ratio:.0%} ({cfg.prune.scope})" + (" · dry run" if cfg.prune.dry_run else ""))
-    print(f"\n{title}\n{table(record)}\nwrote {run_dir / 'coordinator.json'}")
+    print(f"\n{title}\n{coordinator.table(record)}\nwrote {run_dir / COORDINATOR}")
     return record
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Mapping
 
+from enum import StrEnum
+
 import torch
 import torch_pruning as tp
 from torch import nn
@@ -25,7 +27,11 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from swarm.errors import SwarmError
 
-SCOPES = ("inner", "all")
+class Scope(StrEnum):
+    """Which channels a cut may remove: inside residual blocks (the paper's counts), or every dependency group."""
+
+    inner = "inner"
+    all = "all"
 
 
 def kept_channels(channels: int, ratio: float) -> int:
@@ -44,8 +50,8 @@ def _classifier(model: nn.Module) -> nn.Module:
 
 def prunable_layers(model: nn.Module, scope: str = "inner") -> list[str]:
     """Names of the conv layers whose output channels a cut removes."""
-    if scope not in SCOPES:
-        raise SwarmError(f"prune.scope must be one of {', '.join(SCOPES)}, not '{scope}'")
+    if scope not in tuple(Scope):
+        raise SwarmError(f"prune.scope must be one of {', '.join(Scope)}, not '{scope}'")
     names = {m: n for n, m in model.named_modules()}
     blocks = [m for m in model.modules() if isinstance(m, (BasicBlock, Bottleneck))]
     if scope == "inner" and blocks:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import weakref
+from enum import StrEnum
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from zennit.canonizers import SequentialMergeBatchNorm
-from zennit.composites import COMPOSITES, LayerMapComposite
+from zennit.composites import COMPOSITES, LayerMapComposite, register_composite
 from zennit.core import Composite, Hook, Identity
 from zennit.layer import Sum
 from zennit.torchvision import ResNetCanonizer
@@ -28,11 +29,16 @@ from zennit.types import AvgPool, Convolution
 
 from swarm.errors import SwarmError
 
-TARGETS = ("label", "prediction")
+class Target(StrEnum):
+    """Where relevance starts: the logit of the true class, or of the predicted one."""
+
+    label = "label"
+    prediction = "prediction"
 
 
 def composite_names() -> list[str]:
-    return ["epsilon", *sorted(COMPOSITES)]
+    """Every composite in zennit's registry, ours (``epsilon``) included."""
+    return sorted(COMPOSITES)
 
 
 def _canonizers(model: nn.Module) -> list:
@@ -91,29 +97,36 @@ class GradientEpsilon(Hook):
         return GradientEpsilon(self.epsilon)
 
 
-def make_composite(name: str, model: nn.Module, epsilon: float = 1e-6) -> Composite:
-    """A zennit composite by name: ``epsilon`` (ε-rule on every conv and linear layer) or a zennit one."""
-    if epsilon <= 0:
-        raise SwarmError("relevance epsilon must be > 0 (ε = 0 leaves zero denominators)")
-    canonizers = _canonizers(model)
-    if name == "epsilon":
-        # Only layers whose rule changes the gradient get a hook. Activations and (merged,
-        # identity) BatchNorms are left to autograd: zennit's Pass rule differs from the ReLU
-        # gradient only where the activation is 0, and every rule below gives such a neuron no
-        # relevance anyway (each is proportional to its input). The tests check that the result
-        # equals zennit's full epsilon layer map.
+@register_composite("epsilon")
+class EpsilonComposite(LayerMapComposite):
+    """The paper's ε-rule (Eq. 1) on every conv and linear layer, residual sum and average pool, in
+    gradient form (:class:`GradientEpsilon`). Registered in zennit's own ``COMPOSITES`` as
+    ``epsilon``, so it is chosen by name exactly like zennit's composites.
+
+    Only layers whose rule changes the gradient get a hook. Activations and (merged, identity)
+    BatchNorms are left to autograd: zennit's Pass rule differs from the ReLU gradient only where
+    the activation is 0, and every rule here gives such a neuron no relevance anyway (each is
+    proportional to its input). The tests check that the result equals zennit's full ε layer map."""
+
+    def __init__(self, epsilon: float = 1e-6, canonizers: list | None = None) -> None:
         layer_map = [
             (Sum, GradientEpsilon(epsilon=epsilon)),  # zennit's Norm rule is this rule without parameters
             (AvgPool, GradientEpsilon(epsilon=epsilon)),
             (Convolution, GradientEpsilon(epsilon=epsilon)),
             (nn.Linear, GradientEpsilon(epsilon=epsilon)),
         ]
-        return LayerMapComposite(layer_map=layer_map, canonizers=canonizers)
+        super().__init__(layer_map=layer_map, canonizers=canonizers)
+
+
+def make_composite(name: str, model: nn.Module, epsilon: float = 1e-6) -> Composite:
+    """A composite from zennit's registry by name, with the canonizers this model needs."""
+    if epsilon <= 0:
+        raise SwarmError("relevance epsilon must be > 0 (ε = 0 leaves zero denominators)")
     if name not in COMPOSITES:
         raise SwarmError(f"unknown LRP composite '{name}'; choose one of {', '.join(composite_names())}")
     cls = COMPOSITES[name]
     params = inspect.signature(cls).parameters
-    kwargs = {"canonizers": canonizers}
+    kwargs = {"canonizers": _canonizers(model)}
     if "epsilon" in params:
         kwargs["epsilon"] = epsilon
     if "low" in params:  # z-box rule for the first layer: the bounds of our [-1, 1] inputs
@@ -156,8 +169,8 @@ def relevance_maps(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch
     relevance at that BatchNorm's output. ``target="label"`` starts from the true class's logit,
     ``"prediction"`` from the predicted class's.
     """
-    if target not in TARGETS:
-        raise SwarmError(f"relevance target must be one of {', '.join(TARGETS)}, not '{target}'")
+    if target not in tuple(Target):
+        raise SwarmError(f"relevance target must be one of {', '.join(Target)}, not '{target}'")
     modules = dict(model.named_modules())
     layers = layers if layers is not None else conv_layer_names(model)
     unknown = [n for n in layers if not isinstance(modules.get(n), nn.Conv2d)]

@@ -27,7 +27,7 @@ from typing import Iterable
 
 from swarm import io
 from swarm.fleet_protocol import NO_RESULT, REPORT
-from swarm.errors import SwarmError
+from swarm.errors import run_command
 from swarm.report_plots import plot_budget, plot_fig3, plot_fleets
 from swarm.results import Estimate, FleetResult, collect, estimate, paired_difference, pruning_curve
 
@@ -235,13 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --target {args.target} is not an accuracy in (0, 1]", file=sys.stderr)
         return 2
     out = args.out or args.directories[0] / "report"
-    try:
-        results = write(args.directories, out, args.target)
-    except SwarmError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return error.exit_code
-    print(f"{len(results)} fleet results -> {out / 'report.md'}, {out / 'results.csv'}")
-    return 0
+    return run_command(lambda: f"{len(write(args.directories, out, args.target))} fleet results -> "
+                               f"{out / REPORT}, {out / 'results.csv'}")
 
 
 if __name__ == "__main__":

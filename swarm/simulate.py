@@ -26,17 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig
 
-from nodes.plan import FleetPlan, check_fleet_fits, check_fleet_settings, plan_from_config
+from nodes.plan import FleetPlan, check_fleet_fits, plan_from_config
 from server import coordinator, reference
-from swarm import fleet_cache, io
+from swarm import fleet_cache, io, settings
 from swarm.config import data_options, entry_point, scenario_of
 from swarm.data.build import ScenarioData, build
 from swarm.errors import FleetFailure, FleetIncomplete, SwarmError
 from swarm.evaluation import f_groups
 from swarm.fleet_report import coverage_line, write_report
-from swarm.prune import table
 from swarm.fleet_protocol import COORDINATOR, FLEET_PLAN, FLEET_STATUS, NODE_FOLDERS, RUN_RECORD
 
 log = logging.getLogger("swarm.simulate")
@@ -75,9 +74,7 @@ class FleetJob:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    # Every setting that can be wrong is checked before the first sample is read or step trained.
-    coordinator.check_settings(cfg)
-    check_fleet_settings(OmegaConf.to_container(cfg.fleet, resolve=True))
+    # The settings were checked when composed (swarm.settings); what needs the data, right after it.
     scenario = scenario_of(cfg)
     data = build(scenario, data_options(cfg))
     check_fleet_fits(cfg.fleet, data)
@@ -88,9 +85,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     record = reference.annotate(cfg, data, result, iterations)
     io.write_json(run_dir / COORDINATOR, {**record, "cache_dir": str(result.directory)})
     print(f"\ncoordinator: {scenario.name} · pretrain={scenario.pretrain} · pruning={cfg.pruning.name} · "
-          f"{cfg.model.name}{' (from cache)' if result.cached else ''}\n{table(record)}")
+          f"{cfg.model.name}{' (from cache)' if result.cached else ''}\n{coordinator.table(record)}")
 
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config = settings.plain(cfg)
     cache_dir = Path(str(cfg.cache_dir))
     jobs = [FleetJob(it, run_dir if len(iterations) == 1 else run_dir / f"iteration_{it:02d}",
                      fleet_cache.fleet_key(coordinator.model_key(cfg, it), it, config["fleet"], int(cfg.seed)))
@@ -233,7 +230,7 @@ def _status(directory: Path) -> dict[str, Any]:
 def _write_run_record(cfg: DictConfig, mode: str, record: dict[str, Any], job: FleetJob,
                       summary: dict[str, Any], status: dict[str, Any]) -> None:
     """``run.json``: what ``swarm.report`` needs to place this fleet result among others."""
-    fleet = OmegaConf.to_container(cfg.fleet, resolve=True)
+    fleet = settings.plain(cfg.fleet)
     iterations = record["iterations"]
     run_record = {
         "scenario": cfg.scenario.name, "mode": mode, "pruning": cfg.pruning.name, "pretrain": cfg.pretrain.name,

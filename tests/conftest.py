@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_module
 from PIL import Image
 
 from swarm.data.sources.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR100_SUPERCLASSES
@@ -33,9 +32,11 @@ def task_identity(monkeypatch):
 
 
 def compose_config(*overrides: str, config_name: str = "config"):
-    """Compose the project's config with overrides, as the command line would."""
-    with initialize_config_module(config_module="scenarios", version_base="1.3"):
-        return compose(config_name=config_name, overrides=list(overrides))
+    """Compose the project's config with overrides, as the command line would (checked, with its
+    device profiles loaded)."""
+    from swarm.config import compose_config as compose_prepared
+
+    return compose_prepared(list(overrides), config_name=config_name)
 
 
 @pytest.fixture
@@ -147,7 +148,7 @@ def write_fleet_plan(cfg, workdir: Path, run_name: str, windows: int, pretrain_e
     """A fleet plan for ``cfg`` starting from an untrained model (no coordinator), or one trained on P
     for ``pretrain_epochs``: (plan path, data)."""
     import torch
-    from omegaconf import OmegaConf
+    from swarm import settings
 
     from nodes.plan import plan_from_config
     from swarm import checkpoints
@@ -167,7 +168,7 @@ def write_fleet_plan(cfg, workdir: Path, run_name: str, windows: int, pretrain_e
     arch = checkpoints.architecture(model, cfg.model, data.num_outputs, data.channels, data.image_size)
     checkpoints.save(workdir / "start.pt", model, arch)
     run = workdir / run_name
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config = settings.plain(cfg)
     config["fleet"]["windows"] = windows
     plan = plan_from_config(config, data, checkpoint=workdir / "start.pt", run_dir=run)
     plan.save(run / "fleet_plan.json")

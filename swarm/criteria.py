@@ -1,0 +1,58 @@
+"""How Algorithm 1 ranks channels before a cut: pruning criteria by name (``pruning.name``).
+
+A criterion scores every output channel of the given conv layers (higher: more worth keeping).
+Two ship: ``lrp``, the paper's LRP relevance accumulated over P (:mod:`swarm.relevance`), and
+``imp``, the baseline's filter magnitude. Add another with :func:`criterion`; its name then
+becomes a valid ``pruning`` choice (the config schema lists :data:`CRITERIA`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Protocol
+
+import torch
+from torch import nn
+
+from swarm.relevance import channel_relevance, filter_l1
+
+
+@dataclass
+class ScoringContext:
+    """What a criterion may use besides the model: the task data P as batches (made on demand, so
+    a criterion that needs no data reads none), the device, and the ``pruning`` settings."""
+
+    p_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+    device: torch.device
+    settings: Mapping[str, Any]
+
+
+class Criterion(Protocol):
+    def __call__(self, model: nn.Module, layers: list[str], context: ScoringContext) -> dict[str, torch.Tensor]: ...
+
+
+CRITERIA: dict[str, Criterion] = {}
+
+
+def criterion(name: str) -> Callable[[Criterion], Criterion]:
+    """Register a criterion under ``name`` (as zennit registers composites)."""
+    def register(function: Criterion) -> Criterion:
+        CRITERIA[name] = function
+        return function
+    return register
+
+
+@criterion("imp")
+def magnitude(model: nn.Module, layers: list[str], context: ScoringContext) -> dict[str, torch.Tensor]:
+    """IMP, the paper's baseline: each channel's filter l1 norm (no data)."""
+    return filter_l1(model, layers)
+
+
+@criterion("lrp")
+def relevance(model: nn.Module, layers: list[str], context: ScoringContext) -> dict[str, torch.Tensor]:
+    """The paper's criterion: LRP relevance of each channel, summed over P."""
+    settings = context.settings
+    model.to(context.device)
+    return channel_relevance(model, context.p_batches(), composite=str(settings["composite"]),
+                             target=str(settings["target"]), epsilon=float(settings["epsilon"]), layers=layers,
+                             device=context.device)

@@ -1,0 +1,247 @@
+"""The config's schema, defined once: Hydra structured configs for every setting a user turns.
+
+``scenarios/config.yaml`` holds the values and says what each one means; this module holds their
+types, the choices of every enumerated setting (each an enum owned by the module that implements
+it: :class:`nodes.plan.Strategy`, :class:`nodes.replay.ReplayPolicy`, ...) and the bounds of every
+number. :func:`register` puts :class:`SwarmConfig` in Hydra's ConfigStore as ``swarm_schema``,
+which ``config.yaml`` lists first in its defaults, so that Hydra rejects a wrong type or an
+unknown choice while it composes the config, before anything runs. :func:`check` then checks the
+bounds (``fleet.nodes=0``, ``prune.ratio=1.5``) and what spans several keys, also before any
+work. It belongs with the entry points (it may import ``nodes/`` and ``server/``).
+
+Group configs whose shape differs per option (``scenario``, ``model``, ``pretrain``) stay free-form:
+their loaders check them (:class:`swarm.data.scenario.Scenario`, :func:`swarm.models.build_model`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from zennit.composites import COMPOSITES
+
+from nodes.drift import DriftKind
+from nodes.plan import BatchNormMode, Loss, Sampling, Strategy, check_faults
+from nodes.replay import ReplayPolicy
+from swarm.criteria import CRITERIA
+from swarm.errors import SwarmError
+from swarm.models import NewClassOutputs
+from swarm.pruning import Scope
+from swarm.relevance import Target
+
+SCHEMA = "swarm_schema"
+
+# Registries as enums, so that the schema lists their current members (a criterion or a zennit
+# composite registered before the config is composed is a valid choice).
+Criterion = StrEnum("Criterion", {name: name for name in sorted(CRITERIA)})
+Composite = StrEnum("Composite", {name: name for name in sorted(COMPOSITES)})
+
+
+def bounded(*, ge: float | None = None, gt: float | None = None, le: float | None = None,
+            lt: float | None = None, default: Any = MISSING) -> Any:
+    """A number's field with its bounds (checked by :func:`check`; ``None`` passes where allowed)."""
+    return field(default=default, metadata={"ge": ge, "gt": gt, "le": le, "lt": lt})
+
+
+@dataclass
+class DataConfig:
+    root: str = MISSING
+    download: bool = MISSING
+    image_size: Optional[int] = bounded(ge=8)
+    max_per_class: Optional[int] = bounded(ge=1)
+    val_fraction: float = bounded(ge=0, lt=1)
+    verify_checksums: bool = MISSING
+    num_workers: int = bounded(ge=0)
+
+
+@dataclass
+class TrainConfig:
+    lr: float = bounded(gt=0)
+    batch_size: int = bounded(ge=1)
+    patience: int = bounded(ge=0)
+    max_epochs: int = bounded(ge=1)
+    device: str = MISSING
+
+
+@dataclass
+class PruneConfig:
+    iterations: int = bounded(ge=0)
+    ratio: float = bounded(gt=0, lt=1)
+    scope: Scope = MISSING
+    relevance_batch_size: int = bounded(ge=1)
+    relevance_samples: Optional[int] = bounded(ge=1)
+    dry_run: bool = MISSING
+
+
+@dataclass
+class PruningConfig:
+    """The criterion (``pruning=lrp|imp``); LRP's settings are empty for criteria that need none."""
+
+    name: Criterion = MISSING
+    composite: Optional[Composite] = None
+    epsilon: Optional[float] = bounded(gt=0, default=None)
+    target: Optional[Target] = None
+
+
+@dataclass
+class ReferenceConfig:
+    adapt: bool = MISSING
+    max_epochs: int = bounded(ge=1)
+    new_class_outputs: NewClassOutputs = MISSING
+    in_prune: bool = MISSING
+
+
+@dataclass
+class BudgetConfig:
+    duty_cycle: Optional[float] = bounded(ge=0, le=1)
+    energy_j: Optional[float] = bounded(ge=0)
+    compute_s: Optional[float] = bounded(ge=0)
+    flops: Optional[float] = bounded(ge=0)
+
+
+@dataclass
+class DriftConfig:
+    kind: DriftKind = MISSING
+    low: Optional[float] = bounded(ge=0, default=None)  # uniform
+    high: Optional[float] = bounded(ge=0, default=None)  # uniform
+    value: Optional[float] = bounded(ge=0, default=None)  # fixed
+    mean: Optional[float] = bounded(gt=0, default=None)  # exponential
+    events: int = bounded(ge=1)
+    event_gap_s: float = bounded(ge=0)
+
+
+@dataclass
+class ReplayConfig:
+    policy: ReplayPolicy = MISSING
+    capacity: Any = MISSING  # all, auto, or a whole number >= 0 (checked by check)
+    fraction: float = bounded(ge=0, le=1)
+    finetune: bool = MISSING
+
+
+@dataclass
+class FaultsConfig:
+    crash: float = bounded(ge=0, le=1)
+    late: float = bounded(ge=0, le=1)
+    corrupt: float = bounded(ge=0, le=1)
+
+
+@dataclass
+class FleetConfig:
+    nodes: int = bounded(ge=1)
+    windows: int = bounded(ge=1)
+    window_s: float = bounded(gt=0)
+    profiles: list[str] = MISSING  # names in the config group `device` (Hydra's search path)
+    # The named profiles' contents, loaded by the entry point (swarm.config.prepare), never set by
+    # hand: they travel in the fleet plan to the nodes and key the fleet cache.
+    devices: dict[str, Any] = field(default_factory=dict)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    passes: Optional[int] = bounded(ge=1)
+    stream_rate: float = bounded(gt=0)
+    drift: DriftConfig = field(default_factory=DriftConfig)
+    alpha: float = bounded(gt=0)
+    batch_size: int = bounded(ge=1)
+    lr: float = bounded(gt=0)
+    recent_samples: Optional[int] = bounded(ge=1)
+    batchnorm: BatchNormMode = MISSING
+    loss: Loss = MISSING
+    sampling: Sampling = MISSING
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    eval_samples: int = bounded(ge=0)
+    strategy: Strategy = MISSING
+    checkpoint: Any = MISSING  # last, all, an iteration, or a list of them (checked by check)
+    new_class_outputs: NewClassOutputs = MISSING
+    join_timeout_s: float = bounded(gt=0)
+    window_timeout_s: float = bounded(gt=0)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
+
+
+@dataclass
+class SwarmConfig:
+    scenario: Any = MISSING
+    device: Any = None  # the optional shortcut device=NAME: every node that profile
+    pretrain: Any = MISSING
+    model: Any = MISSING
+    pruning: PruningConfig = field(default_factory=PruningConfig)
+    seed: int = MISSING
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
+    cache_dir: str = MISSING
+
+
+def register() -> None:
+    """Put the schema in Hydra's ConfigStore (idempotent); ``config.yaml`` names it in its defaults."""
+    ConfigStore.instance().store(name=SCHEMA, node=SwarmConfig)
+
+
+def plain(node: Any) -> Any:
+    """A config node as plain Python (enums as their strings, interpolations resolved): what goes
+    into JSON, cache keys and fleet plans."""
+    if isinstance(node, DictConfig):
+        return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+    return node
+
+
+def _bound_problem(value: float, meta: dict[str, Any], annotation: str) -> str | None:
+    """What ``value`` should be, if it breaks its field's bounds (``None`` if it keeps them)."""
+    words = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    tests = {"ge": value >= meta["ge"] if meta.get("ge") is not None else True,
+             "gt": value > meta["gt"] if meta.get("gt") is not None else True,
+             "le": value <= meta["le"] if meta.get("le") is not None else True,
+             "lt": value < meta["lt"] if meta.get("lt") is not None else True}
+    if all(tests.values()) and not (isinstance(value, float) and math.isnan(value)):
+        return None
+    kind = "a whole number" if "int" in annotation else "a number"
+    bounds = " and ".join(f"{words[k]} {meta[k]:g}" for k in words if meta.get(k) is not None)
+    return f"{kind} {bounds}" + (", or null" if annotation.startswith("Optional") else "")
+
+
+def _check_bounds(schema: type, node: Any, prefix: str) -> None:
+    for spec in dataclasses.fields(schema):
+        value = node.get(spec.name) if node is not None else None
+        key = f"{prefix}{spec.name}"
+        nested = _nested_schema(schema, spec.name)
+        if nested is not None:
+            _check_bounds(nested, value, f"{key}.")
+            continue
+        if value is None or not spec.metadata:
+            continue
+        problem = _bound_problem(value, spec.metadata, str(spec.type))
+        if problem:
+            raise SwarmError(f"{key}={value}: {problem}")
+
+
+def _nested_schema(schema: type, name: str) -> type | None:
+    """The dataclass of a nested field (annotations are strings under ``from __future__``)."""
+    default = next(f for f in dataclasses.fields(schema) if f.name == name).default_factory
+    return default if isinstance(default, type) and dataclasses.is_dataclass(default) else None
+
+
+def check(cfg: DictConfig) -> None:
+    """Everything about the settings that Hydra's types cannot say, checked right after composition
+    (before any data is read): bounds, and rules over several keys. One :class:`SwarmError` line."""
+    _check_bounds(SwarmConfig, cfg, "")
+    fleet = cfg.fleet
+    capacity = fleet.replay.capacity
+    if capacity not in ("all", "auto") and (isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0):
+        raise SwarmError(f"fleet.replay.capacity={capacity}: all, auto, or a whole number >= 0")
+    drift = fleet.drift
+    needs = {DriftKind.fixed: ("value",), DriftKind.uniform: ("low", "high"), DriftKind.exponential: ("mean",)}
+    for key in needs[DriftKind(drift.kind)]:
+        if drift[key] is None:
+            raise SwarmError(f"fleet.drift.kind={drift.kind} needs fleet.drift.{key}")
+    if drift.kind == DriftKind.uniform and drift.high < drift.low:
+        raise SwarmError(f"fleet.drift.high={drift.high}: must be >= fleet.drift.low ({drift.low})")
+    if not fleet.profiles:
+        raise SwarmError("fleet.profiles=[]: name at least one device profile")
+    check_faults(plain(fleet.faults))
+    if cfg.pruning.name == "lrp" and (cfg.pruning.composite is None or cfg.pruning.epsilon is None
+                                      or cfg.pruning.target is None):
+        raise SwarmError("pruning=lrp needs pruning.composite, pruning.epsilon and pruning.target")
