@@ -73,16 +73,19 @@ def entry_point(config_name: str = "config") -> Callable[[Callable[[DictConfig],
     return decorate
 
 
-def prepare(cfg: DictConfig) -> None:
+def prepare(cfg: DictConfig, searchpath: list[str] | None = None) -> None:
     """What every entry point does to a composed config before its task: check it, and load the
-    device profiles it names (from Hydra's search path) into ``fleet.devices``."""
+    device profiles it names (from Hydra's search path: ``--config-dir``, or ``hydra.searchpath``)
+    into ``fleet.devices``."""
     if cfg.get("device") is not None:  # device=NAME: a fleet of that one device class
         cfg.fleet.profiles = [cfg.device.name]
     settings.check(cfg)
-    cfg.fleet.devices = device_profiles(list(cfg.fleet.profiles))
+    if searchpath is None:
+        searchpath = list(HydraConfig.get().searchpath) if HydraConfig.initialized() else []
+    cfg.fleet.devices = device_profiles(list(cfg.fleet.profiles), searchpath)
 
 
-def device_profiles(names: list[str]) -> dict[str, dict[str, Any]]:
+def device_profiles(names: list[str], searchpath: list[str] = ()) -> dict[str, dict[str, Any]]:
     """Each named profile from the config group ``device`` on Hydra's search path (the shipped
     ones, and those in a ``--config-dir``), checked; an unknown name is one line listing the known.
     Needs Hydra initialised (inside an entry point, or :func:`compose_config`)."""
@@ -93,7 +96,8 @@ def device_profiles(names: list[str]) -> dict[str, dict[str, Any]]:
     profiles = {}
     for name in dict.fromkeys(names):
         try:
-            node = compose(overrides=[f"+device={name}"]).device
+            extra = [f"hydra.searchpath=[{','.join(searchpath)}]"] if searchpath else []
+            node = compose(overrides=[f"+device={name}", *extra]).device
         except MissingConfigException:
             known = GlobalHydra.instance().config_loader().get_group_options("device")
             raise SwarmError(f"fleet.profiles: unknown device profile '{name}'; choose one of {', '.join(known)} "
@@ -104,14 +108,18 @@ def device_profiles(names: list[str]) -> dict[str, dict[str, Any]]:
     return profiles
 
 
-def compose_config(overrides: list[str] = (), config_name: str = "config") -> DictConfig:
-    """The config an entry point would get for these overrides, prepared (for scripts and tests)."""
+def compose_config(overrides: list[str] = (), config_name: str = "config",
+                   config_dir: Path | None = None) -> DictConfig:
+    """The config an entry point would get for these overrides (and ``--config-dir``), prepared:
+    for scripts and tests."""
     from hydra import compose, initialize_config_module
 
     settings.register()
+    searchpath = [f"file://{Path(config_dir).resolve()}"] if config_dir else []
+    extra = [f"hydra.searchpath=[{','.join(searchpath)}]"] if searchpath else []
     with initialize_config_module(config_module="scenarios", version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=list(overrides))
-        prepare(cfg)
+        cfg = compose(config_name=config_name, overrides=[*overrides, *extra])
+        prepare(cfg, searchpath)
     return cfg
 
 

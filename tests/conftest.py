@@ -148,10 +148,9 @@ def write_fleet_plan(cfg, workdir: Path, run_name: str, windows: int, pretrain_e
     """A fleet plan for ``cfg`` starting from an untrained model (no coordinator), or one trained on P
     for ``pretrain_epochs``: (plan path, data)."""
     import torch
-    from swarm import settings
 
     from nodes.plan import plan_from_config
-    from swarm import checkpoints
+    from swarm import checkpoints, settings
     from swarm.config import data_options, scenario_of
     from swarm.data.build import build
     from swarm.models import build_model

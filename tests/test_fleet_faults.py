@@ -365,9 +365,38 @@ BAD_SETTINGS = [
 
 
 @pytest.mark.parametrize("override, message", BAD_SETTINGS, ids=[o for o, _ in BAD_SETTINGS])
+def test_a_bad_setting_is_one_line_naming_it(override, message):
+    """Issue 11's list, through what every entry point runs before its task: Hydra's composition
+    (its error made one line) and swarm.config.prepare (checks, device profiles). The data-bound
+    check (fleet.nodes=100000) runs right after the data is built, before any training."""
+    from hydra.errors import HydraException
+
+    from swarm.config import composition_error, compose_config
+    from swarm.errors import SwarmError
+
+    try:
+        cfg = compose_config(["scenario.dataset.train_per_group=6", override])
+        if override == "fleet.nodes=100000":
+            from nodes.plan import check_fleet_fits
+            from swarm.config import data_options, scenario_of
+            from swarm.data.build import build
+
+            check_fleet_fits(cfg.fleet, build(scenario_of(cfg), data_options(cfg)))
+    except SwarmError as error:
+        line = str(error)
+    except HydraException as error:
+        line = composition_error(error)
+    else:
+        raise AssertionError(f"{override} was accepted")
+    assert message in line and "\n" not in line, line
+
+
+@pytest.mark.parametrize("override, message", [BAD_SETTINGS[i] for i in (0, 3, 5, 6, 9)],
+                         ids=[BAD_SETTINGS[i][0] for i in (0, 3, 5, 6, 9)])
 def test_a_bad_setting_stops_simulate_before_any_work(tmp_path, override, message):
-    """Issue 11's list, as a user meets it: with an empty cache, exit 2 within seconds, one line
-    naming the problem, no traceback, nothing trained (the cache stays empty)."""
+    """As a user meets it (one of each kind: a choice, a bound, what needs the data, a device
+    profile, a group option): with an empty cache, exit 2 within seconds, one line naming the
+    problem, no traceback, nothing trained (the cache stays empty)."""
     import time
 
     from tests.conftest import run_module

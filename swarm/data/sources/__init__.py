@@ -1,59 +1,72 @@
-"""Dataset sources by name. Each reduces its on-disk format to a :class:`~swarm.data.catalog.Catalog`.
+"""Dataset sources by name (``scenario.dataset.name``). Each reduces its on-disk format to a
+:class:`~swarm.data.catalog.Catalog`.
 
-``known_names`` answers without touching the data where the names are fixed (so ``swarm.splits``
-works before anything is downloaded); ``load`` reads or renders the data.
+A :class:`Source` says how one name is read: its class and domain names where they are fixed
+(so ``swarm.splits`` works before anything is downloaded), how to load (or render) it, and its
+input geometry without reading it. Add a format with :func:`register_source`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from swarm.data.catalog import Catalog
 from swarm.data.options import DataOptions
 from swarm.data.sources import cifar, domainnet, fashion_mnist, folder, synthetic
 from swarm.errors import ScenarioError
 
-NAMES = ("cifar10", "cifar100", "domainnet", "fashion_mnist", "synthetic", "folder")
+Names = tuple[list[str] | None, list[str] | None]
 
 
-def _check(name: str) -> None:
-    if name not in NAMES:
-        raise ScenarioError(f"unknown dataset '{name}'; known datasets: {', '.join(NAMES)}")
+@dataclass(frozen=True)
+class Source:
+    known_names: Callable[[Any], Names]  # (classes, domains) from the dataset's config; None: read from data
+    load: Callable[[Any, DataOptions, list[str] | None], Catalog]  # (config, options, wanted domains)
+    channels: int
+    native_size: Callable[[Any], int]  # image side before data.image_size, from the dataset's config
 
 
-def known_names(dataset_cfg: Any) -> tuple[list[str] | None, list[str] | None]:
-    """(classes, domains) of a dataset, or None where they can only be read from the data."""
+SOURCES: dict[str, Source] = {}
+
+
+def register_source(name: str, source: Source) -> None:
+    SOURCES[name] = source
+
+
+for _cifar in ("cifar10", "cifar100"):
+    register_source(_cifar, Source(known_names=lambda cfg, n=_cifar: cifar.known_names(n),
+                                   load=lambda cfg, options, wanted, n=_cifar: cifar.load(n, options),
+                                   channels=3, native_size=lambda cfg: 32))
+register_source("fashion_mnist", Source(known_names=lambda cfg: fashion_mnist.known_names(),
+                                        load=lambda cfg, options, wanted: fashion_mnist.load(options),
+                                        channels=1, native_size=lambda cfg: 28))
+register_source("domainnet", Source(known_names=lambda cfg: domainnet.known_names(), load=domainnet.load,
+                                    channels=3, native_size=lambda cfg: int(cfg.get("image_size", 224))))
+register_source("synthetic", Source(known_names=lambda cfg: synthetic.known_names(), load=synthetic.load,
+                                    channels=3, native_size=lambda cfg: int(cfg.get("image_size", 32))))
+register_source("folder", Source(known_names=folder.known_names, load=folder.load,
+                                 channels=3, native_size=lambda cfg: int(cfg.get("image_size", 64))))
+
+
+def source(dataset_cfg: Any) -> Source:
     name = dataset_cfg["name"]
-    _check(name)
-    if name in ("cifar10", "cifar100"):
-        return cifar.known_names(name)
-    if name == "domainnet":
-        return domainnet.known_names()
-    if name == "fashion_mnist":
-        return fashion_mnist.known_names()
-    if name == "synthetic":
-        return synthetic.known_names()
-    return folder.known_names(dataset_cfg)
+    if name not in SOURCES:
+        raise ScenarioError(f"unknown dataset '{name}'; known datasets: {', '.join(SOURCES)}")
+    return SOURCES[name]
+
+
+def known_names(dataset_cfg: Any) -> Names:
+    """(classes, domains) of a dataset, or None where they can only be read from the data."""
+    return source(dataset_cfg).known_names(dataset_cfg)
 
 
 def load(dataset_cfg: Any, options: DataOptions, wanted_domains: list[str] | None = None) -> Catalog:
     """Read (or render) a dataset. ``wanted_domains`` lets multi-domain sources skip unused domains."""
-    name = dataset_cfg["name"]
-    _check(name)
-    if name in ("cifar10", "cifar100"):
-        return cifar.load(name, options)
-    if name == "fashion_mnist":
-        return fashion_mnist.load(options)
-    module = {"domainnet": domainnet, "synthetic": synthetic, "folder": folder}[name]
-    return module.load(dataset_cfg, options, wanted_domains)
+    return source(dataset_cfg).load(dataset_cfg, options, wanted_domains)
 
 
 def geometry(dataset_cfg: Any, options: DataOptions) -> tuple[int, int]:
     """(input channels, image side) of a dataset without reading it: what a model needs to be built."""
-    name = dataset_cfg["name"]
-    _check(name)
-    native = {"cifar10": (3, 32), "cifar100": (3, 32), "fashion_mnist": (1, 28)}.get(name)
-    if native is None:
-        default = {"domainnet": 224, "synthetic": 32, "folder": 64}[name]
-        native = (3, int(dataset_cfg.get("image_size", default)))
-    return native[0], int(options.image_size or native[1])
+    chosen = source(dataset_cfg)
+    return chosen.channels, int(options.image_size or chosen.native_size(dataset_cfg))
