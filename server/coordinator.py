@@ -26,6 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from swarm import checkpoints, io
+from swarm.cache_lock import cache_entry
 from swarm.data.build import ScenarioData
 from swarm.models import build_model
 from swarm.criteria import CRITERIA, ScoringContext
@@ -157,6 +158,11 @@ def cached(cfg: DictConfig) -> CoordinatorResult | None:
 def run(cfg: DictConfig, data: ScenarioData) -> CoordinatorResult:
     """Run (or resume, or reuse) Algorithm 1 for this configuration (its settings were checked
     when it was composed: :mod:`swarm.settings`)."""
+    with cache_entry(run_directory(cfg), f"the coordinator's {cfg.pruning.name} result"):
+        return _run(cfg, data)
+
+
+def _run(cfg: DictConfig, data: ScenarioData) -> CoordinatorResult:
     iterations, ratio, scope = int(cfg.prune.iterations), float(cfg.prune.ratio), str(cfg.prune.scope)
     hit = cached(cfg)
     if hit is not None:
@@ -171,6 +177,7 @@ def run(cfg: DictConfig, data: ScenarioData) -> CoordinatorResult:
         record = {"key": cache_key(cfg), "scenario": cfg.scenario.name, "pretrain": cfg.pretrain.name,
                   "pruning": cfg.pruning.name, "model": cfg.model.name, "seed": seed, "ratio": ratio,
                   "scope": scope, "iterations": []}
+        log.info("coordinator: computing the %s result %s in %s", cfg.pruning.name, record["key"], directory)
         model, fitted, seconds = _pretrained(cfg, data, settings)
         _finish_iteration(directory, record, model, data, settings, cfg, iteration=0, fitted=fitted,
                           seconds=seconds, timings={})
@@ -205,6 +212,12 @@ class FitSummary:
 def _pretrained(cfg: DictConfig, data: ScenarioData, settings: TrainSettings) -> tuple[torch.nn.Module, Any, float]:
     """Pre-train on T ∪ P (or P), or load the result another pruning criterion already paid for."""
     shared = pretrain_directory(cfg)
+    with cache_entry(shared, "the pre-training"):
+        return _pretrain(cfg, data, settings, shared)
+
+
+def _pretrain(cfg: DictConfig, data: ScenarioData, settings: TrainSettings,
+              shared: Path) -> tuple[torch.nn.Module, Any, float]:
     path, record_path = shared / "model.pt", shared / "pretrain.json"
     if path.exists() and record_path.exists():
         log.info("coordinator: pre-trained model from %s", shared)
@@ -212,6 +225,7 @@ def _pretrained(cfg: DictConfig, data: ScenarioData, settings: TrainSettings) ->
         info = json.loads(record_path.read_text())
         return model, FitSummary(info["epochs"], info["best_epoch"]), float(info["seconds"])
     seed = int(cfg.seed)
+    log.info("coordinator: pre-training %s in %s", pretrain_key(cfg), shared)
     torch.manual_seed(seed)
     model = build_model(cfg.model, data.num_outputs, data.channels, data.image_size)
     roles = "TP" if cfg.pretrain.name == "extra" else "P"

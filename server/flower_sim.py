@@ -78,6 +78,17 @@ def _environment(home: Path, node_root: Path) -> dict[str, str]:
     return env
 
 
+def _join_cluster(env: dict[str, str], address: str, node_root: Path) -> None:
+    """Make the simulation process's ``ray.init()`` join the Ray cluster at ``address`` instead of
+    starting one. The cluster's workers were started by ``ray start``, not by this run, so they
+    lack its environment: the node root travels as a runtime-env variable, through the job config
+    Ray reads at ``ray.init`` (the hook Ray's own job submission uses; Flower adds its
+    ``PYTHONPATH`` to the same runtime env). The node folders must be on a path every machine of
+    the cluster sees."""
+    env["RAY_ADDRESS"] = address
+    env["RAY_JOB_CONFIG_JSON_ENV_VAR"] = json.dumps({"runtime_env": {"env_vars": {NODE_ROOT: str(node_root)}}})
+
+
 def _wait_healthy(port: int, superlink: subprocess.Popen, log: Path) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per probe in the run's log
     deadline = time.monotonic() + STARTUP_S
@@ -147,7 +158,8 @@ def _follow(plans: list[Path], tails: list[LogTail], run_id: str, env: dict[str,
         time.sleep(POLL_S)
 
 
-def run(plans: list[Path], num_nodes: int, node_root: Path, *, cpus_per_node: float = 1.0) -> None:
+def run(plans: list[Path], num_nodes: int, node_root: Path, *, cpus_per_node: float = 1.0,
+        ray_address: str | None = None) -> None:
     """Simulate ``num_nodes`` nodes running every plan, one after the other, in one engine start."""
     if not (APP_DIR / "pyproject.toml").exists():
         raise SwarmError(f"the Flower app is built from swarm's source tree, and {APP_DIR} has no pyproject.toml: "
@@ -155,6 +167,9 @@ def run(plans: list[Path], num_nodes: int, node_root: Path, *, cpus_per_node: fl
     home = Path(tempfile.mkdtemp(prefix="swarm-flwr-"))
     port = _free_port()
     env = _environment(home, node_root)
+    env.pop("RAY_ADDRESS", None)
+    if ray_address:
+        _join_cluster(env, ray_address, node_root)
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "swarm"\n\n[superlink.swarm]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
     log = home / "superlink.log"

@@ -18,12 +18,14 @@ import hashlib
 import json
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from server.coordinator import CoordinatorResult, checkpoint_path, model_key, pretrain_directory
 from swarm import checkpoints, io
+from swarm.cache_lock import cache_entry
 from swarm.data.build import ScenarioData
 from swarm.errors import SwarmError
 from swarm.evaluation import accuracies, test_sets
@@ -70,8 +72,13 @@ def adapt(cfg: DictConfig, data: ScenarioData, result: CoordinatorResult, iterat
     # The pre-trained model's reference is shared by LRP and IMP: it lives with the pre-training.
     directory = pretrain_directory(cfg) if iteration == 0 else result.directory
     path = directory / f"reference_{iteration:02d}-{key}.json"
-    if path.exists():
-        return json.loads(path.read_text())
+    with cache_entry(directory, f"the reference adaptation of iteration {iteration}"):
+        if path.exists():
+            return json.loads(path.read_text())
+        return _adapt(cfg, data, result, iteration, path)
+
+
+def _adapt(cfg: DictConfig, data: ScenarioData, result: CoordinatorResult, iteration: int, path: Path) -> dict[str, Any]:
     continual = cfg.scenario.mode == "continual"
     roles = "PF" if continual else "F"
     model, _, _ = checkpoints.load(checkpoint_path(result.directory, iteration))

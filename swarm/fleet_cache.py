@@ -22,7 +22,7 @@ FILES = (NODES_CSV,)
 # (2: nodes built their data with label groups re-ordered before this; 3: received rows, new
 # on-device training, availability lined up with the run; 4: fleet.new_class_outputs, reset).
 CACHE_VERSION = 4
-NOT_IN_KEY = ("join_timeout_s", "window_timeout_s", "checkpoint")
+NOT_IN_KEY = ("join_timeout_s", "window_timeout_s", "checkpoint", "ray")  # where it runs, not what
 
 
 def fleet_key(model_key: str, iteration: int, fleet: Mapping[str, Any], seed: int) -> str:

@@ -131,6 +131,12 @@ class FaultsConfig:
 
 
 @dataclass
+class RayConfig:
+    address: Optional[str] = None  # null: a local Ray for the run; auto or HOST:PORT: join that cluster
+    cpus_per_node: float = bounded(gt=0)
+
+
+@dataclass
 class FleetConfig:
     nodes: int = bounded(ge=1)
     windows: int = bounded(ge=1)
@@ -158,6 +164,7 @@ class FleetConfig:
     join_timeout_s: float = bounded(gt=0)
     window_timeout_s: float = bounded(gt=0)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 @dataclass

@@ -107,7 +107,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         print(f"(saved after every window: if this run is killed, the same command with hydra.run.dir={run_dir} "
               f"resumes it)")
         root = _node_folders(FleetPlan.load(pending[0].plan_path), data, run_dir / NODE_FOLDERS)
-        _run_flower([job.plan_path for job in pending], int(cfg.fleet.nodes), root)
+        _run_flower([job.plan_path for job in pending], int(cfg.fleet.nodes), root, cfg.fleet.ray)
 
     errors, failed_nodes, unserved, finals = [], {}, {}, []
     target = "acc_PF" if scenario.mode == "continual" else "acc_F"
@@ -211,12 +211,13 @@ def _node_folders(plan: FleetPlan, data: ScenarioData, root: Path) -> Path:
     return root
 
 
-def _run_flower(plans: list[Path], num_nodes: int, node_root: Path) -> None:
+def _run_flower(plans: list[Path], num_nodes: int, node_root: Path, ray: DictConfig) -> None:
     """One Flower simulation for every pending plan: the engine starts once. The simulated nodes
     find their folders under ``node_root`` (their ``node_config`` holds only a partition id)."""
     from server import flower_sim
 
-    flower_sim.run(plans, num_nodes, node_root)
+    flower_sim.run(plans, num_nodes, node_root, cpus_per_node=float(ray.cpus_per_node),
+                   ray_address=None if ray.address is None else str(ray.address))
 
 
 def _status(directory: Path) -> dict[str, Any]:

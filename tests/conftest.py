@@ -202,7 +202,7 @@ def use_fake_engine(monkeypatch, **grid_options) -> None:
     from server import server_app
     from swarm import simulate
 
-    def engine(plans, num_nodes, node_root):
+    def engine(plans, num_nodes, node_root, ray=None):
         for plan in plans:
             server_app.run_plan(FakeGrid(num_nodes, root=node_root, **grid_options), plan)
 

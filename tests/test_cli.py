@@ -10,6 +10,7 @@ import shutil
 import pytest
 
 from tests.conftest import FakeGrid, nodes_of, run_module
+from swarm.fleet_protocol import NO_RESULT
 
 TINY = ["scenario.dataset.train_per_group=6", "scenario.dataset.test_per_group=2", "train.max_epochs=1"]
 
@@ -121,23 +122,25 @@ def test_simulate_runs_coordinator_and_a_real_flower_fleet(tmp_path):
 
 
 def test_a_fleet_the_engine_serves_slower_than_the_deadline_is_simulated_whole(tmp_path, task_identity):
-    """Issue 14: 60 nodes queue on the engine's two actors for longer than fleet.window_timeout_s,
+    """Issue 14: 40 nodes queue on the engine's two actors for longer than fleet.window_timeout_s,
     yet every node is simulated (in simulation the deadline guards only against a hung actor), and
     nodes.csv equals an engine-free run of the same plan with a generous deadline."""
     from server import fleet
 
-    timeout = 3
-    fleet_args = [a for a in FLEET if not a.startswith("fleet.nodes=")]
-    args = [*TINY, "scenario.dataset.train_per_group=14", "prune.iterations=0", "scenario.dataset.image_size=16",
-            f"cache_dir={tmp_path / 'cache'}", *fleet_args, "fleet.nodes=60", f"fleet.window_timeout_s={timeout}"]
+    timeout = 1
+    fleet_args = [a for a in FLEET if not a.startswith(("fleet.nodes=", "fleet.budget.compute_s="))]
+    args = [*TINY, "scenario.dataset.train_per_group=14", "prune.iterations=0", "reference.adapt=false",
+            "scenario.dataset.image_size=16",
+            f"cache_dir={tmp_path / 'cache'}", *fleet_args, "fleet.nodes=40", "fleet.budget.compute_s=0.1",
+            f"fleet.window_timeout_s={timeout}"]
     run = tmp_path / "run"
     result = run_module("swarm.simulate", *args, f"hydra.run.dir={run}", timeout=400)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-3000:]
     with open(run / "nodes.csv") as f:
         statuses = [r["status"] for r in csv.DictReader(f)]
-    assert len(statuses) == 3 * 60 and not set(statuses) & set(fleet.NO_RESULT)
-    seconds = [float(s) for s in re.findall(r"window \d/2: 60/60 nodes.*; ([\d.]+) s", log)]
+    assert len(statuses) == 3 * 40 and not set(statuses) & set(NO_RESULT)
+    seconds = [float(s) for s in re.findall(r"window \d/2: 40/40 nodes.*; ([\d.]+) s", log)]
     assert len(seconds) == 2 and max(seconds) > timeout, seconds  # the queue outlasted the deadline
     expected = (run / "nodes.csv").read_text()
     for state in (run / "nodes").glob("node_*/state"):  # the nodes' states; their data stays
@@ -148,7 +151,7 @@ def test_a_fleet_the_engine_serves_slower_than_the_deadline_is_simulated_whole(t
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as on an engine actor (one CPU each): the same kernels, the same sums
     try:
-        fleet.run_fleet(FakeGrid(60, root=nodes_of(run / "fleet_plan.json")), run / "fleet_plan.json",
+        fleet.run_fleet(FakeGrid(40, root=nodes_of(run / "fleet_plan.json")), run / "fleet_plan.json",
                         strategy="fedavg", join_timeout_s=5, window_timeout_s=600)
     finally:
         torch.set_num_threads(threads)
