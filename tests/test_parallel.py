@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 
-
 from tests.conftest import REPO, run_module
 
 TINY = ["scenario.dataset.train_per_group=6", "scenario.dataset.test_per_group=2", "scenario.dataset.image_size=16",
