@@ -58,9 +58,7 @@ def test_config_dir_profiles_work_from_the_command_line(tmp_path):
     mine = _profile_dir(tmp_path, power_w=4.0)
     args = ["prune.dry_run=true", f"hydra.run.dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}"]
     found = run_module("swarm.prune", "--config-dir", str(mine), "fleet.profiles=[toaster]", *args)
-    assert found.returncode == 0, found.stderr[-2000:]
-    missing = run_module("swarm.prune", "fleet.profiles=[toaster]", *args)
-    assert missing.returncode == 2 and "unknown device profile 'toaster'" in missing.stderr
+    assert found.returncode == 0, found.stderr[-2000:]  # (without it: tests/test_fleet_faults.py)
 
 
 def test_help_lists_the_groups_and_the_knobs():
