@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from swarm import checkpoints, io
-from swarm.cache_lock import cache_entry
+from swarm.locks import cache_entry
 from swarm.data.build import ScenarioData
 from swarm.models import build_model
 from swarm.criteria import CRITERIA, ScoringContext

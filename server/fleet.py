@@ -173,13 +173,13 @@ def run_fleet(grid: GridLike, plan_path: Path, *, strategy: str = "local", join_
     has none yet)."""
     if strategy not in tuple(Strategy):
         raise SwarmError(f"fleet.strategy must be one of {', '.join(Strategy)}, not '{strategy}'")
-    with run_folder_lock(Path(FleetPlan.load(plan_path).run_dir)):
-        return _run_windows(grid, plan_path, strategy, join_timeout_s, window_timeout_s, simulated, progress)
-
-
-def _run_windows(grid: GridLike, plan_path: Path, strategy: str, join_timeout_s: float, window_timeout_s: float,
-                 simulated: bool, progress) -> list[dict[str, Any]]:
     plan = FleetPlan.load(plan_path)
+    with run_folder_lock(Path(plan.run_dir)):
+        return _run_windows(grid, plan, plan_path, strategy, join_timeout_s, window_timeout_s, simulated, progress)
+
+
+def _run_windows(grid: GridLike, plan: FleetPlan, plan_path: Path, strategy: str, join_timeout_s: float,
+                 window_timeout_s: float, simulated: bool, progress) -> list[dict[str, Any]]:
     count = len(plan.nodes)
     deadline = Deadline(window_timeout_s, simulated)
     node_ids = wait_for_nodes(grid, count, join_timeout_s)

@@ -10,19 +10,16 @@ window; the nodes re-run the window that was cut short from the state they kept 
 whose progress belongs to another plan starts over. (The nodes' states are theirs, kept by plan
 digest in their own state folders; a node asked for window 0 starts its plan afresh.)
 
-One fleet at a time per run folder: :func:`run_folder_lock` holds ``fleet.lock`` (an advisory
-``flock``, which the system releases when its holder dies) while a fleet runs there.
+One fleet at a time per run folder: :func:`run_folder_lock` holds ``fleet.lock``
+(:mod:`swarm.locks`, released by the system when its holder dies) while a fleet runs there.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,41 +27,23 @@ from typing import Any
 import torch
 
 from swarm import io
-from swarm.errors import SwarmError
 from swarm.fleet_protocol import FLEET_LOCK, FLEET_PROGRESS
+from swarm.locks import held
 
 log = logging.getLogger("swarm.fleet")
 
 LOCK_WAIT_S = 60.0
 
 
-@contextmanager
-def run_folder_lock(run_dir: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+def run_folder_lock(run_dir: Path, wait_s: float = LOCK_WAIT_S) -> AbstractContextManager[None]:
     """Hold the run folder for one fleet; waits up to ``wait_s`` for an earlier holder to end.
 
     Why wait: a run whose caller was just killed stops within a second or so
     (:func:`server.server_app.stop_with_caller`), and the same command started again at once must
     resume from what that run finished, not write beside it."""
-    run_dir = Path(run_dir)
-    with open(run_dir / FLEET_LOCK, "a") as handle:
-        deadline = time.monotonic() + wait_s
-        waiting = False
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise SwarmError(f"another fleet is still running in {run_dir}: wait for it to end or stop "
-                                     "it, or run this one in another folder (hydra.run.dir=...)") from None
-                if not waiting:
-                    log.info("waiting for the fleet still running in %s to stop", run_dir)
-                    waiting = True
-                time.sleep(0.2)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return held(Path(run_dir) / FLEET_LOCK, f"the fleet still running in {run_dir} to stop", wait_s,
+                timeout_error=f"another fleet is still running in {run_dir}: wait for it to end or stop it, "
+                              "or run this one in another folder (hydra.run.dir=...)")
 
 
 def _shared_path(run_dir: Path, windows_done: int) -> Path:

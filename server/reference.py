@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from server.coordinator import CoordinatorResult, checkpoint_path, model_key, pretrain_directory
 from swarm import checkpoints, io
-from swarm.cache_lock import cache_entry
+from swarm.locks import cache_entry
 from swarm.data.build import ScenarioData
 from swarm.errors import SwarmError
 from swarm.evaluation import accuracies, test_sets

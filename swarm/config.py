@@ -96,8 +96,7 @@ def device_profiles(names: list[str], searchpath: list[str] = ()) -> dict[str, d
     profiles = {}
     for name in dict.fromkeys(names):
         try:
-            extra = [f"hydra.searchpath=[{','.join(searchpath)}]"] if searchpath else []
-            node = compose(overrides=[f"+device={name}", *extra]).device
+            node = compose(overrides=[f"+device={name}", *_searchpath_override(searchpath)]).device
         except MissingConfigException:
             known = GlobalHydra.instance().config_loader().get_group_options("device")
             raise SwarmError(f"fleet.profiles: unknown device profile '{name}'; choose one of {', '.join(known)} "
@@ -108,6 +107,11 @@ def device_profiles(names: list[str], searchpath: list[str] = ()) -> dict[str, d
     return profiles
 
 
+def _searchpath_override(searchpath: list[str]) -> list[str]:
+    """The override that adds config folders to Hydra's search path, as ``--config-dir`` does."""
+    return [f"hydra.searchpath=[{','.join(searchpath)}]"] if searchpath else []
+
+
 def compose_config(overrides: list[str] = (), config_name: str = "config",
                    config_dir: Path | None = None) -> DictConfig:
     """The config an entry point would get for these overrides (and ``--config-dir``), prepared:
@@ -116,9 +120,8 @@ def compose_config(overrides: list[str] = (), config_name: str = "config",
 
     settings.register()
     searchpath = [f"file://{Path(config_dir).resolve()}"] if config_dir else []
-    extra = [f"hydra.searchpath=[{','.join(searchpath)}]"] if searchpath else []
     with initialize_config_module(config_module="scenarios", version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=[*overrides, *extra])
+        cfg = compose(config_name=config_name, overrides=[*overrides, *_searchpath_override(searchpath)])
         prepare(cfg, searchpath)
     return cfg
 
@@ -137,17 +140,16 @@ def composition_error(error: BaseException) -> str:
         choices = re.fullmatch(r"Invalid value '.*', expected one of \[(.*)\]", message)
         if choices:  # an enum's choices, said as every other check of ours says them
             message = f"choose one of {choices.group(1)}"
-        override = _override_of(error, cause.full_key)
-        return f"{override or cause.full_key}: {message}"
+        return f"{_override_of(error) or cause.full_key}: {message}"
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     return "; ".join(lines[:2]) if lines else type(error).__name__
 
 
-def _override_of(error: BaseException, key: str) -> str:
-    """The command-line override that set ``key`` (``fleet.strategy=fedprox``), if the message names it."""
-    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+def _override_of(error: BaseException) -> str:
+    """The command-line override Hydra failed to merge (``fleet.strategy=fedprox``), if its message names one."""
+    first = (str(error).strip().splitlines() or [""])[0]
     prefix = "Error merging override "
-    return first[len(prefix):] if first.startswith(prefix) else ""
+    return first.removeprefix(prefix) if first.startswith(prefix) else ""
 
 
 def data_options(cfg: DictConfig) -> DataOptions:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Optional
@@ -196,39 +197,29 @@ def plain(node: Any) -> Any:
     return node
 
 
+BOUNDS = {"ge": (operator.ge, ">="), "gt": (operator.gt, ">"), "le": (operator.le, "<="), "lt": (operator.lt, "<")}
+
+
 def _bound_problem(value: float, meta: dict[str, Any], annotation: str) -> str | None:
     """What ``value`` should be, if it breaks its field's bounds (``None`` if it keeps them)."""
-    words = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
-    tests = {"ge": value >= meta["ge"] if meta.get("ge") is not None else True,
-             "gt": value > meta["gt"] if meta.get("gt") is not None else True,
-             "le": value <= meta["le"] if meta.get("le") is not None else True,
-             "lt": value < meta["lt"] if meta.get("lt") is not None else True}
-    if all(tests.values()) and not (isinstance(value, float) and math.isnan(value)):
+    bounds = {k: meta[k] for k in BOUNDS if meta.get(k) is not None}
+    if all(BOUNDS[k][0](value, b) for k, b in bounds.items()) and not (isinstance(value, float) and math.isnan(value)):
         return None
     kind = "a whole number" if "int" in annotation else "a number"
-    bounds = " and ".join(f"{words[k]} {meta[k]:g}" for k in words if meta.get(k) is not None)
-    return f"{kind} {bounds}" + (", or null" if annotation.startswith("Optional") else "")
+    said = " and ".join(f"{BOUNDS[k][1]} {b:g}" for k, b in bounds.items())
+    return f"{kind} {said}" + (", or null" if annotation.startswith("Optional") else "")
 
 
 def _check_bounds(schema: type, node: Any, prefix: str) -> None:
     for spec in dataclasses.fields(schema):
         value = node.get(spec.name) if node is not None else None
         key = f"{prefix}{spec.name}"
-        nested = _nested_schema(schema, spec.name)
-        if nested is not None:
-            _check_bounds(nested, value, f"{key}.")
-            continue
-        if value is None or not spec.metadata:
-            continue
-        problem = _bound_problem(value, spec.metadata, str(spec.type))
-        if problem:
-            raise SwarmError(f"{key}={value}: {problem}")
-
-
-def _nested_schema(schema: type, name: str) -> type | None:
-    """The dataclass of a nested field (annotations are strings under ``from __future__``)."""
-    default = next(f for f in dataclasses.fields(schema) if f.name == name).default_factory
-    return default if isinstance(default, type) and dataclasses.is_dataclass(default) else None
+        if dataclasses.is_dataclass(spec.default_factory):  # a nested section (annotations are strings here)
+            _check_bounds(spec.default_factory, value, f"{key}.")
+        elif value is not None and spec.metadata:
+            problem = _bound_problem(value, spec.metadata, str(spec.type))
+            if problem:
+                raise SwarmError(f"{key}={value}: {problem}")
 
 
 def check(cfg: DictConfig) -> None:
