@@ -51,6 +51,8 @@ def bounded(*, ge: float | None = None, gt: float | None = None, le: float | Non
 
 @dataclass
 class DataConfig:
+    """``data``: where datasets live and how much of them a run uses."""
+
     root: str = MISSING
     download: bool = MISSING
     image_size: Optional[int] = bounded(ge=8)
@@ -62,6 +64,8 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
+    """``train``: the coordinator's training (pre-training, recovery after each cut, the reference)."""
+
     lr: float = bounded(gt=0)
     batch_size: int = bounded(ge=1)
     patience: int = bounded(ge=0)
@@ -71,6 +75,8 @@ class TrainConfig:
 
 @dataclass
 class PruneConfig:
+    """``prune``: Algorithm 1's schedule of cuts."""
+
     iterations: int = bounded(ge=0)
     ratio: float = bounded(gt=0, lt=1)
     scope: Scope = MISSING
@@ -91,6 +97,8 @@ class PruningConfig:
 
 @dataclass
 class ReferenceConfig:
+    """``reference``: the paper's central adaptation of each checkpoint, the yardstick of the fleet."""
+
     adapt: bool = MISSING
     max_epochs: int = bounded(ge=1)
     new_class_outputs: NewClassOutputs = MISSING
@@ -99,6 +107,8 @@ class ReferenceConfig:
 
 @dataclass
 class BudgetConfig:
+    """``fleet.budget``: what one window may spend on training per node (null: no limit)."""
+
     duty_cycle: Optional[float] = bounded(ge=0, le=1)
     energy_j: Optional[float] = bounded(ge=0)
     compute_s: Optional[float] = bounded(ge=0)
@@ -107,6 +117,8 @@ class BudgetConfig:
 
 @dataclass
 class DriftConfig:
+    """``fleet.drift``: when each node's stream turns from P-like samples to F."""
+
     kind: DriftKind = MISSING
     low: Optional[float] = bounded(ge=0, default=None)  # uniform
     high: Optional[float] = bounded(ge=0, default=None)  # uniform
@@ -118,6 +130,8 @@ class DriftConfig:
 
 @dataclass
 class ReplayConfig:
+    """``fleet.replay``: the buffer of P samples continual nodes replay."""
+
     policy: ReplayPolicy = MISSING
     capacity: Any = MISSING  # all, auto, or a whole number >= 0 (checked by check)
     fraction: float = bounded(ge=0, le=1)
@@ -126,6 +140,8 @@ class ReplayConfig:
 
 @dataclass
 class FaultsConfig:
+    """``fleet.faults``: shares of the fleet given an injected fault of each kind."""
+
     crash: float = bounded(ge=0, le=1)
     late: float = bounded(ge=0, le=1)
     corrupt: float = bounded(ge=0, le=1)
@@ -133,12 +149,16 @@ class FaultsConfig:
 
 @dataclass
 class RayConfig:
+    """``fleet.ray``: where the simulated nodes run (never part of a result)."""
+
     address: Optional[str] = None  # null: a local Ray for the run; auto or HOST:PORT: join that cluster
     cpus_per_node: float = bounded(gt=0)
 
 
 @dataclass
 class FleetConfig:
+    """``fleet``: the simulated edge devices and how they adapt."""
+
     nodes: int = bounded(ge=1)
     windows: int = bounded(ge=1)
     window_s: float = bounded(gt=0)
@@ -170,6 +190,8 @@ class FleetConfig:
 
 @dataclass
 class SwarmConfig:
+    """The whole config: the groups, free-form, and the typed sections."""
+
     scenario: Any = MISSING
     device: Any = None  # the optional shortcut device=NAME: every node that profile
     pretrain: Any = MISSING
