@@ -29,7 +29,7 @@ from swarm import checkpoints, io
 from swarm.locks import cache_entry
 from swarm.data.build import ScenarioData
 from swarm.models import build_model
-from swarm.criteria import CRITERIA, ScoringContext
+from swarm.criteria import CRITERIA, REVISIONS, ScoringContext
 from swarm.relevance import filter_l1
 from swarm.pruning import count_macs_and_params, prunable_layers, prune_step
 from swarm.training import TrainSettings, evaluate, fit, make_loader, progress_bar, resolve_device
@@ -72,6 +72,9 @@ def cache_key(cfg: DictConfig) -> str:
     prune = {k: v for k, v in _plain(cfg.prune).items() if k not in ("dry_run", "iterations")}
     # A criterion's unused settings (IMP has no LRP composite) are left out, as their absence always was.
     pruning = {k: v for k, v in _plain(cfg.pruning).items() if v is not None}
+    revision = REVISIONS[str(cfg.pruning.name)]
+    if revision > 1:  # revision 1 stays out of the key, so that keys from before revisions stay valid
+        pruning["revision"] = revision
     return _hash({**_key_parts(cfg), "pruning": pruning, "prune": prune})
 
 

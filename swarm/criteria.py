@@ -32,12 +32,15 @@ class Criterion(Protocol):
 
 
 CRITERIA: dict[str, Criterion] = {}
+# A criterion's revision keys cached coordinator results: bump it when the scores it computes change.
+REVISIONS: dict[str, int] = {}
 
 
-def criterion(name: str) -> Callable[[Criterion], Criterion]:
+def criterion(name: str, revision: int = 1) -> Callable[[Criterion], Criterion]:
     """Register a criterion under ``name`` (as zennit registers composites)."""
     def register(function: Criterion) -> Criterion:
         CRITERIA[name] = function
+        REVISIONS[name] = revision
         return function
     return register
 
@@ -48,7 +51,9 @@ def magnitude(model: nn.Module, layers: list[str], context: ScoringContext) -> d
     return filter_l1(model, layers)
 
 
-@criterion("lrp")
+# Revision 2 (session 8): merged BatchNorms are skipped, where zennit's canonizer left them computing
+# x / sqrt(1 + eps); the relevance of the lowest layers moves by up to a few percent.
+@criterion("lrp", revision=2)
 def relevance(model: nn.Module, layers: list[str], context: ScoringContext) -> dict[str, torch.Tensor]:
     """The paper's criterion: LRP relevance of each channel, summed over P."""
     settings = context.settings

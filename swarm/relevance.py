@@ -12,22 +12,18 @@ no gradients, and each hook accumulates the batch sum on the fly instead of keep
 from __future__ import annotations
 
 import inspect
-import weakref
 from enum import StrEnum
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 
 import torch
 from torch import nn
-from torchvision.models.resnet import BasicBlock, Bottleneck
-from zennit.canonizers import SequentialMergeBatchNorm
-from zennit.composites import COMPOSITES, LayerMapComposite, register_composite
-from zennit.core import Composite, Hook, Identity
-from zennit.layer import Sum
-from zennit.torchvision import ResNetCanonizer
-from zennit.types import AvgPool, Convolution
+from zennit.composites import COMPOSITES
+from zennit.core import Composite
 
 from swarm.errors import SwarmError
+from swarm.lrp import canonizers  # also registers our ``epsilon`` composite in zennit's COMPOSITES
+
 
 class Target(StrEnum):
     """Where relevance starts: the logit of the true class, or of the predicted one."""
@@ -41,83 +37,6 @@ def composite_names() -> list[str]:
     return sorted(COMPOSITES)
 
 
-def _canonizers(model: nn.Module) -> list:
-    """ResNet blocks need their own canonizer (BatchNorm merge + a hooked residual sum)."""
-    if any(isinstance(m, (BasicBlock, Bottleneck)) for m in model.modules()):
-        return [ResNetCanonizer()]
-    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        return [SequentialMergeBatchNorm()]
-    return []
-
-
-class GradientEpsilon(Hook):
-    """zennit's ε-rule (Eq. 1), computed without re-running the layer in the backward pass.
-
-    zennit's ``Epsilon`` (and ``Norm``, the same rule for parameter-free sums and pools) re-runs
-    each layer's forward inside the backward pass so that it can modify parameters; the plain rule
-    needs no modification, so this one divides the incoming relevance by the stabilised output
-    ``z`` that the forward pass already produced, lets autograd's own backward apply ``Wᵀ``, and
-    multiplies by the input: ``R_in = a ⊙ Wᵀ(R_out / (z + ε·sign z))``. Same relevance as
-    ``zennit.rules.Epsilon`` / ``Norm`` (checked in the tests), about half the cost.
-    """
-
-    def __init__(self, epsilon: float = 1e-6) -> None:
-        super().__init__()
-        self.epsilon = epsilon
-
-    def pre_forward(self, module: nn.Module, input):
-        """zennit's pre-forward hook without its defensive copy of the input (no in-place ops run here)."""
-        if not input[0].requires_grad:
-            return None
-        hook_ref = weakref.ref(self)
-
-        def wrapper(grad_input, grad_output):
-            hook = hook_ref()
-            if hook is not None and hook.active:
-                return hook.backward(module, grad_input, None)
-            return None
-
-        post_input = Identity.apply(*input)
-        self.tensor_handles.append(post_input[0].grad_fn.register_hook(wrapper))
-        return post_input[0] if len(post_input) == 1 else post_input
-
-    def forward(self, module: nn.Module, input: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
-        self.stored_tensors["input"] = input[0].detach()
-        # zennit's stabiliser, z + ε·sign(z) with sign(0) = +1, in two element-wise passes.
-        z = torch.sign(output.detach()).add_(0.5).sign_().mul_(self.epsilon).add_(output.detach())
-        output.register_hook(lambda relevance: relevance / z)
-        # Hand on an identity of the output: what flows back into it (and what observers of the
-        # layer's output see) is the relevance itself; the division happens just below it.
-        return Identity.apply(output)[0]
-
-    def backward(self, module: nn.Module, grad_input, grad_output):
-        return (self.stored_tensors["input"] * grad_input[0],) + tuple(grad_input[1:])
-
-    def copy(self) -> GradientEpsilon:
-        return GradientEpsilon(self.epsilon)
-
-
-@register_composite("epsilon")
-class EpsilonComposite(LayerMapComposite):
-    """The paper's ε-rule (Eq. 1) on every conv and linear layer, residual sum and average pool, in
-    gradient form (:class:`GradientEpsilon`). Registered in zennit's own ``COMPOSITES`` as
-    ``epsilon``, so it is chosen by name exactly like zennit's composites.
-
-    Only layers whose rule changes the gradient get a hook. Activations and (merged, identity)
-    BatchNorms are left to autograd: zennit's Pass rule differs from the ReLU gradient only where
-    the activation is 0, and every rule here gives such a neuron no relevance anyway (each is
-    proportional to its input). The tests check that the result equals zennit's full ε layer map."""
-
-    def __init__(self, epsilon: float = 1e-6, canonizers: list | None = None) -> None:
-        layer_map = [
-            (Sum, GradientEpsilon(epsilon=epsilon)),  # zennit's Norm rule is this rule without parameters
-            (AvgPool, GradientEpsilon(epsilon=epsilon)),
-            (Convolution, GradientEpsilon(epsilon=epsilon)),
-            (nn.Linear, GradientEpsilon(epsilon=epsilon)),
-        ]
-        super().__init__(layer_map=layer_map, canonizers=canonizers)
-
-
 def make_composite(name: str, model: nn.Module, epsilon: float = 1e-6) -> Composite:
     """A composite from zennit's registry by name, with the canonizers this model needs."""
     if epsilon <= 0:
@@ -126,7 +45,7 @@ def make_composite(name: str, model: nn.Module, epsilon: float = 1e-6) -> Compos
         raise SwarmError(f"unknown LRP composite '{name}'; choose one of {', '.join(composite_names())}")
     cls = COMPOSITES[name]
     params = inspect.signature(cls).parameters
-    kwargs = {"canonizers": _canonizers(model)}
+    kwargs = {"canonizers": canonizers(model, fast=getattr(cls, "fast_canonizers", False))}
     if "epsilon" in params:
         kwargs["epsilon"] = epsilon
     if "low" in params:  # z-box rule for the first layer: the bounds of our [-1, 1] inputs

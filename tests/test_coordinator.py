@@ -72,6 +72,14 @@ def test_cache_key_covers_what_results_depend_on(tiny):
         assert coordinator.cache_key(tiny(same)) == base, same
 
 
+def test_a_criterion_revision_changes_its_results_key_only(tiny, monkeypatch):
+    lrp, imp = coordinator.cache_key(tiny()), coordinator.cache_key(tiny("pruning=imp"))
+    pretrain = coordinator.pretrain_key(tiny())
+    monkeypatch.setitem(coordinator.REVISIONS, "lrp", coordinator.REVISIONS["lrp"] + 1)
+    assert coordinator.cache_key(tiny()) != lrp
+    assert coordinator.cache_key(tiny("pruning=imp")) == imp and coordinator.pretrain_key(tiny()) == pretrain
+
+
 def test_lrp_and_imp_share_one_pre_training(tiny, monkeypatch, tmp_path):
     """IMP after LRP reuses LRP's pre-trained model, and gets exactly what it would have trained itself."""
     lrp_cfg = tiny("prune.iterations=1")
