@@ -40,7 +40,9 @@ from swarm.fleet_protocol import RECEIVED_WINDOW, Status, WindowRow
 from swarm.models import classifier
 from swarm.pruning import count_macs_and_params
 from swarm.evaluation import accuracies
+from swarm.layout import batch_to, place
 
+CPU = torch.device("cpu")  # nodes are simulated on the host's CPU
 _COSTS: dict[str, tuple[int, int]] = {}
 
 
@@ -235,6 +237,7 @@ class NodeRuntime:
         recent = self.fleet.get("recent_samples")
         rng = np.random.default_rng((self.me.seed, window))
         loss_fn = nn.CrossEntropyLoss()
+        place(model, CPU)
         train_mode(model, frozen_batchnorm=self.fleet.get("batchnorm", BatchNormMode.track) == BatchNormMode.frozen)
         masked = self.fleet.get("loss", Loss.full) == Loss.masked
         balanced = self.fleet.get("sampling", Sampling.uniform) == Sampling.balanced
@@ -247,7 +250,7 @@ class NodeRuntime:
             samples += [self._sample(P, i) for i in replay.sample(n_replay)]
             if not samples:
                 continue
-            inputs = torch.stack([x for x, _ in samples])
+            inputs = batch_to(torch.stack([x for x, _ in samples]), CPU)
             targets = torch.stack([y for _, y in samples])
             self.trained_per_output += np.bincount(targets.numpy(), minlength=len(self.trained_per_output))
             optimizer.zero_grad(set_to_none=True)
@@ -287,7 +290,7 @@ class NodeRuntime:
         return self.data.sample(role, index)
 
     def _evaluate(self, model: nn.Module) -> dict[str, Any]:
-        return accuracies(model, self.tests, torch.device("cpu"))
+        return accuracies(model, self.tests, CPU)
 
     def received(self, weights: Mapping[str, torch.Tensor] | None = None) -> WindowRow:
         """The model as this node received it, evaluated before any training: the row (window -1,

@@ -29,6 +29,7 @@ from swarm.locks import cache_entry
 from swarm.data.build import ScenarioData
 from swarm.errors import SwarmError
 from swarm.evaluation import accuracies, test_sets
+from swarm.layout import place
 from swarm.models import NewClassOutputs, reset_outputs
 from swarm.training import TrainSettings, fit, resolve_device
 
@@ -87,7 +88,7 @@ def _adapt(cfg: DictConfig, data: ScenarioData, result: CoordinatorResult, itera
     settings = _settings(cfg)
     tests = test_sets(data, continual, int(cfg.fleet.eval_samples))
     device = resolve_device(settings.device)
-    model.to(device)
+    place(model, device)
     before = accuracies(model, tests, device)
     fitted = fit(model, data.union(roles, "train"), data.union(roles, "val"), settings,
                  seed=int(cfg.seed) + SEED_OFFSET + iteration,

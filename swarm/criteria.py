@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol
 import torch
 from torch import nn
 
+from swarm.layout import place
 from swarm.relevance import channel_relevance, filter_l1
 
 
@@ -57,7 +58,7 @@ def magnitude(model: nn.Module, layers: list[str], context: ScoringContext) -> d
 def relevance(model: nn.Module, layers: list[str], context: ScoringContext) -> dict[str, torch.Tensor]:
     """The paper's criterion: LRP relevance of each channel, summed over P."""
     settings = context.settings
-    model.to(context.device)
+    place(model, context.device)
     return channel_relevance(model, context.p_batches(), composite=str(settings["composite"]),
                              target=str(settings["target"]), epsilon=float(settings["epsilon"]), layers=layers,
                              device=context.device)

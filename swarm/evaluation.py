@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from swarm.data.build import ScenarioData
+from swarm.layout import batch_to, place
 
 SETS = ("P", "F", "PF")
 
@@ -70,7 +71,7 @@ def _predict(model: nn.Module, dataset: Dataset, device: torch.device, batch_siz
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     predicted, targets = [], []
     for inputs, labels in loader:
-        predicted.append(model(inputs.to(device)).argmax(dim=1).cpu())
+        predicted.append(model(batch_to(inputs, device)).argmax(dim=1).cpu())
         targets.append(labels)
     if not predicted:
         return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
@@ -82,6 +83,7 @@ def accuracies(model: nn.Module, tests: TestSets, device: torch.device | None = 
     accuracy on each group of F (NaN for a group the subset lacks). The model is left in the mode
     it came in."""
     device = device or next(model.parameters()).device
+    place(model, device)
     was_training = model.training
     model.eval()
     result: dict[str, object] = {}

@@ -20,8 +20,9 @@ from swarm.fleet_protocol import NODES_CSV
 FILES = (NODES_CSV,)
 # Bump when the meaning of cached fleet results changes, so that old entries are not reused
 # (2: nodes built their data with label groups re-ordered before this; 3: received rows, new
-# on-device training, availability lined up with the run; 4: fleet.new_class_outputs, reset).
-CACHE_VERSION = 4
+# on-device training, availability lined up with the run; 4: fleet.new_class_outputs, reset;
+# 5: nodes train and evaluate in channels-last, swarm.layout).
+CACHE_VERSION = 5
 NOT_IN_KEY = ("join_timeout_s", "window_timeout_s", "checkpoint", "ray")  # where it runs, not what
 
 

@@ -22,6 +22,7 @@ from zennit.composites import COMPOSITES
 from zennit.core import Composite
 
 from swarm.errors import SwarmError
+from swarm.layout import batch_to
 from swarm.lrp import canonizers  # also registers our ``epsilon`` composite in zennit's COMPOSITES
 
 
@@ -78,6 +79,14 @@ def _attribution_mode(model: nn.Module) -> Iterator[None]:
             m.inplace = True
 
 
+def _batch_sum(maps: torch.Tensor) -> torch.Tensor:
+    """The sum over the batch (dim 0). A channels-last (N, C, H, W) tensor is summed as the (N, H, W, C)
+    array it is in memory: torch's own ``sum(0)`` over that layout is ~15x slower."""
+    if maps.dim() == 4 and not maps.is_contiguous() and maps.is_contiguous(memory_format=torch.channels_last):
+        return maps.permute(0, 2, 3, 1).sum(dim=0).permute(2, 0, 1)
+    return maps.sum(dim=0)
+
+
 def relevance_maps(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *,
                    composite: str = "epsilon", target: str = "label", epsilon: float = 1e-6,
                    layers: list[str] | None = None, device: torch.device | str | None = None,
@@ -100,7 +109,7 @@ def relevance_maps(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch
 
     def accumulate(name: str):
         def on_grad(grad: torch.Tensor) -> None:
-            batch_sum = grad.detach().sum(dim=0)
+            batch_sum = _batch_sum(grad.detach())
             sums[name] = batch_sum if sums[name] is None else sums[name] + batch_sum
 
         def forward_hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
@@ -118,7 +127,7 @@ def relevance_maps(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch
             handles = [modules[name].register_forward_hook(accumulate(name)) for name in layers]
             try:
                 for inputs, labels in batches:
-                    inputs = inputs.to(device).requires_grad_(True)
+                    inputs = batch_to(inputs, device).requires_grad_(True)
                     output = hooked(inputs)
                     classes = labels.to(device) if target == "label" else output.argmax(dim=1)
                     start = torch.zeros_like(output)

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from swarm.errors import SwarmError
+from swarm.layout import batch_to, place
 
 
 @dataclass(frozen=True)
@@ -81,12 +82,12 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | None =
     With ``device`` given, the model is moved there first."""
     if device is None:
         device = next(model.parameters()).device
-    model.to(device)
+    place(model, device)
     was_training = model.training
     model.eval()
     correct = total = 0
     for inputs, targets in loader:
-        predictions = model(inputs.to(device, non_blocking=True)).argmax(dim=1)
+        predictions = model(batch_to(inputs, device)).argmax(dim=1)
         correct += (predictions.cpu() == targets).sum().item()
         total += targets.numel()
     model.train(was_training)
@@ -101,7 +102,7 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
     total_loss, batches = 0.0, 0
     for inputs, targets in loader:
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(inputs.to(device, non_blocking=True)), targets.to(device, non_blocking=True))
+        loss = loss_fn(model(batch_to(inputs, device)), targets.to(device, non_blocking=True))
         loss.backward()
         optimizer.step()
         total_loss += loss.item()
@@ -121,7 +122,7 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, settings: TrainS
     if len(train_set) == 0:
         raise SwarmError(f"{desc}: the training set is empty; check the scenario's split and data.max_per_class")
     device = resolve_device(settings.device)
-    model.to(device)
+    place(model, device)
     torch.manual_seed(seed)
     train_loader = make_loader(train_set, settings.batch_size, shuffle=True, seed=seed,
                                num_workers=settings.num_workers)
