@@ -9,6 +9,7 @@ guard against a hung actor); nothing waits forever. Every reply is checked befor
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -66,16 +67,34 @@ class Deadline:
         return Status.late, f"no reply within {self.seconds:g} s"
 
 
-def collect(grid: GridLike, messages: list[Message], deadline: Deadline, poll_s: float = 0.1) -> dict[int, Message]:
+def collect(grid: GridLike, messages: Iterable[Message], deadline: Deadline, poll_s: float = 0.1,
+            in_flight: int | None = None) -> dict[int, Message]:
     """Send a round of messages; the replies that came before the deadline, by destination node id.
 
-    A reply counts only for the message it answers, and only from the node that message went to."""
-    pushed = {message_id for message_id in grid.push_messages(messages) if message_id}
-    # The grid gives each message its id as it pushes it; a message it could not push gets no reply.
-    destination = {m.metadata.message_id: m.metadata.dst_node_id for m in messages if m.metadata.message_id in pushed}
+    A reply counts only for the message it answers, and only from the node that message went to.
+    ``in_flight``: at most this many messages wait in the grid at once, the next ones sent as
+    replies come back (the simulation engine: see :func:`server.server_app.simulated_in_flight`);
+    ``None``: all at once (real devices work in parallel). ``messages`` may be a generator: each
+    message (with its copy of the weights) is then built only when it is sent."""
+    waiting = iter(messages)
+    destination: dict[str, int] = {}
+    pending: set[str] = set()
     replies: dict[int, Message] = {}
+
+    def send_more() -> None:
+        while in_flight is None or len(pending) < in_flight:
+            batch = list(itertools.islice(waiting, None if in_flight is None else in_flight - len(pending)))
+            if not batch:
+                return
+            # The grid gives each message its id as it pushes it; one it could not push gets no reply.
+            pushed = {message_id for message_id in grid.push_messages(batch) if message_id}
+            for m in batch:
+                if m.metadata.message_id in pushed:
+                    destination[m.metadata.message_id] = m.metadata.dst_node_id
+                    pending.add(m.metadata.message_id)
+
     sent_at = last_reply_at = time.monotonic()
-    pending = set(destination)
+    send_more()
     while pending:
         for reply in grid.pull_messages(pending):
             asked = reply.metadata.reply_to_message_id
@@ -83,6 +102,7 @@ def collect(grid: GridLike, messages: list[Message], deadline: Deadline, poll_s:
                 pending.discard(asked)
                 replies[destination[asked]] = reply
                 last_reply_at = time.monotonic()
+        send_more()
         if pending and deadline.expired(sent_at, last_reply_at, time.monotonic()):
             break
         if pending:
@@ -163,23 +183,25 @@ def _missing_row(partition: int, window: int, profile: str, status: str, error: 
 
 
 def run_fleet(grid: GridLike, plan_path: Path, *, strategy: str = "local", join_timeout_s: float = 120,
-              window_timeout_s: float = 600, simulated: bool = False, progress=None) -> list[dict[str, Any]]:
+              window_timeout_s: float = 600, simulated: bool = False, in_flight: int | None = None,
+              progress=None) -> list[dict[str, Any]]:
     """Run every window of the plan on the grid's nodes; returns (and writes) the nodes.csv rows.
 
     ``simulated``: the grid is Flower's simulation engine, so ``window_timeout_s`` guards only
     against a hung actor (see :class:`Deadline`). A node whose reply fails a check, or who reports
     that it failed, is ``failed`` for the rest of the run; a node that missed a deadline (or
     reports that its answer did, ``late``) is sent the next window again (with the model, if it
-    has none yet)."""
+    has none yet). ``in_flight``: how many messages wait in the grid at once (:func:`collect`)."""
     if strategy not in tuple(Strategy):
         raise SwarmError(f"fleet.strategy must be one of {', '.join(Strategy)}, not '{strategy}'")
     plan = FleetPlan.load(plan_path)
     with run_folder_lock(Path(plan.run_dir)):
-        return _run_windows(grid, plan, plan_path, strategy, join_timeout_s, window_timeout_s, simulated, progress)
+        return _run_windows(grid, plan, plan_path, strategy, join_timeout_s, window_timeout_s, simulated, in_flight,
+                            progress)
 
 
 def _run_windows(grid: GridLike, plan: FleetPlan, plan_path: Path, strategy: str, join_timeout_s: float,
-                 window_timeout_s: float, simulated: bool, progress) -> list[dict[str, Any]]:
+                 window_timeout_s: float, simulated: bool, in_flight: int | None, progress) -> list[dict[str, Any]]:
     count = len(plan.nodes)
     deadline = Deadline(window_timeout_s, simulated)
     node_ids = wait_for_nodes(grid, count, join_timeout_s)
@@ -201,19 +223,21 @@ def _run_windows(grid: GridLike, plan: FleetPlan, plan_path: Path, strategy: str
     has_model = saved.has_model  # nodes that adapted at least one window (they hold the model)
     csv_path = Path(plan.run_dir) / NODES_CSV
     for window in range(saved.windows_done, plan.windows):
-        messages = []
-        for partition in range(count):
-            if partition in failed:
-                continue
-            first = partition not in has_model
-            content = RecordDict({"config": ConfigRecord({"window": window, "return_weights": strategy == Strategy.fedavg,
-                                                          "evaluate_received": first}),
-                                  "task": tasks[partition]})
-            if first or strategy == Strategy.fedavg:  # the model travels once (each round under FedAvg)
-                content["arrays"] = ArrayRecord(shared)
-            messages.append(Message(content, dst_node_id=mapping[partition], message_type="train.adapt"))
+        def messages(window: int = window, shared: dict[str, torch.Tensor] = shared):
+            for partition in range(count):
+                if partition in failed:
+                    continue
+                first = partition not in has_model
+                content = RecordDict({"config": ConfigRecord({"window": window,
+                                                              "return_weights": strategy == Strategy.fedavg,
+                                                              "evaluate_received": first}),
+                                      "task": tasks[partition]})
+                if first or strategy == Strategy.fedavg:  # the model travels once (each round under FedAvg)
+                    content["arrays"] = ArrayRecord(shared)
+                yield Message(content, dst_node_id=mapping[partition], message_type="train.adapt")
+
         started = time.monotonic()
-        replies = collect(grid, messages, deadline)
+        replies = collect(grid, messages(), deadline, in_flight=in_flight)
         seconds = time.monotonic() - started
         records, sizes, trained = [], [], []
         for partition in range(count):

@@ -105,7 +105,9 @@ def _wait_healthy(port: int, superlink: subprocess.Popen, log: Path) -> None:
 
 
 POLL_S = 0.5
-STATUS_EVERY_S = 15.0  # a `flwr ls` costs about a CPU-second (its import): only a fallback for a run that died without a status
+# A `flwr ls` costs about a CPU-second and 100 MB (its import): only a fallback for a run that died
+# without a status, asked when no plan's log was touched for this long (the ServerApp's heartbeat).
+STATUS_EVERY_S = 15.0
 
 
 class LogTail:
@@ -124,6 +126,19 @@ class LogTail:
         complete = chunk[: chunk.rfind(b"\n") + 1]
         self.offset += len(complete)
         return complete.decode("utf-8", errors="replace")
+
+
+def _beating(tails: list[LogTail]) -> bool:
+    """Whether a plan's log was written or touched within ``STATUS_EVERY_S``: the ServerApp touches
+    the running plan's log every few seconds (:func:`server.server_app.heartbeat`)."""
+    now = time.time()
+    for tail in tails:
+        try:
+            if now - tail.path.stat().st_mtime < STATUS_EVERY_S:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _run_status(run_id: str, env: dict[str, str]) -> str:
@@ -149,7 +164,7 @@ def _follow(plans: list[Path], tails: list[LogTail], run_id: str, env: dict[str,
             return
         if superlink.poll() is not None:
             raise SwarmError(f"Flower's SuperLink stopped during the run (exit {superlink.returncode}); see {log}")
-        if time.monotonic() - checked > STATUS_EVERY_S:
+        if time.monotonic() - checked > STATUS_EVERY_S and not _beating(tails):
             checked = time.monotonic()
             if _run_status(run_id, env).startswith("finished"):
                 for tail in tails:

@@ -214,3 +214,53 @@ def test_drift_events_give_an_accuracy_matrix_end_to_end(plan_file):
     assert all(0 <= v <= 1 for row in matrix["matrix"] for v in row)  # every event ended inside the run
     assert "Accuracy matrix over drift events" in (path.parent / "report.md").read_text()
     assert set(summary["f_groups"]) == {"ring", "star", "diamond", "hexagon"}
+
+
+def test_collect_keeps_at_most_in_flight_messages_in_the_grid():
+    """Under the simulation engine a window's messages go out as replies come back (Flower's
+    in-memory LinkState scans every stored message for every node), and each is built only then;
+    real devices get all at once."""
+    from flwr.app import Message, RecordDict
+
+    class Grid:
+        def __init__(self):
+            self.waiting, self.most = {}, 0
+
+        def push_messages(self, messages):
+            for m in messages:
+                m.metadata.__dict__["_message_id"] = f"id-{m.metadata.dst_node_id:02d}"
+                self.waiting[m.metadata.message_id] = m
+            self.most = max(self.most, len(self.waiting))
+            return [m.metadata.message_id for m in messages]
+
+        def pull_messages(self, ids):  # two answers per poll
+            return [Message(RecordDict(), reply_to=self.waiting.pop(i)) for i in sorted(ids)[:2]]
+
+    built = []
+
+    def questions():
+        for node in range(20):
+            built.append(node)
+            yield Message(RecordDict(), dst_node_id=node, message_type="query.partition")
+
+    grid = Grid()
+    assert sorted(fleet.collect(grid, questions(), fleet.Deadline(5), poll_s=0, in_flight=3)) == list(range(20))
+    assert grid.most == 3 and len(built) == 20
+    grid = Grid()
+    assert len(fleet.collect(grid, questions(), fleet.Deadline(5), poll_s=0)) == 20 and grid.most == 20
+
+
+def test_a_running_plan_touches_its_log_so_the_caller_need_not_ask_flower(tmp_path):
+    import os
+    import time
+
+    from server import flower_sim, server_app
+
+    log = tmp_path / "fleet.log"
+    log.write_text("")
+    os.utime(log, (0, 0))
+    tails = [flower_sim.LogTail(log)]
+    assert not flower_sim._beating(tails)  # stale: the caller would ask `flwr ls`
+    with server_app.heartbeat(log, every_s=0.05):
+        time.sleep(0.3)
+    assert flower_sim._beating(tails)
