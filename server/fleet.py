@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 import numpy as np
 import torch
@@ -68,14 +68,16 @@ class Deadline:
 
 
 def collect(grid: GridLike, messages: Iterable[Message], deadline: Deadline, poll_s: float = 0.1,
-            in_flight: int | None = None) -> dict[int, Message]:
+            in_flight: int | None = None, on_reply: Callable[[int, Message], None] | None = None,
+            ) -> dict[int, Message]:
     """Send a round of messages; the replies that came before the deadline, by destination node id.
 
     A reply counts only for the message it answers, and only from the node that message went to.
     ``in_flight``: at most this many messages wait in the grid at once, the next ones sent as
     replies come back (the simulation engine: see :func:`server.server_app.simulated_in_flight`);
     ``None``: all at once (real devices work in parallel). ``messages`` may be a generator: each
-    message (with its copy of the weights) is then built only when it is sent."""
+    message (with its copy of the weights) is then built only when it is sent. ``on_reply(node id,
+    reply)``: called as each reply arrives, instead of keeping it in the returned dict."""
     waiting = iter(messages)
     destination: dict[str, int] = {}
     pending: set[str] = set()
@@ -100,7 +102,10 @@ def collect(grid: GridLike, messages: Iterable[Message], deadline: Deadline, pol
             asked = reply.metadata.reply_to_message_id
             if asked in pending and reply.metadata.src_node_id == destination[asked]:
                 pending.discard(asked)
-                replies[destination[asked]] = reply
+                if on_reply is None:
+                    replies[destination[asked]] = reply
+                else:
+                    on_reply(destination[asked], reply)
                 last_reply_at = time.monotonic()
         send_more()
         if pending and deadline.expired(sent_at, last_reply_at, time.monotonic()):
@@ -147,35 +152,73 @@ def partition_map(grid: GridLike, node_ids: list[int], count: int, deadline: Dea
     return mapping
 
 
+class RunningFedAvg:
+    """FedAvg folded in as replies arrive, so the server holds a chunk of replies and a few partial
+    averages, not every node's weights (at 1,000 nodes that was the ServerApp's only memory that
+    grew with the fleet). Flower's ``aggregate_arrayrecords`` averages each chunk of ``chunk``
+    replies, then the chunks' averages weighted by their totals: the same weighted mean, up to
+    float rounding. Replies are added in partition order, so the result does not depend on the
+    order in which nodes answered. Integer buffers (BatchNorm's batch counter) return to the sent
+    model's dtype.
+
+    ``head``: the output layer's name under the masked loss. A node then leaves the row of every
+    class its batches lacked exactly as it was sent, so the plain average would shrink what the
+    nodes that have a class learned of it by the share of nodes that do not (on a skewed split,
+    most). Each output's row is then averaged over the nodes that trained it, weighted by their
+    examples of it -- each parameter over the clients that updated it, as HeteroFL does (Diao et
+    al., ICLR 2021, https://arxiv.org/abs/2010.01264); a row no node trained keeps the sent value."""
+
+    def __init__(self, sent: dict[str, torch.Tensor], head: str | None = None, chunk: int = 32) -> None:
+        self.sent, self.chunk_size = sent, chunk
+        self.head_keys = [k for k in (f"{head}.weight", f"{head}.bias") if k in sent] if head else []
+        self.chunk: list[tuple[ArrayRecord, float]] = []
+        self.partials: list[tuple[ArrayRecord, float]] = []
+        self.head_sums: dict[str, torch.Tensor] = {}  # sum over nodes of examples x row, per output
+        self.examples: torch.Tensor | None = None  # examples per output, summed over nodes
+        self.count = 0  # replies added
+
+    def add(self, arrays: ArrayRecord, weight: float, examples_per_output: np.ndarray | None = None) -> None:
+        if self.head_keys:
+            examples = torch.as_tensor(examples_per_output, dtype=torch.float64)
+            self.examples = examples if self.examples is None else self.examples + examples
+            for key in self.head_keys:
+                rows = torch.as_tensor(arrays[key].numpy(), dtype=torch.float64)
+                weighted = rows * examples.view((-1,) + (1,) * (rows.dim() - 1))
+                self.head_sums[key] = weighted if key not in self.head_sums else self.head_sums[key] + weighted
+        self.chunk.append((arrays, float(weight)))
+        self.count += 1
+        if len(self.chunk) >= self.chunk_size:
+            self.partials.append(_weighted_mean(self.chunk))
+            self.chunk = []
+
+    def result(self) -> dict[str, torch.Tensor]:
+        parts = self.partials + ([_weighted_mean(self.chunk)] if self.chunk else [])
+        if not parts:
+            raise SwarmError("FedAvg of no replies")
+        state = (parts[0][0] if len(parts) == 1 else _weighted_mean(parts)[0]).to_torch_state_dict()
+        for key in self.head_keys:
+            total = self.examples.view((-1,) + (1,) * (self.head_sums[key].dim() - 1))
+            mixed = self.head_sums[key] / total.clamp(min=1)
+            untrained = self.examples == 0
+            mixed[untrained] = self.sent[key].to(torch.float64)[untrained]
+            state[key] = mixed
+        return {key: value.to(self.sent[key].dtype) for key, value in state.items()}
+
+
+def _weighted_mean(records: list[tuple[ArrayRecord, float]]) -> tuple[ArrayRecord, float]:
+    """Flower's FedAvg of ``(arrays, weight)`` pairs, with the pairs' total weight."""
+    bundles = [RecordDict({"arrays": arrays, "weight": MetricRecord({"samples": weight})}) for arrays, weight in records]
+    return aggregate_arrayrecords(bundles, "samples"), sum(weight for _, weight in records)
+
+
 def average(records: list[ArrayRecord], weights: list[float], sent: dict[str, torch.Tensor], *,
             per_output: tuple[str, list[np.ndarray]] | None = None) -> dict[str, torch.Tensor]:
-    """FedAvg with Flower's own helper, on replies that passed :func:`server.replies.check_reply`;
-    integer buffers (BatchNorm's batch counter) return to the sent model's dtype.
-
-    ``per_output``: (the output layer's name, each node's examples per output). Under the masked
-    loss a node leaves the row of every class its batches lacked exactly as it was sent, so the
-    plain average would shrink what the nodes that have a class learned of it by the share of
-    nodes that do not (on a skewed split, most). Each output's row is then averaged over the nodes
-    that trained it, weighted by their examples of it -- each parameter over the clients that
-    updated it, as HeteroFL does (Diao et al., ICLR 2021, https://arxiv.org/abs/2010.01264);
-    a row no node trained keeps the sent value."""
-    bundles = [RecordDict({"arrays": record, "weight": MetricRecord({"samples": float(weight)})})
-               for record, weight in zip(records, weights)]
-    state = aggregate_arrayrecords(bundles, "samples").to_torch_state_dict()
-    if per_output is not None:
-        head, counts = per_output
-        examples = torch.as_tensor(np.stack(counts), dtype=torch.float64)  # nodes x outputs
-        total = examples.sum(0)
-        for key in (f"{head}.weight", f"{head}.bias"):
-            if key not in sent:
-                continue
-            rows = torch.stack([torch.as_tensor(record[key].numpy(), dtype=torch.float64) for record in records])
-            shape = (len(records), -1) + (1,) * (rows.dim() - 2)
-            mixed = (rows * examples.view(shape)).sum(0) / total.clamp(min=1).view(shape[1:])
-            untrained = total == 0
-            mixed[untrained] = sent[key].to(torch.float64)[untrained]
-            state[key] = mixed
-    return {key: value.to(sent[key].dtype) for key, value in state.items()}
+    """FedAvg of replies that passed :func:`server.replies.check_reply` (:class:`RunningFedAvg`
+    at once); ``per_output``: (the output layer's name, each node's examples per output)."""
+    running = RunningFedAvg(sent, head=per_output[0] if per_output else None)
+    for i, (record, weight) in enumerate(zip(records, weights)):
+        running.add(record, weight, per_output[1][i] if per_output else None)
+    return running.result()
 
 
 def _missing_row(partition: int, window: int, profile: str, status: str, error: str) -> dict[str, Any]:
@@ -236,19 +279,19 @@ def _run_windows(grid: GridLike, plan: FleetPlan, plan_path: Path, strategy: str
                     content["arrays"] = ArrayRecord(shared)
                 yield Message(content, dst_node_id=mapping[partition], message_type="train.adapt")
 
-        started = time.monotonic()
-        replies = collect(grid, messages(), deadline, in_flight=in_flight)
-        seconds = time.monotonic() - started
-        records, sizes, trained = [], [], []
-        for partition in range(count):
+        failed_before = dict(failed)
+        fedavg = RunningFedAvg(shared, head=head if masked_loss else None)
+
+        def take(partition: int, reply: Message | None) -> None:
+            """One partition's rows of this window, and its weights folded into FedAvg."""
             profile = plan.node(partition).profile
-            if partition in failed:
-                rows.append(_missing_row(partition, window, profile, Status.failed, f"failed earlier: {failed[partition]}"))
-                continue
-            reply = replies.get(mapping[partition])
+            if partition in failed_before:
+                rows.append(_missing_row(partition, window, profile, Status.failed,
+                                         f"failed earlier: {failed_before[partition]}"))
+                return
             if reply is None:
                 rows.append(_missing_row(partition, window, profile, *deadline.missed()))
-                continue
+                return
             try:
                 if reply.has_error():
                     raise InvalidReply(f"the node's app raised: {safe_text(reply.error.reason)}")
@@ -260,25 +303,43 @@ def _run_windows(grid: GridLike, plan: FleetPlan, plan_path: Path, strategy: str
                 failed[partition] = reason
                 rows.append(_missing_row(partition, window, profile, Status.failed, reason))
                 log.warning("node %d, window %d: %s", partition, window, reason)
-                continue
+                return
             if checked.received is not None:
                 rows.append(checked.received)
             if checked.row["status"] == Status.late:  # its result came too late to use; it rejoins next window
                 rows.append(_missing_row(partition, window, profile, Status.late, checked.row["error"]))
-                continue
+                return
             rows.append(checked.row)
             if checked.row["status"] == Status.failed:
                 failed[partition] = checked.row["error"]
-                continue
+                return
             has_model.add(partition)
             if checked.arrays is not None and int(checked.row["steps"]) > 0:
                 # FedAvg's weight: the examples the node trained on in this round. A node that did
                 # not train returns the model it was sent and must not pull the average back to it.
-                records.append(checked.arrays)
-                sizes.append(float(checked.row["steps"]) * batch_size)
-                trained.append(checked.examples_per_output)
-        if records:
-            shared = average(records, sizes, shared, per_output=(head, trained) if masked_loss else None)
+                fedavg.add(checked.arrays, float(checked.row["steps"]) * batch_size, checked.examples_per_output)
+
+        # Replies are taken in partition order as soon as every earlier partition's is in (nodes.csv's
+        # order, and FedAvg's, whatever order the nodes answer in); only those waiting for an earlier
+        # one are held.
+        arrived: dict[int, Message] = {}
+        next_partition = 0
+        partition_of = {nid: p for p, nid in mapping.items()}
+
+        def on_reply(node_id: int, reply: Message) -> None:
+            nonlocal next_partition
+            arrived[partition_of[node_id]] = reply
+            while next_partition < count and (next_partition in arrived or next_partition in failed_before):
+                take(next_partition, arrived.pop(next_partition, None))
+                next_partition += 1
+
+        started = time.monotonic()
+        collect(grid, messages(), deadline, in_flight=in_flight, on_reply=on_reply)
+        seconds = time.monotonic() - started
+        for partition in range(next_partition, count):  # the rest: failed earlier or no reply
+            take(partition, arrived.pop(partition, None))
+        if fedavg.count:
+            shared = fedavg.result()
         write_rows(csv_path, rows)
         saved.windows_done = window + 1
         saved.shared = shared if strategy == Strategy.fedavg else None

@@ -264,3 +264,27 @@ def test_a_running_plan_touches_its_log_so_the_caller_need_not_ask_flower(tmp_pa
     with server_app.heartbeat(log, every_s=0.05):
         time.sleep(0.3)
     assert flower_sim._beating(tails)
+
+
+def test_fedavg_folded_in_chunks_is_the_average_of_all():
+    """The server folds replies into FedAvg as they come, a chunk at a time: the same weighted mean
+    (and the same per-output mixing) as averaging every reply at once."""
+    generator = torch.Generator().manual_seed(0)
+    sent = {"body": torch.zeros(4, 3), "fc.weight": torch.zeros(5, 3), "fc.bias": torch.zeros(5), "n": torch.tensor(0)}
+    replies = [{k: (torch.randn(v.shape, generator=generator) if v.is_floating_point() else torch.tensor(i))
+                for k, v in sent.items()} for i in range(7)]
+    weights = [float(w) for w in torch.randint(1, 50, (7,), generator=generator)]
+    examples = [np.array([i % 2, 3, 0, i, 1]) for i in range(7)]
+    results = []
+    for chunk in (2, 3, 100):
+        running = fleet.RunningFedAvg(sent, head="fc", chunk=chunk)
+        for reply, weight, counts in zip(replies, weights, examples):
+            running.add(ArrayRecord(reply), weight, counts)
+        results.append(running.result())
+    for result in results[:-1]:
+        for key in sent:
+            assert result[key].dtype == sent[key].dtype
+            assert torch.allclose(result[key].float(), results[-1][key].float(), atol=1e-6), key
+    body = sum(w * r["body"] for w, r in zip(weights, replies)) / sum(weights)
+    assert torch.allclose(results[-1]["body"], body, atol=1e-6)
+    assert torch.equal(results[-1]["fc.bias"][2], sent["fc.bias"][2])  # no node trained output 2
