@@ -265,10 +265,13 @@ def _run_windows(grid: GridLike, plan: FleetPlan, plan_path: Path, strategy: str
     rows, failed = saved.rows, saved.failed
     has_model = saved.has_model  # nodes that adapted at least one window (they hold the model)
     csv_path = Path(plan.run_dir) / NODES_CSV
+    partition_of = {nid: p for p, nid in mapping.items()}
     for window in range(saved.windows_done, plan.windows):
+        failed_before = dict(failed)  # this window's replies may add to `failed`; its messages follow this
+
         def messages(window: int = window, shared: dict[str, torch.Tensor] = shared):
             for partition in range(count):
-                if partition in failed:
+                if partition in failed_before:
                     continue
                 first = partition not in has_model
                 content = RecordDict({"config": ConfigRecord({"window": window,
@@ -279,7 +282,6 @@ def _run_windows(grid: GridLike, plan: FleetPlan, plan_path: Path, strategy: str
                     content["arrays"] = ArrayRecord(shared)
                 yield Message(content, dst_node_id=mapping[partition], message_type="train.adapt")
 
-        failed_before = dict(failed)
         fedavg = RunningFedAvg(shared, head=head if masked_loss else None)
 
         def take(partition: int, reply: Message | None) -> None:
@@ -324,7 +326,6 @@ def _run_windows(grid: GridLike, plan: FleetPlan, plan_path: Path, strategy: str
         # one are held.
         arrived: dict[int, Message] = {}
         next_partition = 0
-        partition_of = {nid: p for p, nid in mapping.items()}
 
         def on_reply(node_id: int, reply: Message) -> None:
             nonlocal next_partition
