@@ -1,10 +1,11 @@
 """The one place that starts Flower's Simulation Runtime: ``flwr run`` against a SuperLink of our own.
 
 Flower 1.42 deprecates the in-process ``run_simulation``; the supported path is the CLI's
-``flwr run`` against a SuperLink in simulation mode, which runs the app (this repository, built
-into a FAB) in a ``flwr-simulation`` process on the Ray backend. Here that SuperLink is started
-for the run, on free loopback ports, with a Flower home folder of its own (a temporary folder:
-nothing is left in ``~/.flwr``), and stopped when the run ends, so one call is one engine start:
+``flwr run`` against a SuperLink in simulation mode, which runs the app (swarm's packages, copied
+from this repository and built into a FAB: :func:`_staged_app`) in a ``flwr-simulation`` process
+on the Ray backend. Here that SuperLink is started for the run, on free loopback ports, with a
+Flower home folder of its own (a temporary folder: nothing is left in ``~/.flwr``), and stopped
+when the run ends, so one call is one engine start:
 
 * every plan of the run goes to the ServerApp in ``run_config["fleet-plan"]`` (``os.pathsep``
   separated), so several model sizes share one engine start;
@@ -45,6 +46,9 @@ from swarm.fleet_protocol import FLEET_LOG, FLEET_STATUS
 from swarm.errors import SwarmError
 
 APP_DIR = Path(__file__).resolve().parents[1]  # this repository: pyproject.toml's [tool.flwr.app]
+# What the Flower app is made of: its pyproject.toml and the packages its apps import (`scenarios`
+# holds the device profiles the nodes read).
+APP_PARTS = ("pyproject.toml", "swarm", "server", "nodes", "scenarios")
 STARTUP_S = 60.0
 
 
@@ -76,6 +80,26 @@ def _environment(home: Path, node_root: Path) -> dict[str, str]:
                 CALLER_PID: str(os.getpid()),
                 "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))})
     return env
+
+
+def _staged_app(home: Path) -> Path:
+    """A copy of the app's own files, for ``flwr run`` to build its FAB from.
+
+    Flower's build lists every file under the folder it is given before it filters them
+    (``flwr.cli.utils.collect_files``): in a clone that is the virtual environment (tens of
+    thousands of files), the caches and every run folder with its node data, seconds of CPU per
+    engine start that grow with what the clone holds (docs/benchmarks.md). The copy holds only
+    :data:`APP_PARTS`, so the FAB has the same modules and the build a fixed, small cost."""
+    staged = home / "app"
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for part in APP_PARTS:
+        source = APP_DIR / part
+        if source.is_dir():
+            shutil.copytree(source, staged / part, ignore=skip)
+        else:
+            staged.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, staged / part)
+    return staged
 
 
 def _join_cluster(env: dict[str, str], address: str, node_root: Path) -> None:
@@ -200,7 +224,7 @@ def run(plans: list[Path], num_nodes: int, node_root: Path, *, cpus_per_node: fl
             (Path(plan).parent / FLEET_STATUS).unlink(missing_ok=True)
         tails = [LogTail(Path(plan).parent / FLEET_LOG) for plan in plans]  # new lines only, not a killed run's
         federation = f"num-supernodes={num_nodes} client-resources-num-cpus={cpus_per_node:g} client-resources-num-gpus=0"
-        command = [_tool("flwr"), "run", str(APP_DIR), "swarm", "--format", "json",
+        command = [_tool("flwr"), "run", str(_staged_app(home)), "swarm", "--format", "json",
                    "--run-config", f'fleet-plan="{os.pathsep.join(str(p) for p in plans)}"',
                    "--federation-config", federation]
         submitted = subprocess.run(command, env=env, capture_output=True, text=True)

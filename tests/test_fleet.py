@@ -266,6 +266,28 @@ def test_a_running_plan_touches_its_log_so_the_caller_need_not_ask_flower(tmp_pa
     assert flower_sim._beating(tails)
 
 
+def test_the_app_flower_builds_holds_the_apps_modules_and_nothing_of_the_clone(tmp_path):
+    """`flwr run` builds its FAB from a copy of the app's parts, not from the clone (whose virtual
+    environment, caches and run folders Flower's build would walk file by file)."""
+    import io
+    import zipfile
+
+    from flwr.cli.build import build_fab_from_disk
+
+    from server import flower_sim
+
+    (flower_sim.APP_DIR / "swarm" / "__pycache__").mkdir(exist_ok=True)
+    staged = flower_sim._staged_app(tmp_path)
+    assert sorted(p.name for p in staged.iterdir()) == sorted(flower_sim.APP_PARTS)
+    fab = set(zipfile.ZipFile(io.BytesIO(build_fab_from_disk(staged))).namelist())
+    wanted = {p.relative_to(flower_sim.APP_DIR).as_posix() for part in flower_sim.APP_PARTS[1:]
+              for pattern in ("*.py", "*.yaml") for p in (flower_sim.APP_DIR / part).rglob(pattern)
+              if "__pycache__" not in p.parts and not p.name.startswith("test_")}
+    assert wanted and wanted <= fab
+    assert "nodes/client_app.py" in fab and "scenarios/device/raspberry_pi_4.yaml" in fab
+    assert not any("__pycache__" in name or name.startswith((".venv", "tests/", "benchmarks/")) for name in fab)
+
+
 def test_fedavg_folded_in_chunks_is_the_average_of_all():
     """The server folds replies into FedAvg as they come, a chunk at a time: the same weighted mean
     (and the same per-output mixing) as averaging every reply at once."""
