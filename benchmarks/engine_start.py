@@ -1,5 +1,5 @@
 """What ``flwr run`` spends building the app's FAB: from the whole clone (Flower's default, the folder
-``flwr run`` is given) against from the staged copy of the app's parts (``server.flower_sim._staged_app``).
+``flwr run`` is given) against from the staged copy of the app's parts (``server.flower_sim.stage_app``).
 
 Flower's build lists every file under the folder before it filters them, so its cost grows with
 what the clone holds (virtual environment, caches, run folders with their node data). Both builds
@@ -43,7 +43,7 @@ def main() -> None:
         clone_s.append(seconds)
         with tempfile.TemporaryDirectory() as home:
             start = time.perf_counter()
-            staged = flower_sim._staged_app(Path(home))
+            staged = flower_sim.stage_app(Path(home))
             copy_s = time.perf_counter() - start
             seconds, staged_size = timed(lambda: build_fab_from_disk(staged))
             staged_s.append(copy_s + seconds)

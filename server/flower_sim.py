@@ -2,7 +2,7 @@
 
 Flower 1.42 deprecates the in-process ``run_simulation``; the supported path is the CLI's
 ``flwr run`` against a SuperLink in simulation mode, which runs the app (swarm's packages, copied
-from this repository and built into a FAB: :func:`_staged_app`) in a ``flwr-simulation`` process
+from this repository and built into a FAB: :func:`stage_app`) in a ``flwr-simulation`` process
 on the Ray backend. Here that SuperLink is started for the run, on free loopback ports, with a
 Flower home folder of its own (a temporary folder: nothing is left in ``~/.flwr``), and stopped
 when the run ends, so one call is one engine start:
@@ -82,7 +82,7 @@ def _environment(home: Path, node_root: Path) -> dict[str, str]:
     return env
 
 
-def _staged_app(home: Path) -> Path:
+def stage_app(home: Path) -> Path:
     """A copy of the app's own files, for ``flwr run`` to build its FAB from.
 
     Flower's build lists every file under the folder it is given before it filters them
@@ -224,7 +224,7 @@ def run(plans: list[Path], num_nodes: int, node_root: Path, *, cpus_per_node: fl
             (Path(plan).parent / FLEET_STATUS).unlink(missing_ok=True)
         tails = [LogTail(Path(plan).parent / FLEET_LOG) for plan in plans]  # new lines only, not a killed run's
         federation = f"num-supernodes={num_nodes} client-resources-num-cpus={cpus_per_node:g} client-resources-num-gpus=0"
-        command = [_tool("flwr"), "run", str(_staged_app(home)), "swarm", "--format", "json",
+        command = [_tool("flwr"), "run", str(stage_app(home)), "swarm", "--format", "json",
                    "--run-config", f'fleet-plan="{os.pathsep.join(str(p) for p in plans)}"',
                    "--federation-config", federation]
         submitted = subprocess.run(command, env=env, capture_output=True, text=True)

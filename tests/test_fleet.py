@@ -277,7 +277,7 @@ def test_the_app_flower_builds_holds_the_apps_modules_and_nothing_of_the_clone(t
     from server import flower_sim
 
     (flower_sim.APP_DIR / "swarm" / "__pycache__").mkdir(exist_ok=True)
-    staged = flower_sim._staged_app(tmp_path)
+    staged = flower_sim.stage_app(tmp_path)
     assert sorted(p.name for p in staged.iterdir()) == sorted(flower_sim.APP_PARTS)
     fab = set(zipfile.ZipFile(io.BytesIO(build_fab_from_disk(staged))).namelist())
     wanted = {p.relative_to(flower_sim.APP_DIR).as_posix() for part in flower_sim.APP_PARTS[1:]
