@@ -211,16 +211,6 @@ def _weighted_mean(records: list[tuple[ArrayRecord, float]]) -> tuple[ArrayRecor
     return aggregate_arrayrecords(bundles, "samples"), sum(weight for _, weight in records)
 
 
-def average(records: list[ArrayRecord], weights: list[float], sent: dict[str, torch.Tensor], *,
-            per_output: tuple[str, list[np.ndarray]] | None = None) -> dict[str, torch.Tensor]:
-    """FedAvg of replies that passed :func:`server.replies.check_reply` (:class:`RunningFedAvg`
-    at once); ``per_output``: (the output layer's name, each node's examples per output)."""
-    running = RunningFedAvg(sent, head=per_output[0] if per_output else None)
-    for i, (record, weight) in enumerate(zip(records, weights)):
-        running.add(record, weight, per_output[1][i] if per_output else None)
-    return running.result()
-
-
 def _missing_row(partition: int, window: int, profile: str, status: str, error: str) -> dict[str, Any]:
     return WindowRow.without_result(partition, profile, window, status, error).as_dict()
 

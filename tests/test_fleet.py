@@ -144,13 +144,22 @@ def test_simulate_with_a_failing_node_writes_everything_and_exits_1(make_cfg, tm
         assert set(entry["reference"]["after"]) == {"acc_P", "acc_F"} and entry["reference"]["epochs"] <= 2
 
 
+def average(records, weights, sent, per_output=None):
+    """The server's FedAvg (:class:`server.fleet.RunningFedAvg`) of all replies at once;
+    ``per_output``: (the output layer's name, each node's examples per output)."""
+    running = fleet.RunningFedAvg(sent, head=per_output[0] if per_output else None)
+    for i, (record, weight) in enumerate(zip(records, weights)):
+        running.add(record, weight, per_output[1][i] if per_output else None)
+    return running.result()
+
+
 def test_fedavg_averages_the_adapted_models(plan_file):
     path = plan_file(2, "fleet.strategy=fedavg")
     rows = fleet.run_fleet(FakeGrid(2, root=nodes_of(path)), path, strategy="fedavg", join_timeout_s=5)
     assert len(rows) == 6
     a = {"w": torch.tensor([1.0, 3.0]), "n": torch.tensor(5)}
     b = {"w": torch.tensor([3.0, 5.0]), "n": torch.tensor(9)}
-    avg = fleet.average([ArrayRecord(a), ArrayRecord(b)], [1.0, 3.0], sent=a)  # Flower's helper
+    avg = average([ArrayRecord(a), ArrayRecord(b)], [1.0, 3.0], sent=a)  # Flower's helper
     assert torch.allclose(avg["w"], torch.tensor([2.5, 4.5]))
     assert avg["n"].dtype == torch.int64 and int(avg["n"]) == 8  # the batch counter keeps its dtype
 
@@ -164,12 +173,12 @@ def test_fedavg_averages_each_output_over_the_nodes_that_trained_it():
     b = {"body": torch.tensor([3.0, 3.0]), "fc.weight": torch.tensor([[0.0, 0.0], [6.0, 6.0], [0.0, 0.0]]),
          "fc.bias": torch.tensor([0.0, 6.0, 0.0])}
     counts = [np.array([10, 10, 0]), np.array([0, 30, 0])]
-    avg = fleet.average([ArrayRecord(a), ArrayRecord(b)], [20.0, 20.0], sent, per_output=("fc", counts))
+    avg = average([ArrayRecord(a), ArrayRecord(b)], [20.0, 20.0], sent, per_output=("fc", counts))
     assert torch.allclose(avg["body"], torch.tensor([2.0, 2.0]))  # the body: plain FedAvg
     # Output 0: node a alone (the plain average would halve what it learned); output 1: 10:30.
     assert torch.allclose(avg["fc.bias"], torch.tensor([4.0, 5.0, 0.0]))
     assert torch.allclose(avg["fc.weight"], torch.tensor([[4.0, 4.0], [5.0, 5.0], [0.0, 0.0]]))
-    plain = fleet.average([ArrayRecord(a), ArrayRecord(b)], [20.0, 20.0], sent)
+    plain = average([ArrayRecord(a), ArrayRecord(b)], [20.0, 20.0], sent)
     assert torch.allclose(plain["fc.bias"], torch.tensor([2.0, 4.0, 0.0]))
 
 
