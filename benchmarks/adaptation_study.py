@@ -44,7 +44,8 @@ VARIANTS: dict[str, list[str]] = {
 
 def run_variant(name: str, overrides: list[str], workdir: Path) -> list[dict]:
     from nodes.node import NodeRuntime
-    from nodes.plan import FleetPlan, plan_from_config
+    from nodes.plan import FleetPlan
+    from nodes.planning import plan_from_config
     from server import coordinator
     from swarm import checkpoints
     from swarm.config import data_options, scenario_of

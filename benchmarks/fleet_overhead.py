@@ -78,7 +78,7 @@ class PeakMemory:
 
 def make_plan(nodes: int, windows: int, workdir: Path, name: str):
     from nodes.local_data import DATA_DIR, write_fleet_data
-    from nodes.plan import plan_from_config
+    from nodes.planning import plan_from_config
     from swarm import checkpoints
     from swarm.config import data_options, scenario_of
     from swarm.data.build import build

@@ -43,7 +43,7 @@ from nodes.local_data import NodeData, load_node_data, simulated_folders
 from nodes.node import NodeRuntime
 from nodes.plan import NodeTask
 from swarm.errors import SwarmError
-from swarm.fleet_protocol import Status, WindowRow
+from swarm.fleet_protocol import NODE_ROOT, Status, WindowRow
 
 app = ClientApp()
 
@@ -56,8 +56,6 @@ class InjectedCrash(RuntimeError):
 def partition_of(context: Context) -> int:
     return int(context.node_config["partition-id"])
 
-
-NODE_ROOT = "SWARM_NODE_ROOT"
 
 
 def node_paths(context: Context) -> tuple[Path, Path]:

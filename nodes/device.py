@@ -24,9 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import simpy
-import torch
 import yaml
-from torch import nn
 
 from swarm.errors import SwarmError
 from swarm.fleet_protocol import Status
@@ -267,29 +265,6 @@ def available_seconds(profile: DeviceProfile, start_s: float, end_s: float, phas
 
 
 # ----------------------------------------------------------------------------- memory
-def activation_bytes_per_sample(model: nn.Module, example: torch.Tensor) -> int:
-    """Bytes of layer outputs one sample keeps for the backward pass (what dominates training memory)."""
-    total = 0
-
-    def hook(module, inputs, output):
-        nonlocal total
-        if isinstance(output, torch.Tensor):
-            total += output.numel() * output.element_size()
-
-    leaves = [m for m in model.modules() if not list(m.children())]
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example[:1])
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
-    return total
-
-
 @dataclass(frozen=True)
 class MemoryNeed:
     weights_mb: float

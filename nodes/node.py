@@ -28,11 +28,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from nodes.device import (Budget, StreamCredit, WindowReport, activation_bytes_per_sample, memory_check, profile_of,
-                          memory_need, simulate_window, step_flops)
+from nodes.device import (Budget, StreamCredit, WindowReport, memory_check, profile_of, memory_need, simulate_window,
+                          step_flops)
 from nodes.drift import F, P, node_stream
 from nodes.local_data import NodeData, load_node_data, simulated_folders
 from nodes.plan import BatchNormMode, FleetPlan, Loss, NodeTask, Sampling
+from nodes.planning import received_model
 from nodes.replay import ReplayBuffer
 from swarm import checkpoints, io
 from swarm.errors import SwarmError
@@ -54,6 +55,29 @@ def model_costs(model: nn.Module, arch: Mapping[str, Any]) -> tuple[int, int]:
         macs, _ = count_macs_and_params(model, checkpoints.example_inputs(arch))
         _COSTS[key] = (macs, activation_bytes_per_sample(model, checkpoints.example_inputs(arch, 2)))
     return _COSTS[key]
+
+
+def activation_bytes_per_sample(model: nn.Module, example: torch.Tensor) -> int:
+    """Bytes of layer outputs one sample keeps for the backward pass (what dominates training memory)."""
+    total = 0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel() * output.element_size()
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example[:1])
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return total
 
 
 def train_mode(model: nn.Module, *, frozen_batchnorm: bool) -> None:
@@ -329,4 +353,4 @@ def local_runtime(plan: FleetPlan, partition: int, root: Path, plan_id: str = "0
     task from the plan and the model the server would send."""
     data_dir, state_dir = simulated_folders(root, partition)
     data = load_node_data(data_dir, partition=partition, data_id=plan.data_id(partition))
-    return NodeRuntime(plan.task(partition, plan_id), data, state_dir, model=plan.received_model().state_dict())
+    return NodeRuntime(plan.task(partition, plan_id), data, state_dir, model=received_model(plan).state_dict())

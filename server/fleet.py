@@ -23,6 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from nodes.plan import FleetPlan, Loss, Strategy
+from nodes.planning import received_model
 from server.progress import plan_hash, resume, run_folder_lock
 from server.replies import InvalidReply, check_reply, safe_text
 from swarm.fleet_protocol import NO_RESULT, NODES_CSV, RECEIVED_WINDOW, Status, WindowRow, write_rows
@@ -243,7 +244,7 @@ def _run_windows(grid: GridLike, plan: FleetPlan, plan_path: Path, strategy: str
     missing = sorted(set(range(count)) - set(mapping))
     if missing:
         raise SwarmError(f"nodes for partitions {missing} did not answer; the fleet needs partitions 0..{count - 1}")
-    model = plan.received_model()
+    model = received_model(plan)
     sent = {k: v.detach().clone() for k, v in model.state_dict().items()}
     saved = resume(Path(plan.run_dir), plan_path)  # after a kill: the windows already finished
     plan_id = plan_hash(plan_path)[:16]  # names the nodes' state of this plan

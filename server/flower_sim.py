@@ -40,9 +40,7 @@ from pathlib import Path
 
 import httpx
 
-from nodes.client_app import NODE_ROOT
-from server.server_app import CALLER_PID
-from swarm.fleet_protocol import FLEET_LOG, FLEET_STATUS
+from swarm.fleet_protocol import CALLER_PID, FLEET_LOG, FLEET_STATUS, NODE_ROOT
 from swarm.errors import SwarmError
 
 APP_DIR = Path(__file__).resolve().parents[1]  # this repository: pyproject.toml's [tool.flwr.app]

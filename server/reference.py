@@ -30,7 +30,8 @@ from swarm.data.build import ScenarioData
 from swarm.errors import SwarmError
 from swarm.evaluation import accuracies, test_sets
 from swarm.layout import place
-from swarm.models import NewClassOutputs, reset_outputs
+from swarm.choices import NewClassOutputs
+from swarm.models import reset_outputs
 from swarm.training import TrainSettings, fit, resolve_device
 
 log = logging.getLogger("swarm.reference")

@@ -28,14 +28,13 @@ from flwr.serverapp import Grid, ServerApp
 from nodes.plan import FleetPlan
 from server.fleet import run_fleet
 from swarm import io
-from swarm.fleet_protocol import DEVICE_FAULTS, FLEET_LOG, FLEET_STATUS, Status
+from swarm.fleet_protocol import CALLER_PID, DEVICE_FAULTS, FLEET_LOG, FLEET_STATUS, Status
 
 app = ServerApp()
 
 
 log = logging.getLogger("swarm.fleet")
 
-CALLER_PID = "SWARM_CALLER_PID"  # set by server.flower_sim: the process that started this run
 CALLER_POLL_S = 0.2
 HEARTBEAT_S = 5.0
 

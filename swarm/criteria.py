@@ -3,7 +3,8 @@
 A criterion scores every output channel of the given conv layers (higher: more worth keeping).
 Two ship: ``lrp``, the paper's LRP relevance accumulated over P (:mod:`swarm.relevance`), and
 ``imp``, the baseline's filter magnitude. Add another with :func:`criterion`; its name then
-becomes a valid ``pruning`` choice (the config schema lists :data:`CRITERIA`).
+becomes a valid ``pruning.name`` (:func:`check_pruning`, which the coordinator's callers run before
+they read any data; the config schema cannot list the registry, as it imports no torch).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from typing import Any, Callable, Iterable, Mapping, Protocol
 import torch
 from torch import nn
 
+from swarm.errors import SwarmError
 from swarm.layout import place
-from swarm.relevance import channel_relevance, filter_l1
+from swarm.relevance import channel_relevance, composite_names, filter_l1
 
 
 @dataclass
@@ -44,6 +46,17 @@ def criterion(name: str, revision: int = 1) -> Callable[[Criterion], Criterion]:
         REVISIONS[name] = revision
         return function
     return register
+
+
+def check_pruning(pruning: Mapping[str, Any]) -> None:
+    """The ``pruning`` settings name a registered criterion and, where they name one, a composite
+    in zennit's registry (ours, ``epsilon``, included): one :class:`SwarmError` line otherwise."""
+    name = str(pruning["name"])
+    if name not in CRITERIA:
+        raise SwarmError(f"pruning.name={name}: choose one of {', '.join(sorted(CRITERIA))}")
+    composite = pruning.get("composite")
+    if composite is not None and str(composite) not in composite_names():
+        raise SwarmError(f"pruning.composite={composite}: choose one of {', '.join(composite_names())}")
 
 
 @criterion("imp")

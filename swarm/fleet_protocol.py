@@ -149,3 +149,35 @@ SUMMARY = "summary.json"
 RUN_RECORD = "run.json"  # what swarm.report reads
 REPORT = "report.md"
 NODE_FOLDERS = "nodes"  # the simulated nodes' own folders: nodes/node_NNN/{data,state}
+
+# What a simulation's caller tells the engine's processes through their environment.
+NODE_ROOT = "SWARM_NODE_ROOT"  # where the simulated nodes find their node_NNN folders (nodes.client_app)
+CALLER_PID = "SWARM_CALLER_PID"  # the process whose end stops the run (server.server_app)
+
+
+@dataclass
+class FleetJob:
+    """One fleet run of a simulation: the model of one pruning iteration, adapted by the whole
+    fleet, in ``directory`` (its plan, rows and report), cached under ``key``."""
+
+    iteration: int
+    directory: Path
+    key: str
+    from_cache: bool = False
+
+    @property
+    def plan_path(self) -> Path:
+        return self.directory / FLEET_PLAN
+
+
+@dataclass
+class PreparedFleet:
+    """What the preparation of a simulation (coordinator, reference, plans, node folders:
+    :func:`server.preparation.prepare_fleet`) hands the caller, which then runs the fleet and
+    reports: plain values only, as it comes back from a process of its own."""
+
+    record: dict[str, Any]  # the coordinator's record, with the reference of every chosen iteration
+    jobs: list[FleetJob]
+    mode: str  # the scenario's: continual (new classes) or finetune (new subclasses or domains)
+    f_group_names: list[str]  # F's groups (classes or domains) in the test split, as reports name them
+    node_root: Path | None  # where the pending jobs' nodes find their folders (None: every job from the cache)

@@ -1,4 +1,8 @@
-"""Atomic file writes: a reader (or a resumed run) never sees a half-written file."""
+"""Atomic file writes: a reader (or a resumed run) never sees a half-written file.
+
+Only the tensor functions need torch, and they import it themselves: the simulation's caller
+writes its JSON and reports with this module and stays a process without torch (about 700 MB less
+beside the fleet; :mod:`swarm.isolated`)."""
 
 from __future__ import annotations
 
@@ -6,9 +10,10 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def _atomic(path: Path, write) -> None:
@@ -40,8 +45,12 @@ def write_json(path: Path, data: Any) -> None:
 
 def save_tensors(path: Path, state: dict[str, Any]) -> None:
     """Save tensors (a state dict, plus plain metadata) so that ``torch.load(weights_only=True)`` reads them."""
+    import torch
+
     _atomic(path, lambda f: torch.save(state, f))
 
 
 def load_tensors(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    import torch
+
     return torch.load(path, map_location=map_location, weights_only=True)

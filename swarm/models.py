@@ -28,13 +28,6 @@ class Stem(StrEnum):
     small = "small"
 
 
-class NewClassOutputs(StrEnum):
-    """How adaptation treats the outputs of classes the model was never trained on (see reset_outputs)."""
-
-    reset = "reset"
-    keep = "keep"
-
-
 def resolve_stem(stem: str, image_size: int) -> str:
     """``auto`` picks the small stem (3x3 stride-1 conv, no max-pool) for inputs of 64 px or less."""
     if stem not in tuple(Stem):

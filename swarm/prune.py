@@ -21,8 +21,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from server import coordinator, reference
-from swarm import io
+from swarm import io, settings
 from swarm.config import data_options, entry_point, scenario_of
+from swarm.criteria import check_pruning
 from swarm.data import sources
 from swarm.data.build import build
 from swarm.fleet_protocol import COORDINATOR
@@ -31,6 +32,7 @@ log = logging.getLogger("swarm.prune")
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    check_pruning(settings.plain(cfg.pruning))  # the registries, before any data is read
     scenario = scenario_of(cfg)
     options = data_options(cfg)
     if cfg.prune.dry_run:

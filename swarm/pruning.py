@@ -18,20 +18,13 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from enum import StrEnum
-
 import torch
 import torch_pruning as tp
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from swarm.choices import Scope
 from swarm.errors import SwarmError
-
-class Scope(StrEnum):
-    """Which channels a cut may remove: inside residual blocks (the paper's counts), or every dependency group."""
-
-    inner = "inner"
-    all = "all"
 
 
 def kept_channels(channels: int, ratio: float) -> int:

@@ -12,7 +12,6 @@ no gradients, and each hook accumulates the batch sum on the fly instead of keep
 from __future__ import annotations
 
 import inspect
-from enum import StrEnum
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 
@@ -21,16 +20,10 @@ from torch import nn
 from zennit.composites import COMPOSITES
 from zennit.core import Composite
 
+from swarm.choices import Target
 from swarm.errors import SwarmError
 from swarm.layout import batch_to
 from swarm.lrp import canonizers  # also registers our ``epsilon`` composite in zennit's COMPOSITES
-
-
-class Target(StrEnum):
-    """Where relevance starts: the logit of the true class, or of the predicted one."""
-
-    label = "label"
-    prediction = "prediction"
 
 
 def composite_names() -> list[str]:

@@ -1,13 +1,20 @@
 """The config's schema, defined once: Hydra structured configs for every setting a user turns.
 
 ``scenarios/config.yaml`` holds the values and says what each one means; this module holds their
-types, the choices of every enumerated setting (each an enum owned by the module that implements
-it: :class:`nodes.plan.Strategy`, :class:`nodes.replay.ReplayPolicy`, ...) and the bounds of every
-number. :func:`register` puts :class:`SwarmConfig` in Hydra's ConfigStore as ``swarm_schema``,
-which ``config.yaml`` lists first in its defaults, so that Hydra rejects a wrong type or an
-unknown choice while it composes the config, before anything runs. :func:`check` then checks the
-bounds (``fleet.nodes=0``, ``prune.ratio=1.5``) and what spans several keys, also before any
-work. It belongs with the entry points (it may import ``nodes/`` and ``server/``).
+types, the choices of every enumerated setting (each an enum in a module without torch:
+:class:`nodes.plan.Strategy`, :class:`nodes.replay.ReplayPolicy`, :mod:`swarm.choices`, ...) and
+the bounds of every number. :func:`register` puts :class:`SwarmConfig` in Hydra's ConfigStore as
+``swarm_schema``, which ``config.yaml`` lists first in its defaults, so that Hydra rejects a wrong
+type or an unknown choice while it composes the config, before anything runs. :func:`check` then
+checks the bounds (``fleet.nodes=0``, ``prune.ratio=1.5``) and what spans several keys, also
+before any work. It belongs with the entry points (it may import ``nodes/`` and ``server/``).
+
+It imports no torch, and nothing that does: the caller of ``python -m swarm.simulate`` composes
+and checks the config and then waits through the whole fleet, and without torch it holds about
+700 MB less beside the simulated nodes. The two choices that name entries of registries kept in
+torch code (``pruning.name`` in :data:`swarm.criteria.CRITERIA`, ``pruning.composite`` in zennit's)
+are strings here, checked by :func:`swarm.criteria.check_pruning` before the coordinator reads
+any data.
 
 Group configs whose shape differs per option (``scenario``, ``model``, ``pretrain``) stay free-form:
 their loaders check them (:class:`swarm.data.scenario.Scenario`, :func:`swarm.models.build_model`).
@@ -19,28 +26,18 @@ import dataclasses
 import math
 import operator
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
-from zennit.composites import COMPOSITES
 
 from nodes.drift import DriftKind
 from nodes.plan import BatchNormMode, Loss, Sampling, Strategy, check_faults
 from nodes.replay import ReplayPolicy
-from swarm.criteria import CRITERIA
+from swarm.choices import NewClassOutputs, Scope, Target
 from swarm.errors import SwarmError
-from swarm.models import NewClassOutputs
-from swarm.pruning import Scope
-from swarm.relevance import Target
 
 SCHEMA = "swarm_schema"
-
-# Registries as enums, so that the schema lists their current members (a criterion or a zennit
-# composite registered before the config is composed is a valid choice).
-Criterion = StrEnum("Criterion", {name: name for name in sorted(CRITERIA)})
-Composite = StrEnum("Composite", {name: name for name in sorted(COMPOSITES)})
 
 
 def bounded(*, ge: float | None = None, gt: float | None = None, le: float | None = None,
@@ -89,8 +86,8 @@ class PruneConfig:
 class PruningConfig:
     """The criterion (``pruning=lrp|imp``); LRP's settings are empty for criteria that need none."""
 
-    name: Criterion = MISSING
-    composite: Optional[Composite] = None
+    name: str = MISSING  # a criterion of swarm.criteria's registry (checked by swarm.criteria.check_pruning)
+    composite: Optional[str] = None  # a composite of zennit's registry (likewise)
     epsilon: Optional[float] = bounded(gt=0, default=None)
     target: Optional[Target] = None
 

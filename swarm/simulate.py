@@ -13,115 +13,58 @@
    (as a device: its app raised, or its reply was invalid), 3 if the simulation engine left some
    node-windows unserved (``not_simulated``: every fleet mean then covers only part of the fleet).
 
-Finished fleet results are cached (:mod:`swarm.fleet_cache`), like the coordinator's, so a sweep
-that is run again skips every point it already finished.
+Steps 1 and 2 run in a process of their own (:mod:`server.preparation`, through
+:mod:`swarm.isolated`) that ends before the engine starts, so this process, which waits through the
+fleet, never imports torch. Finished fleet results are cached (:mod:`swarm.fleet_cache`), like the
+coordinator's, so a sweep that is run again skips every point it already finished.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, OmegaConf
 
-from nodes.plan import FleetPlan, check_fleet_fits, plan_from_config
-from server import coordinator, reference
-from swarm import fleet_cache, io, settings
-from swarm.config import data_options, entry_point, scenario_of
-from swarm.data.build import ScenarioData, build
+from nodes.plan import FleetPlan
+from swarm import fleet_cache, io, isolated, settings
+from swarm.config import entry_point
 from swarm.errors import FleetFailure, FleetIncomplete, SwarmError
-from swarm.evaluation import f_groups
 from swarm.fleet_report import coverage_line, write_report
-from swarm.fleet_protocol import COORDINATOR, FLEET_PLAN, FLEET_STATUS, NODE_FOLDERS, RUN_RECORD
+from swarm.fleet_protocol import FLEET_STATUS, RUN_RECORD, FleetJob, PreparedFleet
 
 log = logging.getLogger("swarm.simulate")
 
-
-def chosen_iterations(choice: Any, result: coordinator.CoordinatorResult) -> list[int]:
-    """``fleet.checkpoint``: last, all, one iteration number, or a list of them."""
-    numbers = [it["iteration"] for it in result.iterations]
-    if choice in (None, "last", -1):
-        return numbers[-1:]
-    if choice == "all":
-        return numbers
-    wanted = list(choice) if isinstance(choice, (list, tuple, ListConfig)) else [choice]
-    try:
-        wanted = [int(w) for w in wanted]
-    except (TypeError, ValueError):
-        raise SwarmError(f"fleet.checkpoint={choice}: use last, all, an iteration number or a list of them") from None
-    for number in wanted:
-        if number not in numbers:
-            raise SwarmError(f"fleet.checkpoint={choice}: the coordinator has iterations {numbers[0]}..{numbers[-1]}")
-    return sorted(set(wanted))
-
-
-@dataclass
-class FleetJob:
-    """One fleet run: the model of one pruning iteration, adapted by the whole fleet."""
-
-    iteration: int
-    directory: Path
-    key: str
-    from_cache: bool = False
-
-    @property
-    def plan_path(self) -> Path:
-        return self.directory / FLEET_PLAN
+# Steps 1-2 (and the nodes' folders), run in a process of their own: this one never imports torch.
+PREPARE = "server.preparation:prepare_fleet"
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    # The settings were checked when composed (swarm.settings); what needs the data, right after it.
-    scenario = scenario_of(cfg)
-    data = build(scenario, data_options(cfg))
-    check_fleet_fits(cfg.fleet, data)
-    log.info("scenario %s (%s, pretrain=%s, pruning=%s)", scenario.name, scenario.mode, scenario.pretrain,
-             cfg.pruning.name)
-    result = coordinator.run(cfg, data)
-    iterations = chosen_iterations(cfg.fleet.checkpoint, result)
-    record = reference.annotate(cfg, data, result, iterations)
-    io.write_json(run_dir / COORDINATOR, {**record, "cache_dir": str(result.directory)})
-    print(f"\ncoordinator: {scenario.name} · pretrain={scenario.pretrain} · pruning={cfg.pruning.name} · "
-          f"{cfg.model.name}{' (from cache)' if result.cached else ''}\n{coordinator.table(record)}")
-
-    config = settings.plain(cfg)
-    cache_dir = Path(str(cfg.cache_dir))
-    jobs = [FleetJob(it, run_dir if len(iterations) == 1 else run_dir / f"iteration_{it:02d}",
-                     fleet_cache.fleet_key(coordinator.model_key(cfg, it), it, config["fleet"], int(cfg.seed)))
-            for it in iterations]
-    for job in jobs:
-        job.directory.mkdir(parents=True, exist_ok=True)
-        (job.directory / FLEET_STATUS).unlink(missing_ok=True)
-        job.from_cache = fleet_cache.restore(cache_dir, job.key, job.directory)
-        _write_plan(cfg, config, data, result, job)  # also for a cached result: its report reads the plan
+    # The settings were checked when composed (swarm.settings); what needs the data or the
+    # registries of torch code, by the preparation before it reads or trains anything.
+    prepared = _prepare(cfg, run_dir)
+    jobs = prepared.jobs
     pending = [job for job in jobs if not job.from_cache]
-    sizes = ", ".join(f"{result.iterations[j.iteration]['params'] / 1e6:.2f}M" for j in jobs)
-    print(f"\nfleet: {cfg.fleet.nodes} nodes ({', '.join(cfg.fleet.profiles)}), {cfg.fleet.windows} windows of "
-          f"{cfg.fleet.window_s:g} s, strategy {cfg.fleet.strategy}; iteration "
-          f"{', '.join(str(j.iteration) for j in jobs)} ({sizes} parameters)"
-          + (f"; {len(jobs) - len(pending)} from the cache" if len(pending) < len(jobs) else ""))
     if pending:
-        print(f"(saved after every window: if this run is killed, the same command with hydra.run.dir={run_dir} "
-              f"resumes it)")
-        root = _node_folders(FleetPlan.load(pending[0].plan_path), data, run_dir / NODE_FOLDERS)
-        _run_flower([job.plan_path for job in pending], int(cfg.fleet.nodes), root, cfg.fleet.ray)
+        _run_flower([job.plan_path for job in pending], int(cfg.fleet.nodes), Path(prepared.node_root), cfg.fleet.ray)
 
     errors, failed_nodes, unserved, finals = [], {}, {}, []
-    target = "acc_PF" if scenario.mode == "continual" else "acc_F"
-    f_names = f_groups(data, "test")[1]
+    target = "acc_PF" if prepared.mode == "continual" else "acc_F"
+    cache_dir = Path(str(cfg.cache_dir))
+    record = prepared.record
     for job in jobs:
         status = ({"error": "", "failed_nodes": [], "not_simulated_nodes": []} if job.from_cache
                   else _status(job.directory))
         if status["error"]:
             errors.append(f"iteration {job.iteration}: {status['error']}")
             continue
-        title = (f"{scenario.name} · {cfg.pruning.name} · {cfg.pretrain.name} · seed {cfg.seed} · "
+        title = (f"{cfg.scenario.name} · {cfg.pruning.name} · {cfg.pretrain.name} · seed {cfg.seed} · "
                  f"iteration {job.iteration}")
         entry = record["iterations"][job.iteration]
-        summary = write_report(job.directory, title, target=target, f_group_names=f_names,
+        summary = write_report(job.directory, title, target=target, f_group_names=prepared.f_group_names,
                                reference=entry.get("reference"), events=_events(job.plan_path),
                                faults=_faults(job.plan_path))
         if status["failed_nodes"]:
@@ -130,7 +73,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             unserved[job.iteration] = status["not_simulated_nodes"]
         if not job.from_cache and not status["failed_nodes"] and not status["not_simulated_nodes"]:
             fleet_cache.store(cache_dir, job.key, job.directory)
-        _write_run_record(cfg, scenario.mode, record, job, summary, status)
+        _write_run_record(cfg, prepared.mode, record, job, summary, status)
         finals.append((job, summary))
     for job, summary in finals:
         print(f"\niteration {job.iteration}{' (from cache)' if job.from_cache else ''}: {_outcome(summary)}")
@@ -147,6 +90,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         where = "; ".join(f"iteration {it}: nodes {nodes}" for it, nodes in failed_nodes.items())
         raise FleetFailure(f"{where} failed; see report.md in {run_dir}")
     return {"jobs": [(job.iteration, summary) for job, summary in finals]}
+
+
+def _prepare(cfg: DictConfig, run_dir: Path) -> PreparedFleet:
+    """:data:`PREPARE` in a process of its own (:mod:`swarm.isolated`), logging as this job does."""
+    logging_config = None
+    if HydraConfig.initialized():
+        logging_config = OmegaConf.to_container(HydraConfig.get().job_logging, resolve=True)
+    return isolated.call(PREPARE, cfg, run_dir, logging_config=logging_config)
 
 
 def _faults(plan_path: Path) -> dict[int, str]:
@@ -183,32 +134,6 @@ def _outcome(summary: dict[str, Any]) -> str:
     if len(idle) > 5:
         lines.append(f"  ... and {len(idle) - 5} more nodes that never trained (report.md lists them)")
     return "\n".join(lines)
-
-
-def _write_plan(cfg: DictConfig, config: dict[str, Any], data: ScenarioData, result: coordinator.CoordinatorResult,
-                job: FleetJob) -> None:
-    checkpoint = coordinator.checkpoint_path(result.directory, job.iteration)
-    plan_from_config(config, data, checkpoint=checkpoint, run_dir=job.directory).save(job.plan_path)
-
-
-
-
-def _node_folders(plan: FleetPlan, data: ScenarioData, root: Path) -> Path:
-    """Every node's data folder under ``root/node_NNN/data`` (the plans of one run share their data:
-    same scenario, seed and stream); folders already written for this data are kept."""
-    from nodes.local_data import DATA_DIR, MANIFEST, simulated_folders, write_fleet_data
-
-    def current(partition: int) -> bool:
-        manifest = simulated_folders(root, partition)[0] / MANIFEST
-        return manifest.exists() and json.loads(manifest.read_text()).get("data_id") == plan.data_id(partition)
-
-    if all(current(i) for i in range(len(plan.nodes))):
-        return root
-    step = max(1, len(plan.nodes) // 10)
-    write_fleet_data(plan, data, root, inner=DATA_DIR,
-                     progress=lambda done, total: (done % step == 0 or done == total)
-                     and print(f"node data: {done}/{total} folders", flush=True))
-    return root
 
 
 def _run_flower(plans: list[Path], num_nodes: int, node_root: Path, ray: DictConfig) -> None:

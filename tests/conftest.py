@@ -149,7 +149,7 @@ def write_fleet_plan(cfg, workdir: Path, run_name: str, windows: int, pretrain_e
     for ``pretrain_epochs``: (plan path, data)."""
     import torch
 
-    from nodes.plan import plan_from_config
+    from nodes.planning import plan_from_config
     from swarm import checkpoints, settings
     from swarm.config import data_options, scenario_of
     from swarm.data.build import build
@@ -198,8 +198,11 @@ def nodes_of(plan_path: Path) -> Path:
 
 def use_fake_engine(monkeypatch, **grid_options) -> None:
     """Make ``swarm.simulate`` run its plans as Flower's simulation would -- the real ServerApp, one
-    plan after the other -- but on a :class:`FakeGrid` (``grid_options`` as its keywords)."""
+    plan after the other -- but on a :class:`FakeGrid` (``grid_options`` as its keywords), and its
+    preparation in this process rather than one of its own (the same function; a fixture's changes
+    to this process reach it; the CLI tests run it in its own)."""
     from server import server_app
+    from server.preparation import prepare_fleet
     from swarm import simulate
 
     def engine(plans, num_nodes, node_root, ray=None):
@@ -207,6 +210,7 @@ def use_fake_engine(monkeypatch, **grid_options) -> None:
             server_app.run_plan(FakeGrid(num_nodes, root=node_root, **grid_options), plan)
 
     monkeypatch.setattr(simulate, "_run_flower", engine)
+    monkeypatch.setattr(simulate, "_prepare", prepare_fleet)
 
 
 class FakeGrid:

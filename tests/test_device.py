@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nodes.device import (Budget, DeviceProfile, StreamCredit, activation_bytes_per_sample, available_profiles,
-                          available_seconds, load_profile, memory_check, memory_need, simulate_window,
-                          step_flops)
+from nodes.device import (Budget, DeviceProfile, StreamCredit, available_profiles, available_seconds, load_profile,
+                          memory_check, memory_need, simulate_window, step_flops)
+from nodes.node import activation_bytes_per_sample
 from swarm.errors import SwarmError
 from swarm.models import build_model
 

@@ -367,8 +367,9 @@ BAD_SETTINGS = [
 @pytest.mark.parametrize("override, message", BAD_SETTINGS, ids=[o for o, _ in BAD_SETTINGS])
 def test_a_bad_setting_is_one_line_naming_it(override, message):
     """Issue 11's list, through what every entry point runs before its task: Hydra's composition
-    (its error made one line) and swarm.config.prepare (checks, device profiles). The data-bound
-    check (fleet.nodes=100000) runs right after the data is built, before any training."""
+    (its error made one line) and swarm.config.prepare (checks, device profiles). The registries'
+    check (pruning.composite=nope, swarm.criteria.check_pruning) runs before the data is read, the
+    data-bound one (fleet.nodes=100000) right after it is built, both before any training."""
     from hydra.errors import HydraException
 
     from swarm.config import composition_error, compose_config
@@ -376,8 +377,13 @@ def test_a_bad_setting_is_one_line_naming_it(override, message):
 
     try:
         cfg = compose_config(["scenario.dataset.train_per_group=6", override])
+        if override.startswith("pruning.composite"):
+            from swarm import settings
+            from swarm.criteria import check_pruning
+
+            check_pruning(settings.plain(cfg.pruning))
         if override == "fleet.nodes=100000":
-            from nodes.plan import check_fleet_fits
+            from nodes.planning import check_fleet_fits
             from swarm.config import data_options, scenario_of
             from swarm.data.build import build
 

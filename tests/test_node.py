@@ -11,6 +11,7 @@ from hydra.errors import ConfigCompositionException
 import torch
 
 from nodes.plan import FleetPlan
+from nodes.planning import received_model
 from swarm import checkpoints
 from swarm.errors import SwarmError
 from tests.conftest import node_runtime, write_fleet_plan
@@ -137,7 +138,7 @@ def test_continual_nodes_learn_the_new_classes_and_keep_p(fleet):
     received = node.received()
     # The new classes' outputs start neutral: zero weights (they were never a target before).
     assert plan.reset_outputs == data.untrained_outputs() and len(plan.reset_outputs) == 2
-    assert not plan.received_model().fc.weight[plan.reset_outputs].any()
+    assert not received_model(plan).fc.weight[plan.reset_outputs].any()
     assert len(received.acc_F_groups) == 2 and received.acc_F <= 0.5
     last = [node.run_window(w)[0] for w in range(2)][-1]
     assert last.acc_F >= 0.1 and min(last.acc_F_groups) > 0, last
@@ -146,7 +147,7 @@ def test_continual_nodes_learn_the_new_classes_and_keep_p(fleet):
 
 def test_new_class_outputs_are_reset_only_for_new_classes(fleet):
     plan, data = fleet(*NEW_CLASSES, "fleet.new_class_outputs=keep")
-    assert plan.reset_outputs == [] and plan.received_model().fc.weight.abs().sum(1).min() > 0
+    assert plan.reset_outputs == [] and received_model(plan).fc.weight.abs().sum(1).min() > 0
     plan, data = fleet(*NEW_SUBCLASSES)  # F brings new subclasses of known labels: nothing new to reset
     assert data.untrained_outputs() == [] and plan.reset_outputs == []
     with pytest.raises(ConfigCompositionException, match="fleet.new_class_outputs=zero"):  # rejected as composed

@@ -1,0 +1,105 @@
+"""Drawing a fleet plan (:mod:`nodes.plan`) from the run config and the scenario's data, and the
+model the plan hands every node. The one place that turns configuration into a plan (simulation,
+tests and benchmarks); unlike the plan itself, it needs torch and the data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from torch import nn
+
+from nodes.device import DeviceProfile, available_seconds, profile_of
+from nodes.drift import dirichlet_partition, drift_times
+from nodes.plan import FleetPlan, NodePlan, check_faults, draw_faults, split_tasks
+from swarm import checkpoints
+from swarm.choices import NewClassOutputs
+from swarm.data.build import ScenarioData
+from swarm.errors import SwarmError
+from swarm.evaluation import f_groups
+from swarm.models import reset_outputs
+
+
+def received_model(plan: FleetPlan) -> nn.Module:
+    """The model every node starts from: the checkpoint, with the new classes' outputs given a
+    neutral start (``fleet.new_class_outputs``; :func:`swarm.models.reset_outputs`)."""
+    model, _, _ = checkpoints.load(Path(plan.checkpoint))
+    reset_outputs(model, plan.reset_outputs)
+    return model
+
+
+def availability_phase(profile: DeviceProfile, span_s: float, rng: np.random.Generator, tries: int = 1000) -> float:
+    """A phase of the device's availability cycle, uniform among those in which it is available at
+    some time during the simulated span ``[0, span_s)``.
+
+    A run simulates a slice of time (an hour, say) of devices whose cycles are long (a phone that
+    charges 8 h a day): drawn uniformly, most such devices would be offline for the whole slice and
+    the fleet would be smaller than asked by accident. Conditioning on overlap keeps every device in
+    the fleet while their availability still starts and ends at random times inside the run."""
+    cycle = profile.availability_cycle_s
+    phase = float(rng.uniform(0, cycle))
+    if profile.availability <= 0 or profile.availability >= 1:
+        return phase
+    for _ in range(tries):
+        if available_seconds(profile, 0.0, span_s, phase) > 0:
+            return phase
+        phase = float(rng.uniform(0, cycle))
+    return phase
+
+
+def check_fleet_fits(fleet: Mapping[str, Any], data: ScenarioData) -> None:
+    """What needs the data: every node gets at least one sample of F."""
+    supply = len(data.datasets["F"]["train"])
+    if int(fleet["nodes"]) > supply:
+        raise SwarmError(f"fleet.nodes={fleet['nodes']}: F has {supply} training samples, so at most {supply} "
+                         "nodes get a share of it; lower fleet.nodes")
+
+
+def draw_plan(*, run_dir: Path, config: dict[str, Any], checkpoint: Path, architecture: dict[str, Any],
+              f_groups: np.ndarray,
+              num_nodes: int, profiles: list[str], alpha: float, drift: dict[str, Any], window_s: float,
+              windows: int, seed: int, min_f_per_node: int = 1, reset_outputs: list[int] | None = None,
+              faults: Mapping[str, Any] | None = None) -> FleetPlan:
+    """Draw every node's profile, drift time, availability phase (one that meets the run, see
+    :func:`availability_phase`) and share of F, from ``seed``.
+
+    ``f_groups`` gives the group (class or domain) of each F training sample; ``profiles`` are
+    assigned round-robin, so a fleet of mixed devices is reproducible and balanced. With
+    ``drift["events"] > 1`` F's groups arrive as that many tasks, ``drift["event_gap_s"]`` apart.
+    """
+    devices = {name: profile_of(config["fleet"], name) for name in profiles}  # a missing one fails here
+    f_groups = np.asarray(f_groups)
+    tasks = split_tasks(len(np.unique(f_groups)), int(drift.get("events", 1)))
+    event_of_group = {g: k for k, task in enumerate(tasks) for g in task}
+    rng = np.random.default_rng(seed)
+    shares = dirichlet_partition(f_groups, num_nodes, alpha, rng, min_per_node=min_f_per_node)
+    drifts = drift_times(num_nodes, drift, rng)
+    nodes = []
+    for i in range(num_nodes):
+        profile = profiles[i % len(profiles)]
+        events = [event_of_group[int(g)] for g in f_groups[shares[i]]] if len(tasks) > 1 else []
+        nodes.append(NodePlan(partition=i, profile=profile, drift_s=float(drifts[i]),
+                              phase_s=availability_phase(devices[profile], window_s * windows, rng),
+                              f_indices=shares[i].tolist(), seed=int(rng.integers(0, 2**31 - 1)), f_events=events))
+    draw_faults(nodes, check_faults(faults), int(windows), seed)
+    return FleetPlan(str(run_dir), config, str(checkpoint), dict(architecture), float(window_s), int(windows), nodes,
+                     f_tasks=tasks, event_gap_s=float(drift.get("event_gap_s", 0.0)),
+                     reset_outputs=[int(o) for o in reset_outputs or []])
+
+
+def plan_from_config(config: Mapping[str, Any], data: ScenarioData, *, checkpoint: Path, run_dir: Path) -> FleetPlan:
+    """The fleet plan of a resolved run config (``fleet``, ``seed``, ...) for the model in ``checkpoint``:
+    the one place that turns configuration into a plan (simulation, tests and benchmarks)."""
+    fleet = config["fleet"]
+    _, arch, _ = checkpoints.load(Path(checkpoint))
+    choice = str(fleet.get("new_class_outputs", "reset"))
+    if choice not in tuple(NewClassOutputs):
+        raise SwarmError(f"fleet.new_class_outputs must be one of {', '.join(NewClassOutputs)}, not '{choice}'")
+    return draw_plan(run_dir=run_dir, config=dict(config), checkpoint=checkpoint, architecture=arch,
+                     f_groups=f_groups(data, "train")[0], num_nodes=int(fleet["nodes"]), profiles=list(fleet["profiles"]),
+                     alpha=float(fleet["alpha"]), drift=dict(fleet["drift"]), window_s=float(fleet["window_s"]),
+                     windows=int(fleet["windows"]), seed=int(config["seed"]),
+                     reset_outputs=data.untrained_outputs() if choice == "reset" else [],
+                     faults=fleet.get("faults"))

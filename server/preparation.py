@@ -1,0 +1,110 @@
+"""Everything a simulation does before its fleet starts, in the order it does it: check the
+pruning settings against their registries, build the scenario's data, run the coordinator (or take
+its cached result), adapt the reference, write each chosen iteration's fleet plan, restore finished
+fleets from the cache, and write the nodes' own data folders.
+
+``python -m swarm.simulate`` runs :func:`prepare_fleet` in a process of its own
+(:mod:`swarm.isolated`), which ends before the simulation engine starts: torch, the data and the
+coordinator's models are gone before the fleet's processes start, and the caller, which waits
+through the fleet, never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig
+
+from nodes.local_data import DATA_DIR, MANIFEST, simulated_folders, write_fleet_data
+from nodes.plan import FleetPlan
+from nodes.planning import check_fleet_fits, plan_from_config
+from server import coordinator, reference
+from swarm import fleet_cache, io, settings
+from swarm.config import data_options, scenario_of
+from swarm.criteria import check_pruning
+from swarm.data.build import ScenarioData, build
+from swarm.errors import SwarmError
+from swarm.evaluation import f_groups
+from swarm.fleet_protocol import COORDINATOR, FLEET_STATUS, NODE_FOLDERS, FleetJob, PreparedFleet
+
+log = logging.getLogger("swarm.simulate")
+
+
+def prepare_fleet(cfg: DictConfig, run_dir: Path) -> PreparedFleet:
+    """The coordinator's result, the reference and every fleet plan of this run, written under
+    ``run_dir``; the nodes' folders written for the plans that still have to run."""
+    check_pruning(settings.plain(cfg.pruning))
+    scenario = scenario_of(cfg)
+    data = build(scenario, data_options(cfg))
+    check_fleet_fits(cfg.fleet, data)
+    log.info("scenario %s (%s, pretrain=%s, pruning=%s)", scenario.name, scenario.mode, scenario.pretrain,
+             cfg.pruning.name)
+    result = coordinator.run(cfg, data)
+    iterations = chosen_iterations(cfg.fleet.checkpoint, result)
+    record = reference.annotate(cfg, data, result, iterations)
+    io.write_json(run_dir / COORDINATOR, {**record, "cache_dir": str(result.directory)})
+    print(f"\ncoordinator: {scenario.name} · pretrain={scenario.pretrain} · pruning={cfg.pruning.name} · "
+          f"{cfg.model.name}{' (from cache)' if result.cached else ''}\n{coordinator.table(record)}")
+
+    config = settings.plain(cfg)
+    cache_dir = Path(str(cfg.cache_dir))
+    jobs = [FleetJob(it, run_dir if len(iterations) == 1 else run_dir / f"iteration_{it:02d}",
+                     fleet_cache.fleet_key(coordinator.model_key(cfg, it), it, config["fleet"], int(cfg.seed)))
+            for it in iterations]
+    for job in jobs:
+        job.directory.mkdir(parents=True, exist_ok=True)
+        (job.directory / FLEET_STATUS).unlink(missing_ok=True)
+        job.from_cache = fleet_cache.restore(cache_dir, job.key, job.directory)
+        checkpoint = coordinator.checkpoint_path(result.directory, job.iteration)
+        # also for a cached result: its report reads the plan
+        plan_from_config(config, data, checkpoint=checkpoint, run_dir=job.directory).save(job.plan_path)
+    pending = [job for job in jobs if not job.from_cache]
+    sizes = ", ".join(f"{result.iterations[j.iteration]['params'] / 1e6:.2f}M" for j in jobs)
+    print(f"\nfleet: {cfg.fleet.nodes} nodes ({', '.join(cfg.fleet.profiles)}), {cfg.fleet.windows} windows of "
+          f"{cfg.fleet.window_s:g} s, strategy {cfg.fleet.strategy}; iteration "
+          f"{', '.join(str(j.iteration) for j in jobs)} ({sizes} parameters)"
+          + (f"; {len(jobs) - len(pending)} from the cache" if len(pending) < len(jobs) else ""))
+    node_root = None
+    if pending:
+        print(f"(saved after every window: if this run is killed, the same command with hydra.run.dir={run_dir} "
+              f"resumes it)")
+        node_root = node_folders(FleetPlan.load(pending[0].plan_path), data, run_dir / NODE_FOLDERS)
+    return PreparedFleet(record=record, jobs=jobs, mode=scenario.mode, f_group_names=list(f_groups(data, "test")[1]),
+                         node_root=node_root)
+
+
+def chosen_iterations(choice: Any, result: coordinator.CoordinatorResult) -> list[int]:
+    """``fleet.checkpoint``: last, all, one iteration number, or a list of them."""
+    numbers = [it["iteration"] for it in result.iterations]
+    if choice in (None, "last", -1):
+        return numbers[-1:]
+    if choice == "all":
+        return numbers
+    wanted = list(choice) if isinstance(choice, (list, tuple, ListConfig)) else [choice]
+    try:
+        wanted = [int(w) for w in wanted]
+    except (TypeError, ValueError):
+        raise SwarmError(f"fleet.checkpoint={choice}: use last, all, an iteration number or a list of them") from None
+    for number in wanted:
+        if number not in numbers:
+            raise SwarmError(f"fleet.checkpoint={choice}: the coordinator has iterations {numbers[0]}..{numbers[-1]}")
+    return sorted(set(wanted))
+
+
+def node_folders(plan: FleetPlan, data: ScenarioData, root: Path) -> Path:
+    """Every node's data folder under ``root/node_NNN/data`` (the plans of one run share their data:
+    same scenario, seed and stream); folders already written for this data are kept."""
+    def current(partition: int) -> bool:
+        manifest = simulated_folders(root, partition)[0] / MANIFEST
+        return manifest.exists() and json.loads(manifest.read_text()).get("data_id") == plan.data_id(partition)
+
+    if all(current(i) for i in range(len(plan.nodes))):
+        return root
+    step = max(1, len(plan.nodes) // 10)
+    write_fleet_data(plan, data, root, inner=DATA_DIR,
+                     progress=lambda done, total: (done % step == 0 or done == total)
+                     and print(f"node data: {done}/{total} folders", flush=True))
+    return root
