@@ -173,7 +173,7 @@ class FleetJob:
 @dataclass
 class PreparedFleet:
     """What the preparation of a simulation (coordinator, reference, plans, node folders:
-    :func:`server.preparation.prepare_fleet`) hands the caller, which then runs the fleet and
+    :func:`swarm.preparation.prepare_fleet`) hands the caller, which then runs the fleet and
     reports: plain values only, as it comes back from a process of its own."""
 
     record: dict[str, Any]  # the coordinator's record, with the reference of every chosen iteration

@@ -13,7 +13,7 @@
    (as a device: its app raised, or its reply was invalid), 3 if the simulation engine left some
    node-windows unserved (``not_simulated``: every fleet mean then covers only part of the fleet).
 
-Steps 1 and 2 run in a process of their own (:mod:`server.preparation`, through
+Steps 1 and 2 run in a process of their own (:mod:`swarm.preparation`, through
 :mod:`swarm.isolated`) that ends before the engine starts, so this process, which waits through the
 fleet, never imports torch. Finished fleet results are cached (:mod:`swarm.fleet_cache`), like the
 coordinator's, so a sweep that is run again skips every point it already finished.
@@ -39,7 +39,7 @@ from swarm.fleet_protocol import FLEET_STATUS, RUN_RECORD, FleetJob, PreparedFle
 log = logging.getLogger("swarm.simulate")
 
 # Steps 1-2 (and the nodes' folders), run in a process of their own: this one never imports torch.
-PREPARE = "server.preparation:prepare_fleet"
+PREPARE = "swarm.preparation:prepare_fleet"
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:

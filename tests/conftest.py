@@ -202,7 +202,7 @@ def use_fake_engine(monkeypatch, **grid_options) -> None:
     preparation in this process rather than one of its own (the same function; a fixture's changes
     to this process reach it; the CLI tests run it in its own)."""
     from server import server_app
-    from server.preparation import prepare_fleet
+    from swarm.preparation import prepare_fleet
     from swarm import simulate
 
     def engine(plans, num_nodes, node_root, ray=None):

@@ -6,7 +6,8 @@ fleets from the cache, and write the nodes' own data folders.
 ``python -m swarm.simulate`` runs :func:`prepare_fleet` in a process of its own
 (:mod:`swarm.isolated`), which ends before the simulation engine starts: torch, the data and the
 coordinator's models are gone before the fleet's processes start, and the caller, which waits
-through the fleet, never imports torch.
+through the fleet, never imports torch. It sits with the entry points (it uses their config glue,
+:mod:`swarm.config` and :mod:`swarm.settings`, and ``server/`` and ``nodes/``) and is no entry point.
 """
 
 from __future__ import annotations
