@@ -29,6 +29,7 @@ from typing import Any, Mapping
 from swarm.errors import SwarmError
 
 PARENT_POLL_S = 0.5
+STOP_GRACE_S = 5.0
 
 
 class IsolatedCallFailed(RuntimeError):
@@ -56,7 +57,9 @@ def call(target: str, *args: Any, logging_config: Mapping[str, Any] | None = Non
         process.join()
     finally:
         receiver.close()
-        if process.is_alive():  # Ctrl-C or an error here: the preparation must not outlive us
+        if process.is_alive():  # Ctrl-C (which reaches the child too) or an error here: it must not outlive us
+            process.join(timeout=STOP_GRACE_S)  # time to end on its own, releasing what it holds
+        if process.is_alive():
             process.terminate()
             process.join()
     if outcome == "error":
