@@ -8,7 +8,9 @@ Also reports the floor the notes name: a forward plus an input-gradient backward
 parameter gradients. Measurements are interleaved (train, LRP, floor, train, ...) and the median
 of ``repeats`` is reported, because these machines are noisy. The relevance pass runs over 4
 batches with the zennit context opened once, as the coordinator does over P, and is reported
-per batch.
+per batch. Unless ``--malloc default``, glibc's malloc is first told to reuse freed memory, as
+the coordinator's processes do (:mod:`swarm.allocator`); it cannot be undone in a process, so
+compare the two in two runs.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 import torch
 from torch import nn
 
+from swarm.allocator import reuse_freed_memory
 from swarm.layout import batch_to, place
 from swarm.models import build_model
 from swarm.relevance import channel_relevance
@@ -74,9 +77,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--layout", choices=["fast", "contiguous"], default="fast",
                         help="fast: the coordinator's (channels-last on the CPU); contiguous: PyTorch's default")
+    parser.add_argument("--malloc", choices=["reuse", "default"], default="reuse",
+                        help="reuse: as the coordinator's processes (swarm.allocator); default: glibc's own")
     args = parser.parse_args()
+    tuned = args.malloc == "reuse" and reuse_freed_memory()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, {args.size} px, "
-          f"layout {args.layout}")
+          f"layout {args.layout}, malloc {'reusing freed memory' if tuned else 'as glibc sets it'}")
     for name in args.models:
         t = measure(name, args.batch, args.size, args.repeats, args.layout)
         print(f"{name:>13}: train fwd+bwd {t['train'] * 1e3:7.1f} ms | LRP {t['lrp'] * 1e3:7.1f} ms/batch "

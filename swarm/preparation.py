@@ -24,6 +24,7 @@ from nodes.plan import FleetPlan
 from nodes.planning import check_fleet_fits, plan_from_config
 from server import coordinator, reference
 from swarm import fleet_cache, io, settings
+from swarm.allocator import reuse_freed_memory
 from swarm.config import data_options, scenario_of
 from swarm.criteria import check_pruning
 from swarm.data.build import ScenarioData, build
@@ -37,6 +38,7 @@ log = logging.getLogger("swarm.simulate")
 def prepare_fleet(cfg: DictConfig, run_dir: Path) -> PreparedFleet:
     """The coordinator's result, the reference and every fleet plan of this run, written under
     ``run_dir``; the nodes' folders written for the plans that still have to run."""
+    reuse_freed_memory()  # faster relevance; this process ends when the preparation does
     check_pruning(settings.plain(cfg.pruning))
     scenario = scenario_of(cfg)
     data = build(scenario, data_options(cfg))

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from server import coordinator, reference
 from swarm import io, settings
+from swarm.allocator import reuse_freed_memory
 from swarm.config import data_options, entry_point, scenario_of
 from swarm.criteria import check_pruning
 from swarm.data import sources
@@ -33,6 +34,7 @@ log = logging.getLogger("swarm.prune")
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     check_pruning(settings.plain(cfg.pruning))  # the registries, before any data is read
+    reuse_freed_memory()  # faster relevance; this process ends with its task
     scenario = scenario_of(cfg)
     options = data_options(cfg)
     if cfg.prune.dry_run:
