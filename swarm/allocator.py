@@ -5,7 +5,7 @@ PyTorch's CPU tensors come from ``malloc``. With glibc's defaults a freed block 
 of that size faults its pages in again. The relevance pass makes several temporaries per hooked
 layer (the stabilised output, the relevance divided by it, its product with the input): on the CPU
 it spent about a sixth of its time in page faults (``benchmarks/relevance_cost.py``: 0.49 M minor
-faults over the run with the defaults, 0.21 M with this; resnet_small's pass 68–70 → 58–63 ms a
+faults over the run with the defaults, 0.21 M with this; resnet_small's pass 71–73 → 60–63 ms a
 batch, training unchanged). :func:`reuse_freed_memory` raises the mmap threshold to glibc's
 maximum (32 MiB) and the trim threshold to 1 GiB, so freed blocks stay in the heap for the next
 tensor.
