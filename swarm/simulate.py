@@ -22,7 +22,6 @@ coordinator's, so a sweep that is run again skips every point it already finishe
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +34,6 @@ from swarm.config import entry_point
 from swarm.errors import FleetFailure, FleetIncomplete, SwarmError
 from swarm.fleet_report import coverage_line, write_report
 from swarm.fleet_protocol import FLEET_STATUS, RUN_RECORD, FleetJob, PreparedFleet
-
-log = logging.getLogger("swarm.simulate")
 
 # Steps 1-2 (and the nodes' folders), run in a process of their own: this one never imports torch.
 PREPARE = "swarm.preparation:prepare_fleet"
