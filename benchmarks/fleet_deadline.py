@@ -21,49 +21,40 @@ import collections
 import csv
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fleet_overhead import tree_rss_mb  # noqa: E402
+from process_tree import run_sampled, tree_rss_mb  # noqa: E402
 
 WINDOW_LINE = re.compile(r"window (\d+)/(\d+): (\d+)/(\d+) nodes.*; ([\d.]+) s$")
 
 
+def fleet_windows(log: Path) -> tuple[list[str], float, float]:
+    """From a run's log: nodes served per window ("40/40"), the engine's seconds over every window,
+    and those seconds per node-window."""
+    windows = [m for m in (WINDOW_LINE.search(line) for line in log.read_text().splitlines()) if m]
+    fleet_s = sum(float(m.group(5)) for m in windows)
+    return [f"{m.group(3)}/{m.group(4)}" for m in windows], fleet_s, fleet_s / max(sum(int(m.group(4)) for m in windows), 1)
+
+
 def run(args: list[str], out: Path) -> dict:
     command = [sys.executable, "-m", "swarm.simulate", *args, f"hydra.run.dir={out}"]
-    started = time.monotonic()
     log = out.with_suffix(".log")
-    with open(log, "w") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, text=True)
-        peak, stop = [0.0], threading.Event()
+    peak = [0.0]
 
-        def sample() -> None:
-            while not stop.is_set():
-                peak[0] = max(peak[0], tree_rss_mb(process.pid))
-                stop.wait(0.5)
+    def sample(pid: int) -> None:
+        peak[0] = max(peak[0], tree_rss_mb(pid))
 
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        code = process.wait()
-        stop.set()
-        sampler.join()
-    wall = time.monotonic() - started
-    windows = [WINDOW_LINE.search(line) for line in log.read_text().splitlines()]
-    windows = [m for m in windows if m]
+    code, wall = run_sampled(command, log, sample)
+    served, fleet_s, per_node_window = fleet_windows(log)
     statuses = collections.Counter()
     with open(out / "nodes.csv") as f:
         for row in csv.DictReader(f):
             statuses[row["status"]] += 1
-    node_windows = sum(int(m.group(4)) for m in windows)
-    fleet_s = sum(float(m.group(5)) for m in windows)
-    return {"code": code, "wall_s": wall, "fleet_s": fleet_s, "s_per_node_window": fleet_s / max(node_windows, 1),
-            "peak_gb": peak[0] / 1024, "statuses": dict(statuses),
-            "served": [f"{m.group(3)}/{m.group(4)}" for m in windows], "log": log}
+    return {"code": code, "wall_s": wall, "fleet_s": fleet_s, "s_per_node_window": per_node_window,
+            "peak_gb": peak[0] / 1024, "statuses": dict(statuses), "served": served, "log": log}
 
 
 def main() -> int:

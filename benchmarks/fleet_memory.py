@@ -18,50 +18,29 @@ fleet's cache is emptied first, so the fleet really runs.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fleet_deadline import WINDOW_LINE  # noqa: E402
-
-
-def _process(pid: int) -> dict[str, float] | None:
-    """RSS and PSS (MB) and the command line of one process (None: it is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            pss = next(int(line.split()[1]) for line in f if line.startswith("Pss:")) / 1024
-        with open(f"/proc/{pid}/cmdline") as f:
-            command = f.read().replace("\0", " ").strip()
-    except (OSError, StopIteration, ValueError):
-        return None
-    return {"rss": rss, "pss": pss, "command": command}
+from fleet_deadline import fleet_windows  # noqa: E402
+from process_tree import descendants, pss_mb, rss_mb, run_sampled  # noqa: E402
 
 
 def tree(root: int) -> dict[int, dict]:
-    """Every process under ``root`` (itself included), by parent links in /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    children.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-            except (OSError, ValueError, IndexError):
-                continue
-    found, stack = {}, [root]
-    while stack:
-        pid = stack.pop()
-        stack.extend(children.get(pid, []))
-        info = _process(pid)
-        if info:
-            found[pid] = info
+    """RSS and PSS (MB) and the command line of ``root`` and every process under it."""
+    found = {}
+    for pid in descendants(root):
+        rss, pss = rss_mb(pid), pss_mb(pid)
+        try:
+            with open(f"/proc/{pid}/cmdline") as f:
+                command = f.read().replace("\0", " ").strip()
+        except OSError:
+            continue
+        if rss is not None and pss is not None:
+            found[pid] = {"rss": rss, "pss": pss, "command": command}
     return found
 
 
@@ -83,31 +62,19 @@ def main() -> int:
     started = time.monotonic()
     peak = {"rss": 0.0, "pss_then": 0.0, "at_s": 0.0, "processes": {}}
     peak_pss = [0.0]
-    with open(log, "w") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
-        stop = threading.Event()
 
-        def sample() -> None:
-            while not stop.is_set():
-                processes = tree(process.pid)
-                rss = sum(p["rss"] for p in processes.values())
-                pss = sum(p["pss"] for p in processes.values())
-                peak_pss[0] = max(peak_pss[0], pss)
-                if rss > peak["rss"]:
-                    peak.update(rss=rss, pss_then=pss, at_s=time.monotonic() - started, processes=processes)
-                stop.wait(0.5)
+    def sample(pid: int) -> None:
+        processes = tree(pid)
+        rss = sum(p["rss"] for p in processes.values())
+        pss = sum(p["pss"] for p in processes.values())
+        peak_pss[0] = max(peak_pss[0], pss)
+        if rss > peak["rss"]:
+            peak.update(rss=rss, pss_then=pss, at_s=time.monotonic() - started, processes=processes)
 
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        code = process.wait()
-        stop.set()
-        sampler.join()
-    wall = time.monotonic() - started
-    windows = [m for m in (WINDOW_LINE.search(line) for line in log.read_text().splitlines()) if m]
-    node_windows = sum(int(m.group(4)) for m in windows)
-    fleet_s = sum(float(m.group(5)) for m in windows)
+    code, wall = run_sampled(command, log, sample)
+    served, fleet_s, per_node_window = fleet_windows(log)
     print(f"{options.nodes} nodes x {options.windows} windows: exit {code}, wall {wall:.0f} s, fleet {fleet_s:.0f} s, "
-          f"{fleet_s / max(node_windows, 1):.3f} s per node-window, served {[f'{m.group(3)}/{m.group(4)}' for m in windows]}")
+          f"{per_node_window:.3f} s per node-window, served {served}")
     print(f"peak RSS, all processes: {peak['rss'] / 1024:.2f} GB at {peak['at_s']:.0f} s "
           f"(PSS then {peak['pss_then'] / 1024:.2f} GB); peak PSS, all processes: {peak_pss[0] / 1024:.2f} GB")
     for pid, info in sorted(peak["processes"].items(), key=lambda kv: -kv[1]["rss"]):

@@ -28,33 +28,9 @@ import time
 from pathlib import Path
 
 import torch
+from process_tree import tree_rss_mb
 from swarm import settings
 from swarm.config import compose_config
-
-
-def tree_rss_mb(root: int) -> float:
-    """Resident memory of ``root`` and every descendant, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(entry))
-            except (OSError, ValueError, IndexError):
-                continue
-    total, stack = 0.0, [root]
-    while stack:
-        pid = stack.pop()
-        stack.extend(children.get(pid, []))
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1]) / 1024
-        except OSError:
-            continue
-    return total
 
 
 class PeakMemory:

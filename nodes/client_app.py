@@ -57,7 +57,6 @@ def partition_of(context: Context) -> int:
     return int(context.node_config["partition-id"])
 
 
-
 def node_paths(context: Context) -> tuple[Path, Path]:
     """(data folder, state folder) of this node: its own ``node_config`` settings, or under the
     simulation's ``SWARM_NODE_ROOT``."""
