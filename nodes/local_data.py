@@ -148,11 +148,7 @@ def write_fleet_data(plan: FleetPlan, data: ScenarioData, root: Path, *, inner: 
     folder is complete on its own, to be copied to its device."""
     root = Path(root)
     p_train, f_train = data.datasets["P"]["train"], data.datasets["F"]["train"]
-    tests = test_sets(data, plan.continual, int(plan.config["fleet"]["eval_samples"]))
-    test_blob: dict[str, Any] = {name: _samples(tests.sets[name], np.arange(len(tests.sets[name])))
-                                 for name in SETS if name in tests.sets}
-    test_blob["f_groups"] = torch.as_tensor(np.asarray(tests.f_groups, dtype=np.int64))
-    test_blob["f_group_names"] = list(tests.f_group_names)
+    test_blob = _test_blob(plan, data)
     # Continual devices ship with P for replay; in finetune scenarios a replay buffer fills from
     # the stream's own P-like samples.
     replay = plan.continual
@@ -186,6 +182,64 @@ def write_fleet_data(plan: FleetPlan, data: ScenarioData, root: Path, *, inner: 
     return folders
 
 
+def _test_blob(plan: FleetPlan, data: ScenarioData) -> dict[str, Any]:
+    """The test subsets of the plan (:func:`swarm.evaluation.test_sets`) as raw samples: test.pt."""
+    tests = test_sets(data, plan.continual, int(plan.config["fleet"]["eval_samples"]))
+    blob: dict[str, Any] = {name: _samples(tests.sets[name], np.arange(len(tests.sets[name])))
+                            for name in SETS if name in tests.sets}
+    blob["f_groups"] = torch.as_tensor(np.asarray(tests.f_groups, dtype=np.int64))
+    blob["f_group_names"] = list(tests.f_group_names)
+    return blob
+
+
+def write_evaluation_set(plan: FleetPlan, data: ScenarioData, folder: Path, like: Path | None = None) -> Path:
+    """The server's own copy of the test subsets every node is scored on (``folder/test.pt`` and its
+    manifest, written last): what the shared model is scored on after every window, so its numbers
+    compare with the nodes' and the reference's. A folder already written for this plan's test
+    subsets (:meth:`nodes.plan.FleetPlan.evaluation_id`) is kept; ``like``, such a folder written
+    for another plan of the same run, is hard-linked instead of written again."""
+    folder = Path(folder)
+
+    def current(where: Path) -> bool:
+        try:
+            return json.loads((where / MANIFEST).read_text()).get("evaluation_id") == plan.evaluation_id()
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    if current(folder):
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MANIFEST).unlink(missing_ok=True)
+    if like is not None and current(Path(like)):
+        _link(Path(like) / "test.pt", folder / "test.pt")
+        _link(Path(like) / MANIFEST, folder / MANIFEST)
+        return folder
+    digest = _save(folder / "test.pt", _test_blob(plan, data))
+    io.write_json(folder / MANIFEST, {"format": FORMAT, "evaluation_id": plan.evaluation_id(),
+                                      "image_size": data.image_size, "channels": data.channels,
+                                      "num_outputs": data.num_outputs, "files": {"test.pt": digest}})
+    return folder
+
+
+def load_evaluation_set(folder: Path, evaluation_id: str) -> TestSets:
+    """The server's test subsets from ``folder`` (:func:`write_evaluation_set`), checked as a node's
+    folder is: digest, the plan's evaluation id, every shape, type and range."""
+    folder = Path(folder)
+    check = _Checks(folder, fix="write it again with python -m swarm.partition for this plan")
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError) as error:
+        check.fail(f"no readable {MANIFEST} ({type(error).__name__})")
+    check.that(isinstance(manifest, dict) and manifest.get("format") == FORMAT, f"{MANIFEST} is not format {FORMAT}")
+    check.that(manifest.get("evaluation_id") == evaluation_id, "it was written for other test subsets than the plan's")
+    path = folder / "test.pt"
+    check.that(path.is_file(), "test.pt is missing")
+    check.that(_digest(path) == (manifest.get("files") or {}).get("test.pt"),
+               f"test.pt does not match its digest in {MANIFEST} (damaged or altered)")
+    return _checked_tests(check, io.load_tensors(path), int(manifest["channels"]), int(manifest["num_outputs"]),
+                          int(manifest["image_size"]))
+
+
 def _save(path: Path, blob: Any) -> str:
     io.save_tensors(path, blob)
     return _digest(path)
@@ -215,11 +269,11 @@ def _digest(path: Path) -> str:
 class _Checks:
     """Raise one line naming the folder and what is wrong with it."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
+    def __init__(self, folder: Path, fix: str = "write it again with python -m swarm.partition") -> None:
+        self.folder, self.fix = folder, fix
 
     def fail(self, what: str) -> None:
-        raise SwarmError(f"node data folder {self.folder}: {what}; write it again with python -m swarm.partition")
+        raise SwarmError(f"data folder {self.folder}: {what}; {self.fix}")
 
     def that(self, condition: bool, what: str) -> None:
         if not condition:

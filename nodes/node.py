@@ -263,7 +263,12 @@ class NodeRuntime:
         loss_fn = nn.CrossEntropyLoss()
         place(model, CPU)
         train_mode(model, frozen_batchnorm=self.fleet.get("batchnorm", BatchNormMode.track) == BatchNormMode.frozen)
-        masked = self.fleet.get("loss", Loss.full) == Loss.masked
+        loss = self.fleet.get("loss", Loss.full)
+        # Outputs that compete in every batch besides its own classes: under ``masked`` those outside
+        # the deployed task (T's), which the paper's adaptation pushes down with every example.
+        always = torch.zeros(len(self.trained_per_output), dtype=torch.bool)
+        if loss == Loss.masked:
+            always[self.task.undeployed_outputs] = True
         balanced = self.fleet.get("sampling", Sampling.uniform) == Sampling.balanced
         for t in step_starts:
             seen = int(np.searchsorted(self.times, t, side="right"))  # the stream is in time order
@@ -277,10 +282,11 @@ class NodeRuntime:
             inputs = batch_to(torch.stack([x for x, _ in samples]), CPU)
             targets = torch.stack([y for _, y in samples])
             self.trained_per_output += np.bincount(targets.numpy(), minlength=len(self.trained_per_output))
+            self.trained_per_output[always.numpy()] += len(targets)  # every example trained them (as negatives)
             optimizer.zero_grad(set_to_none=True)
             logits = model(inputs)
-            if masked:  # only the classes this batch holds compete: absent classes are not pushed down
-                present = torch.zeros(logits.shape[1], dtype=torch.bool)
+            if loss != Loss.full:  # the classes a node's batch lacks are not pushed down
+                present = always.clone()
                 present[targets] = True
                 logits = logits.masked_fill(~present, -1e9)
             loss_fn(logits, targets).backward()

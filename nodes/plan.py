@@ -69,12 +69,14 @@ class NodeTask:
     architecture: dict[str, Any]
     plan_id: str  # names the node's state for this plan (hex digits only)
     data_id: str  # the data folder this node must hold (:meth:`FleetPlan.data_id`)
+    undeployed_outputs: list[int] = field(default_factory=list)  # :attr:`FleetPlan.undeployed_outputs`
 
     def to_config(self) -> dict[str, str]:
         return {"node": json.dumps(asdict(self.node)), "fleet": json.dumps(self.fleet),
                 "run": json.dumps({"continual": self.continual, "window_s": self.window_s, "windows": self.windows,
                                    "events": self.events, "event_gap_s": self.event_gap_s,
-                                   "plan_id": self.plan_id, "data_id": self.data_id}),
+                                   "plan_id": self.plan_id, "data_id": self.data_id,
+                                   "undeployed_outputs": self.undeployed_outputs}),
                 "architecture": json.dumps(self.architecture)}
 
     @classmethod
@@ -86,7 +88,8 @@ class NodeTask:
             task = cls(node=node, fleet=dict(json.loads(config["fleet"])), continual=bool(run["continual"]),
                        window_s=float(run["window_s"]), windows=int(run["windows"]), events=int(run["events"]),
                        event_gap_s=float(run["event_gap_s"]), architecture=dict(json.loads(config["architecture"])),
-                       plan_id=str(run["plan_id"]), data_id=str(run["data_id"]))
+                       plan_id=str(run["plan_id"]), data_id=str(run["data_id"]),
+                       undeployed_outputs=[int(o) for o in run.get("undeployed_outputs", [])])
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"the message's task is malformed: {type(error).__name__}: {error}") from None
         if not re.fullmatch(r"[0-9a-f]{8,64}", task.plan_id):
@@ -106,6 +109,9 @@ class FleetPlan:
     f_tasks: list[list[int]] = field(default_factory=list)  # the groups of F each drift event brings
     event_gap_s: float = 0.0  # between a node's drift events
     reset_outputs: list[int] = field(default_factory=list)  # outputs given a neutral start before sending
+    # Outputs no class of the deployed task (P ∪ F) maps to: T's classes, kept as the paper keeps
+    # every output. Under ``fleet.loss=masked`` they always compete, as in the paper's adaptation.
+    undeployed_outputs: list[int] = field(default_factory=list)
 
     def node(self, partition: int) -> NodePlan:
         return self.nodes[partition]
@@ -119,6 +125,13 @@ class FleetPlan:
                 "events": max(len(self.f_tasks), 1), "event_gap_s": self.event_gap_s}
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
+    def evaluation_id(self) -> str:
+        """A digest of what decides the test subsets (the scenario, its data, ``fleet.eval_samples``):
+        the server's evaluation folder must carry it (:func:`nodes.local_data.load_evaluation_set`)."""
+        blob = {"config": {k: self.config.get(k) for k in DATA_CONFIG},
+                "eval_samples": self.config["fleet"].get("eval_samples")}
+        return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
     @property
     def continual(self) -> bool:
         return self.config["scenario"]["mode"] == "continual"
@@ -128,7 +141,7 @@ class FleetPlan:
         return NodeTask(node=self.node(partition), fleet=dict(self.config["fleet"]), continual=self.continual,
                         window_s=self.window_s, windows=self.windows, events=max(len(self.f_tasks), 1),
                         event_gap_s=self.event_gap_s, architecture=dict(self.architecture), plan_id=plan_id,
-                        data_id=self.data_id(partition))
+                        data_id=self.data_id(partition), undeployed_outputs=list(self.undeployed_outputs))
 
     def save(self, path: Path) -> None:
         io.write_json(path, asdict(self))
@@ -145,8 +158,11 @@ FAULTS = ("crash", "late", "corrupt")
 
 # What the server does with the nodes' models after a window: nothing (each adapts alone), or FedAvg.
 Strategy = StrEnum("Strategy", ["local", "fedavg"])
-# On-device loss: cross-entropy over the classes a batch holds (masked), or over every output (full).
-Loss = StrEnum("Loss", ["masked", "full"])
+# On-device loss, cross-entropy over: the classes a batch holds and every output outside the
+# deployed task (masked: a class a node lacks is not pushed down, T's outputs are, as in the paper's
+# adaptation); the batch's classes alone (batch: T's outputs are never pushed down -- the rule
+# before masked counted them; docs/adaptation.md, section 10); every output (full).
+Loss = StrEnum("Loss", ["masked", "batch", "full"])
 # How a batch draws from the local stream: a label, then a sample of it (balanced), or uniformly.
 Sampling = StrEnum("Sampling", ["balanced", "uniform"])
 # BatchNorm on a device: re-estimate the statistics on local data (track), or keep the received (frozen).

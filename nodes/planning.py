@@ -61,7 +61,7 @@ def draw_plan(*, run_dir: Path, config: dict[str, Any], checkpoint: Path, archit
               f_groups: np.ndarray,
               num_nodes: int, profiles: list[str], alpha: float, drift: dict[str, Any], window_s: float,
               windows: int, seed: int, min_f_per_node: int = 1, reset_outputs: list[int] | None = None,
-              faults: Mapping[str, Any] | None = None) -> FleetPlan:
+              undeployed_outputs: list[int] | None = None, faults: Mapping[str, Any] | None = None) -> FleetPlan:
     """Draw every node's profile, drift time, availability phase (one that meets the run, see
     :func:`availability_phase`) and share of F, from ``seed``.
 
@@ -86,7 +86,8 @@ def draw_plan(*, run_dir: Path, config: dict[str, Any], checkpoint: Path, archit
     draw_faults(nodes, check_faults(faults), int(windows), seed)
     return FleetPlan(str(run_dir), config, str(checkpoint), dict(architecture), float(window_s), int(windows), nodes,
                      f_tasks=tasks, event_gap_s=float(drift.get("event_gap_s", 0.0)),
-                     reset_outputs=[int(o) for o in reset_outputs or []])
+                     reset_outputs=[int(o) for o in reset_outputs or []],
+                     undeployed_outputs=[int(o) for o in undeployed_outputs or []])
 
 
 def plan_from_config(config: Mapping[str, Any], data: ScenarioData, *, checkpoint: Path, run_dir: Path) -> FleetPlan:
@@ -102,4 +103,5 @@ def plan_from_config(config: Mapping[str, Any], data: ScenarioData, *, checkpoin
                      alpha=float(fleet["alpha"]), drift=dict(fleet["drift"]), window_s=float(fleet["window_s"]),
                      windows=int(fleet["windows"]), seed=int(config["seed"]),
                      reset_outputs=data.untrained_outputs() if choice == "reset" else [],
+                     undeployed_outputs=data.undeployed_outputs(),
                      faults=fleet.get("faults"))

@@ -251,7 +251,7 @@ def _run_windows(grid: GridLike, plan: FleetPlan, plan_path: Path, strategy: str
     tasks = {partition: ConfigRecord(plan.task(partition, plan_id).to_config()) for partition in range(count)}
     shared = saved.shared if saved.shared is not None else sent
     batch_size = int(plan.config["fleet"]["batch_size"])
-    masked_loss = plan.config["fleet"].get("loss", Loss.full) == Loss.masked
+    masked_loss = plan.config["fleet"].get("loss", Loss.full) != Loss.full  # rows some nodes leave as sent
     head, output_layer = classifier(model)
     rows, failed = saved.rows, saved.failed
     has_model = saved.has_model  # nodes that adapted at least one window (they hold the model)

@@ -149,6 +149,8 @@ SUMMARY = "summary.json"
 RUN_RECORD = "run.json"  # what swarm.report reads
 REPORT = "report.md"
 NODE_FOLDERS = "nodes"  # the simulated nodes' own folders: nodes/node_NNN/{data,state}
+EVALUATION_DIR = "evaluation"  # beside the plan: the test subsets the server scores the shared model on
+SHARED_MODEL = "shared_model.json"  # the shared (FedAvg) model's accuracies after every window
 
 # What a simulation's caller tells the engine's processes through their environment.
 NODE_ROOT = "SWARM_NODE_ROOT"  # where the simulated nodes find their node_NNN folders (nodes.client_app)

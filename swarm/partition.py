@@ -4,7 +4,8 @@
 ``python -m swarm.simulate`` (or drawn for a deployment the same way); ``OUT`` receives
 ``node_000/``, ``node_001/``, ...: each the samples that node's stream brings, its replay sample of
 P (continual scenarios), its test subsets and a manifest with their digests
-(:mod:`nodes.local_data`). The scenario's dataset is read here, once, where it is; a device gets
+(:mod:`nodes.local_data`); beside the plan, ``evaluation/``: the server's copy of the test subsets,
+on which it scores the shared model after every window. The scenario's dataset is read here, once, where it is; a device gets
 only its folder, and its SuperNode is started with it::
 
     flower-supernode ... --node-config 'partition-id=3 num-partitions=8 data-path="/srv/swarm/node_003" state-dir="/srv/swarm/state"'
@@ -20,12 +21,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from nodes.local_data import write_fleet_data
+from nodes.local_data import write_evaluation_set, write_fleet_data
 from nodes.plan import FleetPlan
 from swarm.config import data_options, scenario_of
 from swarm.data.build import build
 from swarm.errors import SwarmError, run_command
-from swarm.fleet_protocol import FLEET_PLAN
+from swarm.fleet_protocol import EVALUATION_DIR, FLEET_PLAN
 
 
 def plan_path(value: str) -> Path:
@@ -50,7 +51,10 @@ def partition(plan_file: Path, out: Path) -> list[Path]:
     def progress(done: int, total: int) -> None:
         print(f"\rnode folders: {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
 
-    return write_fleet_data(plan, data, out, progress=progress)
+    folders = write_fleet_data(plan, data, out, progress=progress)
+    # The server's copy of the test subsets, beside the plan: what it scores the shared model on.
+    write_evaluation_set(plan, data, plan_file.parent / EVALUATION_DIR)
+    return folders
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig
 
-from nodes.local_data import DATA_DIR, MANIFEST, simulated_folders, write_fleet_data
+from nodes.local_data import DATA_DIR, MANIFEST, simulated_folders, write_evaluation_set, write_fleet_data
 from nodes.plan import FleetPlan
 from nodes.planning import check_fleet_fits, plan_from_config
 from server import coordinator, reference
@@ -30,7 +30,7 @@ from swarm.criteria import check_pruning
 from swarm.data.build import ScenarioData, build
 from swarm.errors import SwarmError
 from swarm.evaluation import f_groups
-from swarm.fleet_protocol import COORDINATOR, FLEET_STATUS, NODE_FOLDERS, FleetJob, PreparedFleet
+from swarm.fleet_protocol import COORDINATOR, EVALUATION_DIR, FLEET_STATUS, NODE_FOLDERS, FleetJob, PreparedFleet
 
 log = logging.getLogger("swarm.simulate")
 
@@ -75,6 +75,9 @@ def prepare_fleet(cfg: DictConfig, run_dir: Path) -> PreparedFleet:
         print(f"(saved after every window: if this run is killed, the same command with hydra.run.dir={run_dir} "
               f"resumes it)")
         node_root = node_folders(FleetPlan.load(pending[0].plan_path), data, run_dir / NODE_FOLDERS)
+        first = pending[0].directory / EVALUATION_DIR
+        for job in pending:  # the server scores the shared model on them (one copy, hard-linked)
+            write_evaluation_set(FleetPlan.load(job.plan_path), data, job.directory / EVALUATION_DIR, like=first)
     return PreparedFleet(record=record, jobs=jobs, mode=scenario.mode, f_group_names=list(f_groups(data, "test")[1]),
                          node_root=node_root)
 

@@ -88,6 +88,12 @@ class ScenarioData:
         seen = {int(t) for role in "TP" for split in SPLITS for t in self.datasets[role][split].targets.tolist()}
         return sorted({int(t) for t in self.datasets["F"]["train"].targets.tolist()} - seen)
 
+    def undeployed_outputs(self) -> list[int]:
+        """The outputs no class of the deployed task (P ∪ F) maps to: T's classes in continual
+        scenarios, whether or not T was trained (pre-training on P only keeps them too)."""
+        deployed = {int(t) for role in "PF" for split in SPLITS for t in self.datasets[role][split].targets.tolist()}
+        return sorted(set(range(self.num_outputs)) - deployed)
+
     def counts(self) -> dict[str, dict[str, int]]:
         return {role: {split: len(self.datasets[role][split]) for split in SPLITS} for role in ROLES}
 
