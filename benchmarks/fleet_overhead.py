@@ -53,7 +53,8 @@ class PeakMemory:
 
 
 def make_plan(nodes: int, windows: int, workdir: Path, name: str):
-    from nodes.local_data import DATA_DIR, write_fleet_data
+    from nodes.local_data import DATA_DIR, write_evaluation_set, write_fleet_data
+    from swarm.fleet_protocol import EVALUATION_DIR
     from nodes.planning import plan_from_config
     from swarm import checkpoints
     from swarm.config import data_options, scenario_of
@@ -76,6 +77,7 @@ def make_plan(nodes: int, windows: int, workdir: Path, name: str):
                             run_dir=run)
     plan.save(run / "fleet_plan.json")
     write_fleet_data(plan, data, run / "nodes", inner=DATA_DIR)  # each node's own folder, as swarm.simulate writes it
+    write_evaluation_set(plan, data, run / EVALUATION_DIR)  # the server's, for the shared model
     return run / "fleet_plan.json", data
 
 

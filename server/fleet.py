@@ -22,11 +22,15 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
+from nodes.local_data import load_evaluation_set
 from nodes.plan import FleetPlan, Loss, Strategy
 from nodes.planning import received_model
 from server.progress import plan_hash, resume, run_folder_lock
 from server.replies import InvalidReply, check_reply, safe_text
-from swarm.fleet_protocol import NO_RESULT, NODES_CSV, RECEIVED_WINDOW, Status, WindowRow, write_rows
+from swarm import io
+from swarm.evaluation import TestSets, accuracies
+from swarm.fleet_protocol import (EVALUATION_DIR, NO_RESULT, NODES_CSV, RECEIVED_WINDOW, SHARED_MODEL, Status,
+                                  WindowRow, write_rows)
 from swarm.errors import SwarmError
 from swarm.models import classifier
 
@@ -246,6 +250,10 @@ def _run_windows(grid: GridLike, plan: FleetPlan, plan_path: Path, strategy: str
         raise SwarmError(f"nodes for partitions {missing} did not answer; the fleet needs partitions 0..{count - 1}")
     model = received_model(plan)
     sent = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    # Under FedAvg the model the fleet shares is scored after every window on the nodes' test
+    # subsets (the server's copy, beside the plan), like Flower's server-side evaluation.
+    tests = (load_evaluation_set(Path(plan.run_dir) / EVALUATION_DIR, plan.evaluation_id())
+             if strategy == Strategy.fedavg else None)
     saved = resume(Path(plan.run_dir), plan_path)  # after a kill: the windows already finished
     plan_id = plan_hash(plan_path)[:16]  # names the nodes' state of this plan
     tasks = {partition: ConfigRecord(plan.task(partition, plan_id).to_config()) for partition in range(count)}
@@ -332,15 +340,30 @@ def _run_windows(grid: GridLike, plan: FleetPlan, plan_path: Path, strategy: str
             take(partition, arrived.pop(partition, None))
         if fedavg.count:
             shared = fedavg.result()
+        if tests is not None:
+            saved.shared_scores.append({"window": window, **score(model, shared, tests)})
+            io.write_json(Path(plan.run_dir) / SHARED_MODEL, saved.shared_scores)
         write_rows(csv_path, rows)
         saved.windows_done = window + 1
         saved.shared = shared if strategy == Strategy.fedavg else None
         saved.save(Path(plan.run_dir))
         window_rows = [r for r in rows if r["window"] == window]
-        log.info(_window_line(window, plan.windows, count, window_rows, rows) + f"; {seconds:.1f} s")
+        shared_line = (f"; shared model acc F {saved.shared_scores[-1]['acc_F']:.3f}"
+                       if tests is not None and saved.shared_scores[-1]["acc_F"] is not None else "")
+        log.info(_window_line(window, plan.windows, count, window_rows, rows) + shared_line + f"; {seconds:.1f} s")
         if progress is not None:
             progress(window, window_rows)
     return rows
+
+
+def score(model: torch.nn.Module, state: dict[str, torch.Tensor], tests: TestSets) -> dict[str, Any]:
+    """The accuracies of ``model`` with ``state`` loaded (:func:`swarm.evaluation.accuracies`, as
+    every node and the reference compute them), NaN written as null (a set the scenario lacks)."""
+    model.load_state_dict(state)
+    values = accuracies(model, tests, torch.device("cpu"))
+    clean = lambda v: None if isinstance(v, float) and math.isnan(v) else v  # noqa: E731
+    return {key: ([clean(v) for v in value] if isinstance(value, list) else clean(value))
+            for key, value in values.items()}
 
 
 def _window_line(window: int, windows: int, count: int, window_rows: list[dict[str, Any]],

@@ -2,8 +2,8 @@
 
 After each window the server writes the shared model (``fleet_shared_wNNNN.pt``, tensors only,
 read back with ``weights_only=True``) and then ``fleet_progress.json``: the plan's hash, how many
-windows are done, the ``nodes.csv`` rows so far, the failed nodes and the nodes that hold the
-model. Both are written atomically, the weights first, so a kill at any moment leaves a matching
+windows are done, the ``nodes.csv`` rows so far, the shared model's scores so far, the failed
+nodes and the nodes that hold the model. Both are written atomically, the weights first, so a kill at any moment leaves a matching
 pair. A run started on the same run folder with the same plan continues after the last finished
 window; the nodes re-run the window that was cut short from the state they kept from its start
 (:meth:`nodes.node.NodeRuntime._load`), so the result equals an uninterrupted run's. A folder
@@ -64,6 +64,7 @@ class Progress:
     failed: dict[int, str] = field(default_factory=dict)
     has_model: set[int] = field(default_factory=set)
     shared: dict[str, torch.Tensor] | None = None
+    shared_scores: list[dict[str, Any]] = field(default_factory=list)  # the shared model's, per window
 
     def save(self, run_dir: Path) -> None:
         run_dir = Path(run_dir)
@@ -72,7 +73,7 @@ class Progress:
         io.write_json(run_dir / FLEET_PROGRESS, {
             "plan": self.plan, "windows_done": self.windows_done, "rows": self.rows,
             "failed": {str(k): v for k, v in self.failed.items()}, "has_model": sorted(self.has_model),
-            "shared": self.shared is not None})
+            "shared": self.shared is not None, "shared_scores": self.shared_scores})
         for old in run_dir.glob("fleet_shared_w*.pt"):
             if old != _shared_path(run_dir, self.windows_done):
                 old.unlink(missing_ok=True)
@@ -91,7 +92,8 @@ def resume(run_dir: Path, plan_path: Path) -> Progress:
             log.info("resuming the fleet after window %d of an interrupted run in %s", record["windows_done"], run_dir)
             return Progress(digest, int(record["windows_done"]), record["rows"],
                             {int(k): v for k, v in record["failed"].items()}, set(record["has_model"]),
-                            io.load_tensors(shared_path) if record["shared"] else None)
+                            io.load_tensors(shared_path) if record["shared"] else None,
+                            list(record.get("shared_scores", [])))
         log.info("%s belongs to another fleet plan: starting over", path)
     path.unlink(missing_ok=True)
     for old in run_dir.glob("fleet_shared_w*.pt"):

@@ -15,14 +15,16 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from swarm import io
-from swarm.fleet_protocol import NODES_CSV
+from swarm.fleet_protocol import NODES_CSV, SHARED_MODEL
 
 FILES = (NODES_CSV,)
+OPTIONAL = (SHARED_MODEL,)  # only under FedAvg
 # Bump when the meaning of cached fleet results changes, so that old entries are not reused
 # (2: nodes built their data with label groups re-ordered before this; 3: received rows, new
 # on-device training, availability lined up with the run; 4: fleet.new_class_outputs, reset;
-# 5: nodes train and evaluate in channels-last, swarm.layout).
-CACHE_VERSION = 5
+# 5: nodes train and evaluate in channels-last, swarm.layout; 6: the shared model scored,
+# fleet.loss=masked pushes down the outputs outside the deployed task).
+CACHE_VERSION = 6
 NOT_IN_KEY = ("join_timeout_s", "window_timeout_s", "checkpoint", "ray")  # where it runs, not what
 
 
@@ -44,12 +46,16 @@ def restore(cache_dir: Path, key: str, run_dir: Path) -> bool:
     source = _directory(cache_dir, key)
     if not all((source / name).exists() for name in FILES):
         return False
-    for name in FILES:
-        io.write_text(run_dir / name, (source / name).read_text())
+    for name in FILES + OPTIONAL:
+        if (source / name).exists():
+            io.write_text(run_dir / name, (source / name).read_text())
+        else:
+            (run_dir / name).unlink(missing_ok=True)
     return True
 
 
 def store(cache_dir: Path, key: str, run_dir: Path) -> None:
     target = _directory(cache_dir, key)
-    for name in FILES:
-        io.write_text(target / name, (run_dir / name).read_text())
+    for name in FILES + OPTIONAL:
+        if (run_dir / name).exists():
+            io.write_text(target / name, (run_dir / name).read_text())

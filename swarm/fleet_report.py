@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from pathlib import Path
@@ -14,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from swarm import io  # noqa: E402
 from swarm.fleet_protocol import (ACCURACIES, METRICS, NO_RESULT, NODES_CSV, RECEIVED_WINDOW, REPORT,  # noqa: E402
-                                  SUMMARY, Status, read_rows)
+                                  SHARED_MODEL, SUMMARY, Status, read_rows)
 
 # Why a node that never trained did not, by the statuses of its windows (the first that applies).
 IDLE_REASONS = {
@@ -225,8 +226,16 @@ def summarize(rows: list[dict[str, Any]], f_group_names: list[str] | None = None
     return summary
 
 
+def read_shared_model(run_dir: Path) -> list[dict[str, Any]]:
+    """The shared (FedAvg) model's scores after every window, as the server wrote them
+    (``shared_model.json``: null where a set is not measured; empty when the fleet shares no model)."""
+    path = Path(run_dir) / SHARED_MODEL
+    return json.loads(path.read_text()) if path.exists() else []
+
+
 def _plot_over_time(rows: list[dict[str, Any]], metric: str, path: Path, title: str,
-                    reference: float | None = None) -> None:
+                    reference: float | None = None, shared: list[dict[str, Any]] | None = None,
+                    window_s: float | None = None) -> None:
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     grouped = by_node(rows)
     for mine in grouped.values():
@@ -240,6 +249,10 @@ def _plot_over_time(rows: list[dict[str, Any]], metric: str, path: Path, title: 
             means.append((max(r["sim_time_s"] for r in rows if r["window"] == window), statistics.fmean(values)))
     if means:
         ax.plot(*zip(*means), color="black", lw=2.5, marker="o", label="fleet mean (t=0: as received)")
+    points = [((e["window"] + 1) * window_s, e[metric]) for e in shared or [] if e.get(metric) is not None]
+    if points and window_s:
+        start = [m for m in means if m[0] == 0.0]  # every node scores the model as received alike
+        ax.plot(*zip(*(start + points)), color="tab:green", lw=2, marker="s", label="shared model (FedAvg)")
     if reference is not None and not math.isnan(reference):
         ax.axhline(reference, color="tab:red", ls="--", lw=1.5, label="reference: central adaptation")
     ax.set_xlabel("simulated time (s)")
@@ -277,14 +290,27 @@ def _fmt(value: float, sign: bool = False) -> str:
 
 
 def _adaptation_lines(summary: dict[str, Any], target: str, reference: dict[str, Any] | None) -> list[str]:
+    shared = summary.get("shared_model") or []
     lines = ["## Adaptation: after the last window against the model as received", "",
-             "| accuracy | as received | after | gain (mean over nodes) | nodes improved |"
-             + (" reference after |" if reference else ""),
-             "|---|---|---|---|---|" + ("---|" if reference else "")]
+             "| accuracy | as received | nodes after | nodes' gain (mean over nodes) | nodes improved |"
+             + (" shared model after | shared model's gain |" if shared else "")
+             + (" reference after | reference's gain |" if reference else ""),
+             "|---|---|---|---|---|" + ("---|---|" if shared else "") + ("---|---|" if reference else "")]
     for metric, gain in summary["gain"].items():
-        ref = reference["after"].get(metric) if reference else None
-        lines.append(f"| {metric} | {_fmt(gain['received'])} | {_fmt(gain['final'])} | {_fmt(gain['gain'], True)} | "
-                     f"{gain['improved_share']:.0%} |" + (f" {_fmt(ref if ref is not None else math.nan)} |" if reference else ""))
+        line = (f"| {metric} | {_fmt(gain['received'])} | {_fmt(gain['final'])} | {_fmt(gain['gain'], True)} | "
+                f"{gain['improved_share']:.0%} |")
+        if shared:
+            after = shared[-1].get(metric)
+            after = math.nan if after is None else after
+            line += f" {_fmt(after)} | {_fmt(after - gain['received'], True)} |"
+        if reference:
+            ref = reference["after"].get(metric, math.nan)
+            line += f" {_fmt(ref)} | {_fmt(ref - reference['before'].get(metric, math.nan), True)} |"
+        lines.append(line)
+    if shared:
+        lines += ["", f"Shared model: the FedAvg model the fleet shares after window {shared[-1]['window'] + 1}, "
+                      "scored by the server on the nodes' test subsets (its score after every window is in "
+                      "summary.json, `shared_model`). Nodes after: each node's own model after its last window."]
     if reference:
         lines += ["", f"Reference: the paper's adaptation of the same model, trained centrally "
                       f"({reference['epochs']} epochs, early stopping), evaluated on the same test subsets."]
@@ -314,6 +340,12 @@ def _adaptation_lines(summary: dict[str, Any], target: str, reference: dict[str,
     return lines + [""]
 
 
+def _window_s(rows: list[dict[str, Any]]) -> float | None:
+    """A window's simulated length: the end time of the first window."""
+    first = [r["sim_time_s"] for r in rows if r["window"] == 0 and not math.isnan(r["sim_time_s"])]
+    return max(first) if first else None
+
+
 def write_report(run_dir: Path, title: str, *, target: str = "acc_F", f_group_names: list[str] | None = None,
                  reference: dict[str, Any] | None = None,
                  events: tuple[list[list[int]], dict[int, list[float]]] | None = None,
@@ -326,6 +358,9 @@ def write_report(run_dir: Path, title: str, *, target: str = "acc_F", f_group_na
     ``faults`` the faults injected by ``fleet.faults`` (node -> what and when), listed as such."""
     rows = read_rows(run_dir / NODES_CSV)
     summary = summarize(rows, f_group_names, events)
+    shared = read_shared_model(run_dir)
+    if shared:
+        summary["shared_model"] = shared
     if reference:
         summary["reference"] = reference
     if faults:
@@ -334,7 +369,8 @@ def write_report(run_dir: Path, title: str, *, target: str = "acc_F", f_group_na
     metrics = [m for m in ACCURACIES if any(not math.isnan(r[m]) for r in rows)]
     _plot_over_time(rows, target, run_dir / "accuracy_over_time.png",
                     f"{title}: {target.replace('acc_', 'accuracy on ')} per node",
-                    reference["after"].get(target) if reference else None)
+                    reference["after"].get(target) if reference else None, shared,
+                    _window_s(rows))
     _plot_final_distribution(rows, metrics, run_dir / "final_accuracy.png", f"{title}: per-node accuracy, last window")
     trained = [r for r in rows if r["window"] != RECEIVED_WINDOW]
     last = max(r["window"] for r in trained)

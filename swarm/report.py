@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterable
 
 from swarm import io
-from swarm.fleet_protocol import NO_RESULT, REPORT
+from swarm.fleet_protocol import ACCURACIES, NO_RESULT, REPORT
 from swarm.errors import run_command
 from swarm.report_plots import plot_budget, plot_fig3, plot_fleets
 from swarm.results import Estimate, FleetResult, collect, estimate, paired_difference, pruning_curve
@@ -35,7 +35,13 @@ CSV_COLUMNS = ["scenario", "mode", "model", "pruning", "pretrain", "seed", "iter
                "fleet_variant", "p_acc_after_pruning", "adapted_metric", "received_mean", "adapted_mean", "gain",
                "reference_before", "reference_after", "improved_share", "adapted_min",
                "adapted_max", "acc_P_after_adaptation", "forgetting_P", "target", "seconds_to_target",
-               "joules_to_target", "steps", "energy_j", "failed_nodes", "not_simulated_nodes", "directory"]
+               "joules_to_target", "steps", "energy_j", "failed_nodes", "not_simulated_nodes",
+               # every accuracy alone (P, F and, new classes, P ∪ F): as received, the nodes' mean
+               # after the last window, the shared model's, the reference's before and after
+               *[f"{who}_{metric}" for who in ("received", "nodes", "shared", "reference_before", "reference")
+                 for metric in ACCURACIES],
+               "shared_gain", "reference_gain", "reference_epochs", "coordinator_epochs", "coordinator_best_epochs",
+               "directory"]
 
 
 def _by(results: Iterable[FleetResult], *fields: str) -> dict[tuple, list[FleetResult]]:
@@ -76,6 +82,16 @@ def write_csv(path: Path, results: list[FleetResult], target_of: dict[str, float
             "target": target_of[r.scenario], "seconds_to_target": _num(seconds), "joules_to_target": _num(joules),
             "steps": int(sum(row["steps"] for row in ok)), "energy_j": _num(sum(row["energy_j"] for row in ok)),
             "failed_nodes": r.failed_nodes, "not_simulated_nodes": r.not_simulated_nodes,
+            **{f"received_{m}": _num(r.received_mean(m)) for m in ACCURACIES},
+            **{f"nodes_{m}": _num(r.fleet_mean(m)) for m in ACCURACIES},
+            **{f"shared_{m}": _num(r.shared_final(m)) for m in ACCURACIES},
+            **{f"reference_before_{m}": _num(r.reference(m, when="before")) for m in ACCURACIES},
+            **{f"reference_{m}": _num(r.reference(m)) for m in ACCURACIES},
+            "shared_gain": _num(r.shared_gain()), "reference_gain": _num(r.reference_gain()),
+            "reference_epochs": r.reference_epochs() if r.reference_epochs() is not None else "",
+            # the fits of the coordinator's record, iteration 0 (pre-training) on: epochs run, best epoch
+            "coordinator_epochs": " ".join(str(e.get("epochs", "")) for e in r.coordinator),
+            "coordinator_best_epochs": " ".join(str(e.get("best_epoch", "")) for e in r.coordinator),
             "directory": str(r.directory)})
     io.write_text(path, buffer.getvalue())
 
@@ -91,7 +107,7 @@ def _seed_values(group: list[FleetResult], value) -> dict[int, float]:
 def gap_table(results: list[FleetResult]) -> list[str]:
     """The paper's two gaps at every size, paired by seed: extra − task_only, and LRP − IMP."""
     lines = ["| size (params) | iteration | gap | after pruning, on P | reference adaptation (paper's) | "
-             "fleet adaptation |", "|---|---|---|---|---|---|"]
+             "fleet: shared model | fleet: nodes' mean |", "|---|---|---|---|---|---|---|"]
     cells = _by(results, "iteration", "pruning", "pretrain")
     prune_curves = {key: pruning_curve(group) for key, group in _by(results, "pruning", "pretrain").items()}
     iterations = sorted({it for curve in prune_curves.values() for it in curve})
@@ -107,22 +123,71 @@ def gap_table(results: list[FleetResult]) -> list[str]:
     def referenced(setting: tuple[str, str], it: int) -> dict[int, float]:
         return _seed_values(cells.get((it, *setting), []), lambda r: r.reference())
 
+    def shared(setting: tuple[str, str], it: int) -> dict[int, float]:
+        return _seed_values(cells.get((it, *setting), []), lambda r: r.shared_final())
+
     def gap(values, method: str, it: int) -> dict[int, float]:
         """extra − task_only per seed, for one pruning method."""
         extra, task = values((method, "extra"), it), values((method, "task_only"), it)
         return {s: extra[s] - task[s] for s in set(extra) & set(task)}
 
     for it in iterations:
-        rows = [(label, *(paired_difference(values(a, it), values(b, it)) for values in (pruned, referenced, adapted)))
+        sources = (pruned, referenced, shared, adapted)
+        rows = [(label, *(paired_difference(values(a, it), values(b, it)) for values in sources))
                 for label, a, b in comparisons]
         # Claim (b): the pre-training gap under LRP minus the gap under IMP, paired by seed.
         rows.append(("(extra − task_only): LRP − IMP",
-                     *(paired_difference(gap(values, "lrp", it), gap(values, "imp", it))
-                       for values in (pruned, referenced, adapted))))
-        for label, on_p, reference, after in rows:
-            if on_p.n or reference.n or after.n:
-                lines.append(f"| {params[it] / 1e6:.3f}M | {it} | {label} | {_signed(on_p)} | {_signed(reference)} | "
-                             f"{_signed(after)} |")
+                     *(paired_difference(gap(values, "lrp", it), gap(values, "imp", it)) for values in sources)))
+        for label, *estimates in rows:
+            if any(e.n for e in estimates):
+                lines.append(f"| {params[it] / 1e6:.3f}M | {it} | {label} | "
+                             + " | ".join(_signed(e) for e in estimates) + " |")
+    return lines
+
+
+LAST_SIZES = 3  # the endpoints average over the smallest sizes a fleet adapted
+
+
+def endpoints(results: list[FleetResult]) -> list[tuple[str, str, str, Estimate]]:
+    """The claims the published results decide, paired by seed, each averaged per seed over the
+    ``LAST_SIZES`` smallest sizes both sides adapted: (a) extra − task_only, per pruning method; (b)
+    (extra − task_only) under LRP minus the same under IMP. Each on the target metric and on F
+    alone, for the reference (the paper's central adaptation) and the fleet's shared model.
+    Returns (claim, who, metric, estimate) rows."""
+    iterations = sorted({r.iteration for r in results})[-LAST_SIZES:]
+    cells = _by([r for r in results if r.iteration in iterations], "pruning", "pretrain")
+    target = results[0].target_metric
+    metrics = [target] + (["acc_F"] if target != "acc_F" else [])
+
+    def averaged(pruning: str, pretrain: str, value) -> dict[int, float]:
+        """Per seed, the mean over the last sizes (only seeds that have every one of them)."""
+        per_seed: dict[int, list[float]] = defaultdict(list)
+        for r in cells.get((pruning, pretrain), []):
+            per_seed[r.seed].append(value(r))
+        return {seed: sum(v) / len(v) for seed, v in per_seed.items() if len(v) == len(iterations)}
+
+    out = []
+    for who, value_of in (("reference", lambda r, m: r.reference(m)), ("shared model", lambda r, m: r.shared_final(m))):
+        for metric in metrics:
+            gaps = {}
+            for method in ("lrp", "imp"):
+                extra = averaged(method, "extra", lambda r: value_of(r, metric))
+                task = averaged(method, "task_only", lambda r: value_of(r, metric))
+                gaps[method] = {s: extra[s] - task[s] for s in set(extra) & set(task)}
+                out.append((f"(a) extra − task_only, {method.upper()}", who, metric, estimate(gaps[method].values())))
+            out.append(("(b) (extra − task_only): LRP − IMP", who, metric, paired_difference(gaps["lrp"], gaps["imp"])))
+    return out
+
+
+def endpoint_table(results: list[FleetResult]) -> list[str]:
+    iterations = sorted({r.iteration for r in results})[-LAST_SIZES:]
+    rows = [row for row in endpoints(results) if row[3].n]
+    if not rows:
+        return []
+    lines = [f"Endpoints (docs/results: decided before the sweep): averaged per seed over iterations "
+             f"{', '.join(map(str, iterations))}, paired by seed, 95% interval:", "",
+             "| claim | who adapts | accuracy | estimate | half-width |", "|---|---|---|---|---|"]
+    lines += [f"| {claim} | {who} | {metric} | {_signed(e)} | {e.half_width:.3f} |" for claim, who, metric, e in rows]
     return lines
 
 
@@ -136,18 +201,36 @@ def _signed(e: Estimate) -> str:
 def setting_table(results: list[FleetResult], target: float) -> list[str]:
     """Per setting and size: accuracy after pruning and after adaptation, forgetting, cost to target."""
     lines = ["| pruning | pretrain | iteration | params | on P after pruning | reference after adaptation | "
-             "fleet as received | fleet after adaptation | fleet gain | acc P after adaptation "
-             "| forgetting on P | s to target | J to target | seeds reaching target |", "|---|" * 1 + "---|" * 13]
+             "fleet as received | shared model after | nodes' mean after | nodes' gain | nodes' acc P after "
+             "| forgetting on P | s to target | J to target | seeds reaching target |", "|---|" * 1 + "---|" * 14]
     for (pruning, pretrain, iteration), group in _by(results, "pruning", "pretrain", "iteration").items():
         costs = [r.to_target(target) for r in group]
         reached = [c for c in costs if not math.isnan(c[0])]
         lines.append(f"| {pruning} | {pretrain} | {iteration} | {group[0].params / 1e6:.3f}M | "
                      f"{estimate(r.pruned_accuracy for r in group)} | {estimate(r.reference() for r in group)} | "
-                     f"{estimate(r.received_mean() for r in group)} | {estimate(r.fleet_mean() for r in group)} | "
+                     f"{estimate(r.received_mean() for r in group)} | {estimate(r.shared_final() for r in group)} | "
+                     f"{estimate(r.fleet_mean() for r in group)} | "
                      f"{estimate(r.gain() for r in group)} | "
                      f"{estimate(r.fleet_mean('acc_P') for r in group)} | {estimate(r.forgetting for r in group)} | "
                      f"{_cost(estimate(c[0] for c in reached))} | {_cost(estimate(c[1] for c in reached))} | "
                      f"{len(reached)}/{len(group)} |")
+    return lines
+
+
+def alone_table(results: list[FleetResult]) -> list[str]:
+    """New classes: P ∪ F hides what happened to each part (F is a small share of its test samples),
+    so F alone and P alone, per setting and size, for every model that adapts."""
+    if results[0].mode != "continual":
+        return []
+    lines = ["| pruning | pretrain | iteration | accuracy | as received | reference after | shared model after | "
+             "nodes' mean after |", "|---|---|---|---|---|---|---|---|"]
+    for (pruning, pretrain, iteration), group in _by(results, "pruning", "pretrain", "iteration").items():
+        for metric in ("acc_F", "acc_P"):
+            lines.append(f"| {pruning} | {pretrain} | {iteration} | {metric} | "
+                         f"{estimate(r.received_mean(metric) for r in group)} | "
+                         f"{estimate(r.reference(metric) for r in group)} | "
+                         f"{estimate(r.shared_final(metric) for r in group)} | "
+                         f"{estimate(r.fleet_mean(metric) for r in group)} |")
     return lines
 
 
@@ -212,6 +295,12 @@ def write(directories: list[Path], out: Path, target: float | None = None) -> li
                       "Gaps the paper reports, 95% interval over seeds: (a) extra − task_only > 0 at every "
                       "size; (b) LRP keeps that gap at high compression better than IMP, i.e. "
                       "(extra − task_only): LRP − IMP > 0 at the small sizes:", "", *gap_table(budget_group), ""]
+            alone = alone_table(budget_group)
+            if alone:
+                lines += ["F alone (the new classes) and P alone (the old), the parts of P ∪ F:", "", *alone, ""]
+            ends = endpoint_table(budget_group)
+            if ends:
+                lines += [*ends, ""]
             comparison = fleet_table(budget_group)
             if comparison:
                 lines += ["Fleet comparison, mean accuracy after adaptation:", "", *comparison, ""]

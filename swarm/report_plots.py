@@ -57,29 +57,29 @@ def _settings(results: list[FleetResult]) -> list[tuple[str, str, list[FleetResu
 
 
 def plot_fig3(results: list[FleetResult], path: Path, title: str) -> None:
-    """Accuracy against parameters: on P after pruning and recovery, after the paper's (central)
-    adaptation of each checkpoint, and after the fleet's on-device adaptation, on one scale."""
-    with_reference = any(not math.isnan(r.reference()) for r in results)
-    panels = 3 if with_reference else 2
+    """Accuracy against parameters, on one scale: on P after pruning and recovery; after the paper's
+    (central) adaptation of each checkpoint; after the fleet's on-device adaptation, as the shared
+    (FedAvg) model and as the nodes' mean."""
+    metric = "P ∪ F" if results[0].mode == "continual" else "F"
+    adapted = [(f"on {metric} after the paper's adaptation\n(central, early stopping)", lambda r: r.reference()),
+               (f"on {metric} after the fleet's adaptation\n(shared model)", lambda r: r.shared_final()),
+               (f"on {metric} after the fleet's adaptation\n(nodes' mean)", lambda r: r.fleet_mean())]
+    adapted = [(name, value) for name, value in adapted if any(not math.isnan(value(r)) for r in results)]
+    panels = 1 + len(adapted)
     fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.2), dpi=100, sharex=True, sharey=True)
     left, right = axes[0], axes[-1]
-    metric = "P ∪ F" if results[0].mode == "continual" else "F"
     for pruning, pretrain, group in _settings(results):
         pruned = {it: (next(iter(by_seed.values()))[0], [acc for _, acc in by_seed.values()])
                   for it, by_seed in pruning_curve(group).items()}
         _curve(left, pruned, pruning, pretrain)
-        adapted: dict[int, tuple[float, list[float]]] = {}
-        reference: dict[int, tuple[float, list[float]]] = {}
-        for result in group:
-            adapted.setdefault(result.iteration, (result.params, []))[1].append(result.fleet_mean())
-            reference.setdefault(result.iteration, (result.params, []))[1].append(result.reference())
-        _curve(right, adapted, pruning, pretrain)
-        if with_reference:
-            _curve(axes[1], reference, pruning, pretrain)
+        for ax, (_, value) in zip(axes[1:], adapted):
+            points: dict[int, tuple[float, list[float]]] = {}
+            for result in group:
+                points.setdefault(result.iteration, (result.params, []))[1].append(value(result))
+            _curve(ax, points, pruning, pretrain)
     left.set_title("on P after pruning and recovery")
-    if with_reference:
-        axes[1].set_title(f"on {metric} after the paper's adaptation\n(central, early stopping)")
-    right.set_title(f"on {metric} after the fleet's adaptation\n(on-device, fleet mean)")
+    for ax, (name, _) in zip(axes[1:], adapted):
+        ax.set_title(name)
     for ax in axes:
         ax.set_xlabel("parameters (millions)")
         ax.grid(alpha=0.3)

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from swarm.errors import SwarmError
-from swarm.fleet_protocol import DEVICE_FAULTS, NODES_CSV, NO_RESULT, RECEIVED_WINDOW, RUN_RECORD, Status, read_rows
+from swarm.fleet_protocol import (DEVICE_FAULTS, NODES_CSV, NO_RESULT, RECEIVED_WINDOW, RUN_RECORD, SHARED_MODEL,
+                                  Status, read_rows)
 
 # Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom; beyond, the normal 1.96.
 _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
@@ -81,6 +82,7 @@ class FleetResult:
     coordinator: list[dict[str, Any]]  # the coordinator's record, one entry per iteration
     window_s: float
     rows: list[dict[str, Any]] = field(repr=False, default_factory=list)
+    shared: list[dict[str, Any]] = field(repr=False, default_factory=list)  # shared_model.json (FedAvg)
 
     @property
     def target_metric(self) -> str:
@@ -118,6 +120,26 @@ class FleetResult:
         pairs = [(received[n], final[n]) for n in set(received) & set(final)
                  if not math.isnan(received[n]) and not math.isnan(final[n])]
         return sum(a > b for b, a in pairs) / len(pairs) if pairs else math.nan
+
+    def shared_final(self, metric: str | None = None) -> float:
+        """The shared (FedAvg) model's accuracy after the last window (NaN when the fleet shares none)."""
+        metric = metric or self.target_metric
+        value = self.shared[-1].get(metric) if self.shared else None
+        return math.nan if value is None else float(value)
+
+    def shared_gain(self, metric: str | None = None) -> float:
+        """The shared model after the last window minus the model as the nodes received it."""
+        return self.shared_final(metric) - self.received_mean(metric)
+
+    def reference_gain(self, metric: str | None = None) -> float:
+        """The reference (the paper's central adaptation): after minus before."""
+        return self.reference(metric) - self.reference(metric, when="before")
+
+    def reference_epochs(self) -> int | None:
+        for entry in self.coordinator:
+            if entry["iteration"] == self.iteration and "reference" in entry:
+                return entry["reference"].get("epochs")
+        return None
 
     def reference(self, metric: str | None = None, when: str = "after") -> float:
         """The coordinator's central adaptation of this checkpoint (the paper's), ``before`` or ``after``."""
@@ -197,6 +219,8 @@ def load(run_json: Path) -> FleetResult:
     kind, value = _budget(fleet)
     variant = {k: v for k, v in fleet.items() if k != "budget"}
     rows = read_rows(run_json.parent / NODES_CSV)
+    shared_path = run_json.parent / SHARED_MODEL
+    shared = json.loads(shared_path.read_text()) if shared_path.exists() else []
     if not rows:
         raise SwarmError(f"{run_json.parent / 'nodes.csv'} has no rows; run the fleet again")
     return FleetResult(
@@ -205,7 +229,7 @@ def load(run_json: Path) -> FleetResult:
         iteration=int(record["iteration"]), params=int(record["params"]), budget_kind=kind, budget_value=value,
         fleet_variant=hashlib.sha256(json.dumps(variant, sort_keys=True).encode()).hexdigest()[:8],
         coordinator_key=record["coordinator_key"], coordinator=record["coordinator"],
-        window_s=float(fleet["window_s"]), rows=rows)
+        window_s=float(fleet["window_s"]), rows=rows, shared=shared)
 
 
 def collect(directories: Sequence[Path]) -> tuple[list[FleetResult], list[str]]:

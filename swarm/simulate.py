@@ -117,13 +117,19 @@ def _events(plan_path: Path) -> tuple[list[list[int]], dict[int, list[float]]] |
 
 def _outcome(summary: dict[str, Any]) -> str:
     """One line per accuracy: as received -> fleet mean after the last window (gain), and the reference."""
-    parts = []
+    parts, shared_parts = [], []
+    shared = (summary.get("shared_model") or [{}])[-1]
     for metric, gain in summary["gain"].items():
         text = f"{metric} {gain['received']:.3f} -> {gain['final']:.3f} ({gain['gain']:+.3f})"
         reference_after = summary.get("reference", {}).get("after", {}).get(metric)
         parts.append(text + (f" [reference {reference_after:.3f}]" if reference_after is not None else ""))
+        if shared.get(metric) is not None:
+            shared_parts.append(f"{metric} {gain['received']:.3f} -> {shared[metric]:.3f} "
+                                f"({shared[metric] - gain['received']:+.3f})")
     idle = summary["idle_nodes"]
-    lines = ["fleet mean as received -> after the last window: " + ", ".join(parts)]
+    lines = ["nodes' mean as received -> after the last window: " + ", ".join(parts)]
+    if shared_parts:
+        lines.append("shared model (FedAvg) after the last window: " + ", ".join(shared_parts))
     warning = coverage_line(summary["coverage"])
     if warning:
         lines.insert(0, warning)

@@ -171,9 +171,11 @@ def write_fleet_plan(cfg, workdir: Path, run_name: str, windows: int, pretrain_e
     config["fleet"]["windows"] = windows
     plan = plan_from_config(config, data, checkpoint=workdir / "start.pt", run_dir=run)
     plan.save(run / "fleet_plan.json")
-    from nodes.local_data import DATA_DIR, write_fleet_data
+    from nodes.local_data import DATA_DIR, write_evaluation_set, write_fleet_data
+    from swarm.fleet_protocol import EVALUATION_DIR
 
     write_fleet_data(plan, data, run / "nodes", inner=DATA_DIR)  # each node's own folder, as in simulation
+    write_evaluation_set(plan, data, run / EVALUATION_DIR)  # the server's, for the shared model
     return run / "fleet_plan.json", data
 
 

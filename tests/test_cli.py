@@ -95,7 +95,7 @@ def test_simulate_runs_coordinator_and_a_real_flower_fleet(tmp_path):
         record = json.loads((out / "run.json").read_text())
         assert record["iteration"] == iteration and record["params"] == coordinator["iterations"][iteration]["params"]
         assert record["pruning"] == "lrp" and record["from_cache"] is False
-    assert result.stdout.count("fleet mean as received -> after the last window: acc_P") == 2
+    assert result.stdout.count("nodes' mean as received -> after the last window: acc_P") == 2
     assert "[reference " in result.stdout
 
     # A sweep over the same setting: a bad point fails alone, the other points restore the finished

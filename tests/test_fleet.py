@@ -164,6 +164,41 @@ def test_fedavg_averages_the_adapted_models(plan_file):
     assert avg["n"].dtype == torch.int64 and int(avg["n"]) == 8  # the batch counter keeps its dtype
 
 
+def test_the_shared_model_is_scored_after_every_window_on_the_nodes_test_subsets(plan_file):
+    from nodes.node import local_runtime
+    from nodes.plan import FleetPlan
+    from nodes.planning import received_model
+    from swarm import io
+    from swarm.evaluation import accuracies
+
+    path = plan_file(2, "fleet.strategy=fedavg", windows=3)
+    fleet.run_fleet(FakeGrid(2, root=nodes_of(path)), path, strategy="fedavg", join_timeout_s=5)
+    scores = json.loads((path.parent / "shared_model.json").read_text())
+    assert [s["window"] for s in scores] == [0, 1, 2]
+    assert set(scores[0]) == {"window", "acc_P", "acc_F", "acc_PF", "acc_F_groups"} and scores[0]["acc_PF"] is None
+    # The last entry is the model FedAvg built after the last window (kept for resume), scored as a
+    # node scores its own model: the same function on the same test subsets.
+    plan = FleetPlan.load(path)
+    model = received_model(plan)
+    model.load_state_dict(io.load_tensors(path.parent / "fleet_shared_w0003.pt"))
+    node = local_runtime(plan, 0, nodes_of(path))
+    expected = accuracies(model, node.tests)
+    assert scores[-1]["acc_F"] == pytest.approx(expected["acc_F"]) and scores[-1]["acc_P"] == pytest.approx(expected["acc_P"])
+    assert scores[-1]["acc_F_groups"] == pytest.approx(expected["acc_F_groups"])
+    # The model as received, scored by the server, is every node's received row.
+    received = [r for r in read_rows(path.parent / "nodes.csv") if r["window"] == "-1"]
+    server_view = fleet.score(received_model(plan), received_model(plan).state_dict(),
+                              fleet.load_evaluation_set(path.parent / "evaluation", plan.evaluation_id()))
+    assert [float(r["acc_F"]) for r in received] == [pytest.approx(server_view["acc_F"])] * 2
+
+
+def test_a_fedavg_fleet_without_the_server_s_test_subsets_stops_with_one_line(plan_file):
+    path = plan_file(2, "fleet.strategy=fedavg")
+    shutil.rmtree(path.parent / "evaluation")
+    with pytest.raises(SwarmError, match="evaluation: no readable manifest.json"):
+        fleet.run_fleet(FakeGrid(2, root=nodes_of(path)), path, strategy="fedavg", join_timeout_s=5)
+
+
 def test_fedavg_averages_each_output_over_the_nodes_that_trained_it():
     sent = {"body": torch.zeros(2), "fc.weight": torch.zeros(3, 2), "fc.bias": torch.zeros(3)}
     # Node a trained outputs 0 and 1, node b only output 1; nobody trained output 2. Under the

@@ -130,6 +130,36 @@ def test_fashion_mnist_idx(make_cfg, tmp_path, monkeypatch, compress):
     assert labels == {0, 1}  # Coat and Shirt are garments (0), Ankle boot footwear (1)
 
 
+def test_fashion_mnist_in_six_styles(make_cfg, tmp_path, monkeypatch):
+    """Every image in exactly one style; each style a sixth of every class; T, P, F by style."""
+    from swarm.data.sources import fashion_styles
+
+    monkeypatch.setattr(fashion_mnist, "SYSTEM_COPY", tmp_path / "no-system-copy")
+    write_fmnist(tmp_path / "FashionMNIST" / "raw", per_class_train=12, per_class_test=6)
+    cfg = make_cfg("scenario=fmnist_new_domains", f"data.root={tmp_path}")
+    data = build(scenario_of(cfg), data_options(cfg))
+    assert data.num_outputs == 10 and data.catalog.domains == fashion_styles.STYLES
+    train = data.catalog.train
+    for label in range(10):
+        assert np.bincount(train.domain_idx[train.class_idx == label], minlength=6).tolist() == [2] * 6
+    styles = {role: {int(d) for d in train.domain_idx[data.datasets[role]["train"].indices]} for role in "TPF"}
+    index = {name: k for k, name in enumerate(fashion_styles.STYLES)}
+    assert styles == {"T": {index["original"], index["outline"]},
+                      "P": {index["inverted"], index["noisy"], index["striped"]}, "F": {index["blurred"]}}
+    # Styles are pure functions of the pixels: the plain image 0 with pixel (0, 0) = its label.
+    plain = torch.zeros(1, 1, 28, 28, dtype=torch.uint8)
+    plain[0, 0, 10:18, 10:18] = 200
+    assert torch.equal(fashion_styles.render(plain, "inverted", np.array([0])), 255 - plain)
+    assert fashion_styles.render(plain, "outline", np.array([0]))[0, 0, 14, 14] == 0  # flat inside: no edge
+    assert fashion_styles.render(plain, "outline", np.array([0]))[0, 0, 10, 14] > 0  # the border is drawn
+    noisy = fashion_styles.render(plain, "noisy", np.array([7]))
+    assert torch.equal(noisy, fashion_styles.render(plain, "noisy", np.array([7])))
+    assert not torch.equal(noisy, fashion_styles.render(plain, "noisy", np.array([8])))
+    assert fashion_styles.render(plain, "blurred", np.array([0])).max() < 200  # softer, lower contrast
+    with pytest.raises(ValueError, match="unknown style"):
+        fashion_styles.render(plain, "sepia", np.array([0]))
+
+
 def test_fashion_mnist_missing(make_cfg, tmp_path, monkeypatch):
     monkeypatch.setattr(fashion_mnist, "SYSTEM_COPY", tmp_path / "none")
     cfg = make_cfg("scenario=fmnist_new_classes", f"data.root={tmp_path}")

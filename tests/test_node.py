@@ -179,3 +179,59 @@ def test_training_is_bounded_by_passes_over_the_data(fleet):
     assert 0 < steps * 8 <= 3 * rows[-1].samples_seen  # batch 8, no replay: 3 visits per sample at most
     assert node._load(3)["visits"] == steps * 8
     assert rows[-1].status == "data_exhausted"  # a fast device with a generous budget runs out of data
+
+
+# New classes with extra knowledge: T's classes keep their outputs (as in the paper) but are not deployed.
+NEW_CLASSES_WITH_T = ["scenario.mode=continual", "scenario.split_by=class", "scenario.T=[diamond,hexagon]",
+                      "scenario.P=[circle,square,triangle,plus]", "scenario.F=[ring,star]",
+                      "fleet.replay.capacity=all"]
+
+
+@pytest.mark.parametrize("loss, pushed_down", [("masked", True), ("batch", False)])
+def test_the_masked_loss_pushes_down_the_outputs_outside_the_deployed_task(fleet, loss, pushed_down):
+    """The paper adapts on P ∪ F with every output in the softmax, so T's outputs are pushed down
+    with every example; ``masked`` keeps that (while a class the node's batch lacks is spared),
+    ``batch`` (the rule before) never touches them: an extra-knowledge model then keeps predicting
+    T's classes for F's samples."""
+    plan, data = fleet(*NEW_CLASSES_WITH_T, f"fleet.loss={loss}", "fleet.budget.compute_s=2")
+    t_outputs = sorted({int(t) for t in data.datasets["T"]["train"].targets.tolist()})
+    deployed = {int(t) for role in "PF" for t in data.datasets[role]["train"].targets.tolist()}
+    # T's outputs, and those of the dataset's classes no role uses, are outside the deployed task.
+    assert plan.undeployed_outputs == data.undeployed_outputs() == sorted(set(range(data.num_outputs)) - deployed)
+    assert set(t_outputs) <= set(plan.undeployed_outputs) and len(t_outputs) == 2
+    t_outputs = plan.undeployed_outputs
+    node = node_runtime(plan, 0)
+    before = received_model(plan).fc.bias.detach().clone()
+    row, model = node.run_window(0)
+    assert row.steps > 0
+    after = model.fc.bias.detach()
+    if pushed_down:
+        assert (after[t_outputs] < before[t_outputs]).all(), (before, after)
+        # FedAvg mixes those rows over every example the node trained on (they all pushed them).
+        assert (node.trained_per_output[t_outputs] == row.steps * int(plan.config["fleet"]["batch_size"])).all()
+    else:
+        assert torch.equal(after[t_outputs], before[t_outputs])
+        assert not node.trained_per_output[t_outputs].any()
+
+
+def test_both_arms_are_judged_by_one_rule_on_the_same_samples(make_cfg):
+    """extra and task_only differ in what the coordinator trains on, never in how a fleet, its
+    shared model or the reference are judged: the same test subsets, the same outputs outside the
+    deployed task, the same accuracy function (argmax over every output)."""
+    from swarm.config import data_options, scenario_of
+    from swarm.data.build import build
+    from swarm.evaluation import test_sets
+
+    arms = {}
+    for pretrain in ("extra", "task_only"):
+        cfg = make_cfg(*TINY, *NEW_CLASSES_WITH_T, f"pretrain={pretrain}")
+        data = build(scenario_of(cfg), data_options(cfg))
+        arms[pretrain] = (data, test_sets(data, continual=True, cap=int(cfg.fleet.eval_samples)))
+    (extra, extra_tests), (task, task_tests) = arms["extra"], arms["task_only"]
+    assert len(extra.datasets["T"]["train"]) > 0 and len(task.datasets["T"]["train"]) == 0
+    assert extra.undeployed_outputs() == task.undeployed_outputs() != []
+    assert extra.label_names == task.label_names
+    for name in ("P", "F", "PF"):
+        a, b = extra_tests.sets[name], task_tests.sets[name]
+        assert len(a) == len(b) > 0
+        assert all(torch.equal(a[i][0], b[i][0]) and int(a[i][1]) == int(b[i][1]) for i in range(len(a)))

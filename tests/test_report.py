@@ -16,12 +16,13 @@ from swarm.results import collect, estimate, paired_difference
 
 def fake_run(root, *, pruning="lrp", pretrain="extra", seed=0, iteration=0, finals=(0.6, 0.8), windows=2,
              budget=20.0, mode="finetune", scenario="fmnist_new_subclasses", failed_node=None, p_acc=0.95,
-             received=0.3, reference=None):
+             received=0.3, reference=None, shared=None):
     """A fleet run directory as swarm.simulate leaves it: run.json and nodes.csv.
 
     Every node received a model scoring ``received`` (its window -1 row); node n's accuracy rises
     linearly to ``finals[n]`` over the windows; each node spends 5 J a window. ``reference``: the
-    coordinator's central adaptation of each iteration reaches this accuracy."""
+    coordinator's central adaptation of each iteration reaches this accuracy; ``shared``: the shared
+    (FedAvg) model's accuracy rises linearly to it (shared_model.json, as the server writes it)."""
     directory = root / f"{scenario}-{pruning}-{pretrain}-s{seed}-b{budget}" / f"iteration_{iteration:02d}"
     directory.mkdir(parents=True)
     metric = "acc_PF" if mode == "continual" else "acc_F"
@@ -40,6 +41,11 @@ def fake_run(root, *, pruning="lrp", pretrain="extra", seed=0, iteration=0, fina
                 row.update(status="failed", error="RuntimeError: boom", acc_P=math.nan, **{metric: math.nan})
             rows.append(row)
     write_rows(directory / "nodes.csv", rows)
+    if shared is not None:
+        scores = [{"window": w, "acc_P": 0.9, "acc_F": None, "acc_PF": None, "acc_F_groups": []} for w in range(windows)]
+        for w, entry in enumerate(scores):
+            entry[metric] = shared * (w + 1) / windows
+        (directory / "shared_model.json").write_text(json.dumps(scores))
     coordinator = [{"iteration": i, "params": 1000 * (10 - i), "macs": 1, "test_acc": p_acc - 0.01 * i,
                     "val_acc": p_acc} for i in range(3)]
     if reference is not None:
@@ -98,7 +104,8 @@ def test_report_aggregates_settings_seeds_and_missing_points(tmp_path):
         for seed in seeds:
             for iteration in (0, 2):
                 fake_run(runs, pruning=pruning, pretrain=pretrain, seed=seed, iteration=iteration,
-                         finals=(final - 0.1 + 0.01 * seed, final + 0.1 + 0.01 * seed))
+                         finals=(final - 0.1 + 0.01 * seed, final + 0.1 + 0.01 * seed),
+                         shared=final + 0.05 + 0.01 * seed)
     out = tmp_path / "report"
     assert report.main([str(runs), "--out", str(out), "--target", "0.5"]) == 0
     rows = read_csv(out / "results.csv")
@@ -111,17 +118,30 @@ def test_report_aggregates_settings_seeds_and_missing_points(tmp_path):
     assert float(row["improved_share"]) == 1.0 and row["reference_after"] == ""
     assert float(row["seconds_to_target"]) == 200 and float(row["joules_to_target"]) == 10.0
     assert row["budget"] == "20 J/window" and row["failed_nodes"] == "0"
+    # The shared model after the last window, and each accuracy alone, beside the nodes' mean.
+    assert float(row["shared_acc_F"]) == pytest.approx(0.86) and float(row["shared_gain"]) == pytest.approx(0.56)
+    assert float(row["nodes_acc_F"]) == pytest.approx(0.81) and float(row["received_acc_F"]) == pytest.approx(0.3)
+    assert row["shared_acc_PF"] == "" and row["coordinator_epochs"] == "  "  # the fake record has no epochs
     text = (out / "report.md").read_text()
     # extra − task_only under LRP: 0.2 at every seed, so no spread; LRP − IMP (extra) over the 2 common seeds.
+    # Columns: on P after pruning, reference, shared model, nodes' mean.
     assert "| 0.010M | 0 | extra − task_only (LRP) | +0.000 (n=3) |" not in text
-    assert "extra − task_only (LRP) | +0.000 [+0.000, +0.000] (n=3) | - | +0.200 [+0.200, +0.200] (n=3) |" in text
-    assert "LRP − IMP (extra) | +0.000 [+0.000, +0.000] (n=2) | - | +0.100 [+0.100, +0.100] (n=2) |" in text
+    assert ("extra − task_only (LRP) | +0.000 [+0.000, +0.000] (n=3) | - | +0.200 [+0.200, +0.200] (n=3) | "
+            "+0.200 [+0.200, +0.200] (n=3) |") in text
+    assert ("LRP − IMP (extra) | +0.000 [+0.000, +0.000] (n=2) | - | +0.100 [+0.100, +0.100] (n=2) | "
+            "+0.100 [+0.100, +0.100] (n=2) |") in text
+    # The endpoints, averaged over the last sizes (here iterations 0 and 2), for the shared model only
+    # (these runs have no reference): (a) 0.2 under LRP; (b) 0.2 − 0.15 on the 2 seeds IMP extra has.
+    assert "| (a) extra − task_only, LRP | shared model | acc_F | +0.200 [+0.200, +0.200] (n=3) | 0.000 |" in text
+    assert "| (b) (extra − task_only): LRP − IMP | shared model | acc_F | +0.050 [+0.050, +0.050] (n=2) |" in text
+    assert "| reference |" not in text
     assert "| lrp | extra | 2 | 0.008M |" in text
     # Claim (b): the pre-training gap is 0.2 under LRP and 0.15 under IMP, on the 2 seeds IMP extra has.
     assert "| 0.008M | 2 | (extra − task_only): LRP − IMP | " in text
     assert "| +0.050 [+0.050, +0.050] (n=2) |" in text
     # The IMP extra fleet has two seeds: its cell says so.
-    assert "| imp | extra | 2 | 0.008M | 0.930 ± 0.000 (n=2) | - | 0.300 ± 0.000 (n=2) | 0.705 ± 0.064 (n=2) |" in text
+    assert ("| imp | extra | 2 | 0.008M | 0.930 ± 0.000 (n=2) | - | 0.300 ± 0.000 (n=2) | 0.755 ± 0.064 (n=2) | "
+            "0.705 ± 0.064 (n=2) |") in text
     for name in ("fig3_fmnist_new_subclasses.png", "fleet_fmnist_new_subclasses.png"):
         assert (out / name).stat().st_size > 5000 and f"({name})" in text
     assert not list(out.glob("budget_*.png"))  # one budget: no budget curve
@@ -139,6 +159,9 @@ def test_report_draws_budget_curves_and_counts_failed_nodes(tmp_path):
     assert (out / "budget_fmnist_new_classes.png").stat().st_size > 5000
     text = (out / "report.md").read_text()
     assert "**1 node(s) failed**" in text and "### Budget 80 J/window" in text
+    # New classes: F alone and P alone beside P ∪ F.
+    assert "F alone (the new classes) and P alone (the old)" in text
+    assert "| lrp | extra | 0 | acc_P | 0.950 ± 0.000 (n=2) | - | - | 0.900 ± 0.000 (n=2) |" in text
     failed = [r for r in read_csv(out / "results.csv") if r["failed_nodes"] == "1"]
     assert len(failed) == 1 and float(failed[0]["adapted_mean"]) == pytest.approx(0.5)
     assert failed[0]["adapted_metric"] == "acc_PF"
@@ -160,6 +183,7 @@ def test_report_sets_the_fleet_beside_the_papers_reference_adaptation(tmp_path):
     text = (out / "report.md").read_text()
     # Gap (a) on the reference: 0.1 at every seed; on the fleet 0.1 as well.
     assert "extra − task_only (LRP) | +0.000 [+0.000, +0.000] (n=3) | +0.100 [+0.100, +0.100] (n=3) | " in text
+    assert "| (a) extra − task_only, LRP | reference | acc_F | +0.100 [+0.100, +0.100] (n=3) | 0.000 |" in text
     row = next(r for r in read_csv(out / "results.csv") if r["pretrain"] == "extra" and r["seed"] == "1")
     assert float(row["reference_after"]) == pytest.approx(0.91) and float(row["reference_before"]) == pytest.approx(0.3)
     assert (out / "fig3_fmnist_new_subclasses.png").stat().st_size > 5000

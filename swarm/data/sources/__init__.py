@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from swarm.data.catalog import Catalog
 from swarm.data.options import DataOptions
-from swarm.data.sources import cifar, domainnet, fashion_mnist, folder, synthetic
+from swarm.data.sources import cifar, domainnet, fashion_mnist, fashion_styles, folder, synthetic
 from swarm.errors import ScenarioError
 
 Names = tuple[list[str] | None, list[str] | None]
@@ -41,6 +41,8 @@ for _cifar in ("cifar10", "cifar100"):
 register_source("fashion_mnist", Source(known_names=lambda cfg: fashion_mnist.known_names(),
                                         load=lambda cfg, options, wanted: fashion_mnist.load(options),
                                         channels=1, native_size=lambda cfg: 28))
+register_source("fashion_mnist_styles", Source(known_names=lambda cfg: fashion_styles.known_names(),
+                                               load=fashion_styles.load, channels=1, native_size=lambda cfg: 28))
 register_source("domainnet", Source(known_names=lambda cfg: domainnet.known_names(), load=domainnet.load,
                                     channels=3, native_size=lambda cfg: int(cfg.get("image_size", 224))))
 register_source("synthetic", Source(known_names=lambda cfg: synthetic.known_names(), load=synthetic.load,
