@@ -249,8 +249,9 @@ def _plot_over_time(rows: list[dict[str, Any]], metric: str, path: Path, title: 
             means.append((max(r["sim_time_s"] for r in rows if r["window"] == window), statistics.fmean(values)))
     if means:
         ax.plot(*zip(*means), color="black", lw=2.5, marker="o", label="fleet mean (t=0: as received)")
-    points = [((e["window"] + 1) * window_s, e[metric]) for e in shared or [] if e.get(metric) is not None]
-    if points and window_s:
+    points = [((e["window"] + 1) * window_s, e[metric]) for e in shared or []
+              if window_s and e.get(metric) is not None]
+    if points:
         start = [m for m in means if m[0] == 0.0]  # every node scores the model as received alike
         ax.plot(*zip(*(start + points)), color="tab:green", lw=2, marker="s", label="shared model (FedAvg)")
     if reference is not None and not math.isnan(reference):

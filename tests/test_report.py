@@ -213,3 +213,24 @@ def test_accuracy_matrix_over_drift_events():
     assert matrix["backward_transfer"] == pytest.approx(0.5 - 0.8)  # task 1 forgotten after task 2
     assert matrix["average_after_last"] == pytest.approx((0.7 + 0.5 + 0.9) / 3)
     assert accuracy_matrix(rows, [[0, 1, 2]], {0: [50.0]}) is None  # one event: no matrix
+
+
+def test_archive_keeps_the_small_files_a_report_is_built_from(tmp_path, capsys):
+    from swarm import archive
+
+    runs = tmp_path / "sweep"
+    for seed in (0, 1):
+        folder = fake_run(runs, seed=seed, shared=0.7)
+        (folder / "nodes").mkdir()
+        (folder / "nodes" / "stream.pt").write_bytes(b"bulk")  # a node's data: not kept
+    (runs / "unfinished").mkdir()
+    (runs / "unfinished" / "run.json").write_text("{}")  # no nodes.csv: not a finished run
+    kept = tmp_path / "kept"
+    assert archive.main([str(runs), str(kept)]) == 0
+    assert "2 fleet runs" in capsys.readouterr().out
+    files = sorted(p.relative_to(kept).as_posix() for p in kept.rglob("*") if p.is_file())
+    assert len(files) == 6 and all(p.endswith(("run.json", "nodes.csv", "shared_model.json")) for p in files)
+    # The tables rebuild from the archive alone.
+    assert report.main([str(kept), "--out", str(tmp_path / "report")]) == 0
+    assert read_csv(tmp_path / "report" / "results.csv")[0]["shared_acc_F"] == "0.7"
+    assert archive.main([str(tmp_path / "missing"), str(kept)]) == 2
