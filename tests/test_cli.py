@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
+import subprocess
 
 import pytest
 
-from tests.conftest import FakeGrid, nodes_of, run_module
+from tests.conftest import REPO, FakeGrid, nodes_of, run_module
 from swarm.fleet_protocol import NO_RESULT
 
 TINY = ["scenario.dataset.train_per_group=6", "scenario.dataset.test_per_group=2", "train.max_epochs=1"]
@@ -216,3 +218,16 @@ def test_a_simulation_killed_in_the_fleet_stage_resumes_where_it_stopped(tmp_pat
     finally:
         torch.set_num_threads(threads)
     assert (run / "nodes.csv").read_text() == expected  # as if it had never been killed
+
+
+def test_the_results_script_names_its_scenarios_before_any_work():
+    """scripts/results_fmnist runs the published sweep in parts: a wrong scenario or no seed stops
+    with one line and exit code 2 before anything is computed."""
+    script = REPO / "scripts" / "results_fmnist"
+    env = dict(os.environ)
+    wrong = subprocess.run([str(script), "run", "fmnist_new_subclasses", "0"], capture_output=True, text=True,
+                           env=env, timeout=120)
+    assert wrong.returncode == 2 and "must be fmnist_new_classes or fmnist_new_domains" in wrong.stderr
+    bare = subprocess.run([str(script), "run", "fmnist_new_classes"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert bare.returncode == 2 and "usage:" in bare.stderr
