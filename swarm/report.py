@@ -48,7 +48,8 @@ def _by(results: Iterable[FleetResult], *fields: str) -> dict[tuple, list[FleetR
     groups: dict[tuple, list[FleetResult]] = defaultdict(list)
     for result in results:
         groups[tuple(getattr(result, f) for f in fields)].append(result)
-    return dict(sorted(groups.items(), key=lambda kv: tuple(str(k) for k in kv[0])))
+    order = lambda k: (0, k, "") if isinstance(k, (int, float)) else (1, 0, str(k))  # noqa: E731 (8 before 10)
+    return dict(sorted(groups.items(), key=lambda kv: tuple(order(k) for k in kv[0])))
 
 
 def targets(results: list[FleetResult], target: float | None) -> dict[str, float]:
