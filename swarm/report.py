@@ -188,7 +188,8 @@ def endpoint_table(results: list[FleetResult]) -> list[str]:
     lines = [f"Endpoints (docs/results: decided before the sweep): averaged per seed over iterations "
              f"{', '.join(map(str, iterations))}, paired by seed, 95% interval:", "",
              "| claim | who adapts | accuracy | estimate | half-width |", "|---|---|---|---|---|"]
-    lines += [f"| {claim} | {who} | {metric} | {_signed(e)} | {e.half_width:.3f} |" for claim, who, metric, e in rows]
+    lines += [f"| {claim} | {who} | {metric} | {_signed(e)} | {f'{e.half_width:.3f}' if e.n > 1 else '- (one seed)'} |"
+              for claim, who, metric, e in rows]
     return lines
 
 
