@@ -65,7 +65,7 @@ def magnitude(model: nn.Module, layers: list[str], context: ScoringContext) -> d
     return filter_l1(model, layers)
 
 
-# Revision 2 (session 8): merged BatchNorms are skipped, where zennit's canonizer left them computing
+# Revision 2 (fcfd031): merged BatchNorms are skipped, where zennit's canonizer left them computing
 # x / sqrt(1 + eps); the relevance of the lowest layers moves by up to a few percent.
 @criterion("lrp", revision=2)
 def relevance(model: nn.Module, layers: list[str], context: ScoringContext) -> dict[str, torch.Tensor]:
