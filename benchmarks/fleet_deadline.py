@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from process_tree import run_sampled, tree_rss_mb  # noqa: E402
 
-WINDOW_LINE = re.compile(r"window (\d+)/(\d+): (\d+)/(\d+) nodes.*; ([\d.]+) s$")
+WINDOW_LINE = re.compile(r"window (\d+)/(\d+): (\d+)/(\d+) nodes.*; ([\d.]+) s( \(node time .*\))?$")
 
 
 def fleet_windows(log: Path) -> tuple[list[str], float, float]:

@@ -11,7 +11,9 @@ Messages (Flower's Message API):
   (``"evaluate_received"``, the node's first window) also ``{"received": MetricRecord}``, the model
   as received, evaluated before training; and, when asked for (``"return_weights"``), the adapted
   weights and ``{"trained": MetricRecord{"examples_per_output": [n, ...]}}``, the examples of each
-  output the window trained on (the server's FedAvg weighs each output row by them).
+  output the window trained on (the server's FedAvg weighs each output row by them); and always
+  ``{"timing": MetricRecord}``: the wall seconds the node spent on the message, in training and in
+  evaluation (:data:`swarm.fleet_protocol.TIMING`; the server's split of a fleet's time).
 
 Where a node's files are is the node's own setting, never the server's: ``data-path`` (its data
 folder, written by ``swarm.partition``) and ``state-dir`` (where it keeps its model, optimizer and
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 import traceback
 from functools import lru_cache
 from pathlib import Path
@@ -94,11 +97,13 @@ def partition(msg: Message, context: Context) -> Message:
 
 @app.train("adapt")
 def adapt(msg: Message, context: Context) -> Message:
+    started = time.perf_counter()
     node = partition_of(context)
     config = msg.content["config"]
     window = int(config["window"])
     profile, fault = "", ""
     received = None
+    runtime: NodeRuntime | None = None
     try:
         task = NodeTask.from_config(msg.content["task"])
         if task.node.partition != node:
@@ -124,6 +129,9 @@ def adapt(msg: Message, context: Context) -> Message:
     content = RecordDict({
         "metrics": metrics_record(metrics),
         "info": ConfigRecord({"profile": metrics.profile, "status": str(metrics.status), "error": metrics.error}),
+        "timing": MetricRecord({"train_s": runtime.train_s if runtime else 0.0,
+                                "eval_s": runtime.eval_s if runtime else 0.0,
+                                "node_s": time.perf_counter() - started}),
     })
     if received is not None:
         content["received"] = metrics_record(received)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -115,6 +116,8 @@ class NodeRuntime:
         self.continual = task.continual
         self.state_dir = Path(state_dir) / task.plan_id
         self.trained_per_output = np.zeros(0, dtype=np.int64)  # of the last window run (run_window)
+        # Wall seconds this runtime spent training and evaluating (what a fleet's timings split out).
+        self.train_s = self.eval_s = 0.0
         self.times, self.roles, self.indices = node_stream(
             self.me, rate=float(self.fleet["stream_rate"]), events=task.events, event_gap_s=task.event_gap_s,
             p_train_size=data.p_train_size)
@@ -232,7 +235,9 @@ class NodeRuntime:
                       StreamCredit(int(passes), stream_per_step, float(int(passes) * before - state["visits"])))
             report = simulate_window(self.profile, _budget(self.fleet, self.task.window_s), cost, start_s=start,
                                      arrivals=self.times[arrived].tolist(), phase_s=self.me.phase_s, credit=credit)
+            started = time.perf_counter()
             self._train(model, optimizer, replay, report.step_starts, window)
+            self.train_s += time.perf_counter() - started
             state["visits"] += report.steps * stream_per_step  # sample visits spent, counted by the credit
         # P samples that streamed in during the window join the replay buffer.
         new_p = arrived & (self.roles == P)
@@ -320,7 +325,11 @@ class NodeRuntime:
         return self.data.sample(role, index)
 
     def _evaluate(self, model: nn.Module) -> dict[str, Any]:
-        return accuracies(model, self.tests, CPU)
+        started = time.perf_counter()
+        try:
+            return accuracies(model, self.tests, CPU)
+        finally:
+            self.eval_s += time.perf_counter() - started
 
     def received(self, weights: Mapping[str, torch.Tensor] | None = None) -> WindowRow:
         """The model as this node received it, evaluated before any training: the row (window -1,

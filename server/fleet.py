@@ -29,8 +29,8 @@ from server.progress import plan_hash, resume, run_folder_lock
 from server.replies import InvalidReply, check_reply, safe_text
 from swarm import io
 from swarm.evaluation import TestSets, accuracies
-from swarm.fleet_protocol import (EVALUATION_DIR, NO_RESULT, NODES_CSV, RECEIVED_WINDOW, SHARED_MODEL, Status,
-                                  WindowRow, write_rows)
+from swarm.fleet_protocol import (EVALUATION_DIR, NO_RESULT, NODES_CSV, RECEIVED_WINDOW, SHARED_MODEL, TIMING,
+                                  TIMINGS_CSV, Status, WindowRow, append_timings, write_rows)
 from swarm.errors import SwarmError
 from swarm.models import classifier
 
@@ -242,12 +242,15 @@ def _run_windows(grid: GridLike, plan: FleetPlan, plan_path: Path, strategy: str
                  window_timeout_s: float, simulated: bool, in_flight: int | None, progress) -> list[dict[str, Any]]:
     count = len(plan.nodes)
     deadline = Deadline(window_timeout_s, simulated)
+    joining = time.monotonic()
+    log.info("waiting for %d nodes to join", count)
     node_ids = wait_for_nodes(grid, count, join_timeout_s)
     # Answering who it is is part of joining (an engine's actors load the app on their first message).
     mapping = partition_map(grid, node_ids, count, Deadline(join_timeout_s, simulated))
     missing = sorted(set(range(count)) - set(mapping))
     if missing:
         raise SwarmError(f"nodes for partitions {missing} did not answer; the fleet needs partitions 0..{count - 1}")
+    log.info("%d nodes joined and said who they are in %.1f s", count, time.monotonic() - joining)
     model = received_model(plan)
     sent = {k: v.detach().clone() for k, v in model.state_dict().items()}
     # Under FedAvg the model the fleet shares is scored after every window on the nodes' test
@@ -264,6 +267,9 @@ def _run_windows(grid: GridLike, plan: FleetPlan, plan_path: Path, strategy: str
     rows, failed = saved.rows, saved.failed
     has_model = saved.has_model  # nodes that adapted at least one window (they hold the model)
     csv_path = Path(plan.run_dir) / NODES_CSV
+    timings_path = Path(plan.run_dir) / TIMINGS_CSV
+    if saved.windows_done == 0:
+        timings_path.unlink(missing_ok=True)  # a run started afresh in a used folder
     partition_of = {nid: p for p, nid in mapping.items()}
     for window in range(saved.windows_done, plan.windows):
         failed_before = dict(failed)  # this window's replies may add to `failed`; its messages follow this
@@ -282,6 +288,7 @@ def _run_windows(grid: GridLike, plan: FleetPlan, plan_path: Path, strategy: str
                 yield Message(content, dst_node_id=mapping[partition], message_type="train.adapt")
 
         fedavg = RunningFedAvg(shared, head=head if masked_loss else None)
+        timings: list[dict[str, Any]] = []  # the window's node timings, in partition order
 
         def take(partition: int, reply: Message | None) -> None:
             """One partition's rows of this window, and its weights folded into FedAvg."""
@@ -307,6 +314,8 @@ def _run_windows(grid: GridLike, plan: FleetPlan, plan_path: Path, strategy: str
                 return
             if checked.received is not None:
                 rows.append(checked.received)
+            if checked.timing is not None:
+                timings.append({"window": window, "node": partition, **checked.timing})
             if checked.row["status"] == Status.late:  # its result came too late to use; it rejoins next window
                 rows.append(_missing_row(partition, window, profile, Status.late, checked.row["error"]))
                 return
@@ -347,10 +356,12 @@ def _run_windows(grid: GridLike, plan: FleetPlan, plan_path: Path, strategy: str
         saved.windows_done = window + 1
         saved.shared = shared if strategy == Strategy.fedavg else None
         saved.save(Path(plan.run_dir))
+        append_timings(timings_path, [{**t, "window_wall_s": seconds} for t in timings])
         window_rows = [r for r in rows if r["window"] == window]
         shared_line = (f"; shared model acc F {saved.shared_scores[-1]['acc_F']:.3f}"
                        if tests is not None and saved.shared_scores[-1]["acc_F"] is not None else "")
-        log.info(_window_line(window, plan.windows, count, window_rows, rows) + shared_line + f"; {seconds:.1f} s")
+        log.info(_window_line(window, plan.windows, count, window_rows, rows) + shared_line + f"; {seconds:.1f} s"
+                 + _timing_line(timings))
         if progress is not None:
             progress(window, window_rows)
     return rows
@@ -364,6 +375,16 @@ def score(model: torch.nn.Module, state: dict[str, torch.Tensor], tests: TestSet
     clean = lambda v: None if isinstance(v, float) and math.isnan(v) else v  # noqa: E731
     return {key: ([clean(v) for v in value] if isinstance(value, list) else clean(value))
             for key, value in values.items()}
+
+
+def _timing_line(timings: list[dict[str, Any]]) -> str:
+    """Where the nodes' time went (their seconds summed: with k actors, about k x the window's)."""
+    if not timings:
+        return ""
+    total = {key: sum(t[key] for t in timings) for key in TIMING}
+    other = total["node_s"] - total["train_s"] - total["eval_s"]
+    return (f" (node time {total['node_s']:.1f} s: training {total['train_s']:.1f}, "
+            f"evaluation {total['eval_s']:.1f}, other {other:.1f})")
 
 
 def _window_line(window: int, windows: int, count: int, window_rows: list[dict[str, Any]],

@@ -4,7 +4,8 @@ A reply to ``train.adapt`` must carry a ``metrics`` MetricRecord with every nume
 ``nodes.csv`` (finite where they must be, accuracies in [0, 1] or NaN, counts non-negative), an
 ``info`` ConfigRecord whose status is one a node may report, the node's own partition and window,
 and, when weights were asked for, exactly the arrays of the model that was sent (same names, same
-shapes, all finite) with the examples of each output the window trained on. A reply that breaks
+shapes, all finite) with the examples of each output the window trained on, and a timing, if it
+sends one, of finite non-negative seconds. A reply that breaks
 any of this raises :class:`InvalidReply` with one line that says what was wrong; the server marks
 that node ``failed`` with it and the run goes on.
 
@@ -22,7 +23,8 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
-from swarm.fleet_protocol import ACCURACIES, AMOUNTS, COUNTS, DEVICE_FAULTS, NODE_STATUSES, RECEIVED_WINDOW, Status
+from swarm.fleet_protocol import (ACCURACIES, AMOUNTS, COUNTS, DEVICE_FAULTS, NODE_STATUSES, RECEIVED_WINDOW, TIMING,
+                                  Status)
 
 MAX_TEXT = 300
 
@@ -39,6 +41,7 @@ class CheckedReply:
     received: dict[str, Any] | None
     arrays: ArrayRecord | None
     examples_per_output: np.ndarray | None = None  # with the arrays: what the window trained on
+    timing: dict[str, float] | None = None  # the node's wall seconds (TIMING), when it sent them
 
 
 def safe_text(value: Any) -> str:
@@ -129,6 +132,19 @@ def check_examples(trained: Any, outputs: int) -> np.ndarray:
     return counts.astype(np.int64)
 
 
+def check_timing(timing: Any) -> dict[str, float]:
+    """A node's wall seconds of one window: every :data:`TIMING` key, finite and non-negative, and
+    its training and evaluation within its total (they are parts of it)."""
+    if not isinstance(timing, MetricRecord):
+        raise InvalidReply("its timing is not a MetricRecord")
+    values = {key: _number(timing, key) for key in TIMING}
+    if any(not math.isfinite(v) or v < 0 for v in values.values()):
+        raise InvalidReply(f"its timing {values} holds a value that is not a finite non-negative number")
+    if values["train_s"] + values["eval_s"] > values["node_s"] * (1 + 1e-6) + 1e-6:
+        raise InvalidReply("its timing says training and evaluation took longer than the whole window")
+    return values
+
+
 def check_reply(reply: Message, *, partition: int, window: int, profile: str,
                 sent: Mapping[str, torch.Tensor], want_arrays: bool, want_received: bool,
                 outputs: int) -> CheckedReply:
@@ -160,4 +176,5 @@ def check_reply(reply: Message, *, partition: int, window: int, profile: str,
             raise InvalidReply("the adapted weights were asked for and are missing")
         arrays = check_arrays(content["arrays"], sent)
         examples = check_examples(content["trained"] if "trained" in content else None, outputs)
-    return CheckedReply(row, received, arrays, examples)
+    timing = check_timing(content["timing"]) if "timing" in content else None
+    return CheckedReply(row, received, arrays, examples, timing)

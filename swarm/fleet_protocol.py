@@ -54,6 +54,10 @@ ACCURACIES = ("acc_P", "acc_F", "acc_PF")  # in [0, 1], or NaN where not measure
 COUNTS = ("steps", "samples_seen")  # whole, >= 0
 AMOUNTS = ("sim_time_s", "flops", "energy_j")  # finite, >= 0
 METRICS = ACCURACIES + COUNTS + ("flops", "energy_j")  # what reports summarise
+# Where a node's wall-clock seconds of one window went, on the machine that runs it (a fact about
+# that machine, not a result: kept apart from nodes.csv, in TIMINGS_CSV). ``node_s`` is all of it:
+# training, evaluation and the rest (loading its data and state, saving its state).
+TIMING = ("train_s", "eval_s", "node_s")
 
 
 @dataclass
@@ -136,6 +140,28 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+TIMING_COLUMNS = ("window", "node") + TIMING + ("window_wall_s",)
+
+
+def append_timings(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Add one window's rows to ``timings.csv`` (atomically, the file rewritten whole): each node's
+    :data:`TIMING` and the window's wall seconds as the server saw them (a resumed run keeps the
+    finished windows' rows)."""
+    buffer = text_io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(TIMING_COLUMNS), extrasaction="ignore")
+    if not path.exists():
+        writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{row[k]:.4f}" if isinstance(row[k], float) else row[k]) for k in TIMING_COLUMNS})
+    io.write_text(path, (path.read_text() if path.exists() else "") + buffer.getvalue())
+
+
+def read_timings(path: Path) -> list[dict[str, float]]:
+    """The rows of a ``timings.csv``, numbers as numbers."""
+    with open(path) as f:
+        return [{k: (int(v) if k in ("window", "node") else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
 # The files of a run folder (hydra.run.dir; with several checkpoints, the fleet's files are in
 # iteration_NN/ and the nodes' folders are shared).
 COORDINATOR = "coordinator.json"  # the coordinator's record, copied from the cache
@@ -151,6 +177,7 @@ REPORT = "report.md"
 NODE_FOLDERS = "nodes"  # the simulated nodes' own folders: nodes/node_NNN/{data,state}
 EVALUATION_DIR = "evaluation"  # beside the plan: the test subsets the server scores the shared model on
 SHARED_MODEL = "shared_model.json"  # the shared (FedAvg) model's accuracies after every window
+TIMINGS_CSV = "timings.csv"  # each node-window's wall seconds (TIMING) and each window's, as the server saw them
 
 # What a simulation's caller tells the engine's processes through their environment.
 NODE_ROOT = "SWARM_NODE_ROOT"  # where the simulated nodes find their node_NNN folders (nodes.client_app)

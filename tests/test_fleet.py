@@ -14,7 +14,7 @@ from flwr.app import ArrayRecord
 from nodes.node import NodeRuntime
 from server import fleet
 from swarm.errors import SwarmError
-from swarm.fleet_protocol import COLUMNS
+from swarm.fleet_protocol import COLUMNS, read_timings
 from tests.conftest import FLEET_TINY as TINY, FakeGrid, nodes_of, use_fake_engine, write_fleet_plan
 
 
@@ -50,6 +50,17 @@ def test_every_node_reports_every_window(plan_file):
     assert len({r["acc_F"] for r in received}) == 1  # the same model on the same test subset
     assert {r["profile"] for r in on_disk} == {"raspberry_pi_4", "smartphone", "jetson_nano"}
     assert all(r["acc_PF"] == "" for r in on_disk)  # a finetune scenario has no P ∪ F accuracy
+
+
+def test_every_node_window_s_seconds_are_recorded_apart_from_the_results(plan_file):
+    path = plan_file(3)
+    fleet.run_fleet(FakeGrid(3, root=nodes_of(path)), path, join_timeout_s=5, window_timeout_s=60)
+    timings = read_timings(path.parent / "timings.csv")
+    assert [(t["window"], t["node"]) for t in timings] == [(w, n) for w in range(2) for n in range(3)]
+    for t in timings:
+        assert 0 < t["train_s"] + t["eval_s"] <= t["node_s"] + 1e-3 and t["eval_s"] > 0
+        assert t["window_wall_s"] >= t["node_s"] - 1e-3  # the fake grid serves nodes one by one
+    assert "train_s" not in read_rows(path.parent / "nodes.csv")[0]  # results stay free of wall clocks
 
 
 def test_same_seed_same_nodes_csv(plan_file, tmp_path):

@@ -103,6 +103,14 @@ def _examples(values):
     return tamper
 
 
+def _timing(**values):
+    def tamper(reply, partition):
+        if partition == 1:
+            reply.content["timing"] = MetricRecord({**dict(reply.content["timing"]), **values})
+        return reply
+    return tamper
+
+
 BAD_REPLIES = {
     "missing metric": (_drop("metrics"), "its metrics are missing"),
     "accuracy out of range": (_set_metric("acc_F", 2.0), "acc_F = 2.0 is not an accuracy"),
@@ -116,6 +124,8 @@ BAD_REPLIES = {
     "no examples per output": (_drop("trained"), "examples per output were asked for"),
     "examples for another model": (_examples([1, 2]), "is not a list of"),
     "negative examples": (_examples([-1] * 12), "not a whole non-negative number"),
+    "negative seconds": (_timing(train_s=-1.0), "timing"),
+    "training longer than the window": (_timing(train_s=1e6), "took longer than the whole window"),
 }
 
 

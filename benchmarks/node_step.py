@@ -1,0 +1,190 @@
+"""The node's training step as the fleet runs it, against this machine's floor for the same work.
+
+    python benchmarks/node_step.py                         # the default scenario, model after its cuts
+    python benchmarks/node_step.py --windows 2 --nodes 6   # more node-windows measured
+    python benchmarks/node_step.py fleet.batch_size=16     # Hydra overrides of the default config
+
+**Fleet.** A fleet plan of the default config (``python -m swarm.simulate``'s scenario, budget,
+batch and loss), whose model is resnet_small after the default number of 20% cuts (channels
+chosen by weight magnitude: the widths, and so the work, are the trained run's). Its nodes run
+their windows for real (:class:`nodes.node.NodeRuntime`, what a node's actor runs) in as many
+processes at once as the simulation runs actors here (cores / ``fleet.ray.cpus_per_node``), each
+with one thread per CPU it is given, as Ray sets them. The fleet's training throughput is the
+FLOPs of the steps the nodes were granted (``3 x forward FLOPs x batch``, what the device model
+charges) over the seconds each process spent in its training steps, summed over the processes.
+
+**Floor.** The same model's training step (forward, backward, Adam) on random data at large
+batches (128, 256), in both memory layouts, as one process with every core's thread or as one
+single-thread process per core running at once; the best FLOPs per second of these is the
+machine's floor for the work.
+
+Prints both, their ratio (goal <= 1.5: the fleet's steps within 1.5x of the floor), and where a
+node-window's time went (training, evaluation, the rest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+BATCHES = (128, 256)
+LAYOUTS = ("channels_last", "contiguous")
+
+
+def make_plan(workdir: Path, overrides: list[str]) -> Path:
+    """The default config's fleet plan, from resnet_small cut as the default run cuts it."""
+    import torch
+
+    from nodes.local_data import DATA_DIR, write_fleet_data
+    from nodes.planning import plan_from_config
+    from swarm import checkpoints, settings
+    from swarm.config import compose_config, data_options, scenario_of
+    from swarm.data.build import build
+    from swarm.models import build_model
+    from swarm.pruning import prunable_layers, prune_step
+    from swarm.relevance import filter_l1
+
+    cfg = compose_config(overrides)
+    data = build(scenario_of(cfg), data_options(cfg))
+    torch.manual_seed(0)
+    model = build_model(cfg.model, data.num_outputs, data.channels, data.image_size)
+    example = torch.randn(1, data.channels, data.image_size, data.image_size)
+    scope = str(cfg.prune.scope)
+    for _ in range(int(cfg.prune.iterations)):
+        prune_step(model, filter_l1(model, prunable_layers(model, scope)), example, ratio=float(cfg.prune.ratio),
+                   scope=scope)
+    arch = checkpoints.architecture(model, cfg.model, data.num_outputs, data.channels, data.image_size)
+    checkpoints.save(workdir / "start.pt", model, arch)
+    plan = plan_from_config(settings.plain(cfg), data, checkpoint=workdir / "start.pt", run_dir=workdir / "run")
+    path = workdir / "run" / "fleet_plan.json"
+    plan.save(path)
+    write_fleet_data(plan, data, workdir / "run" / "nodes", inner=DATA_DIR)
+    return path
+
+
+def _step_flops(plan_path: Path) -> tuple[float, int, int]:
+    """(FLOPs of one node step, forward MACs per sample, batch) as the device model counts them."""
+    from nodes.device import step_flops
+    from nodes.plan import FleetPlan
+    from nodes.planning import received_model
+    from swarm import checkpoints
+    from swarm.pruning import count_macs_and_params
+
+    plan = FleetPlan.load(plan_path)
+    macs, _ = count_macs_and_params(received_model(plan), checkpoints.example_inputs(plan.architecture))
+    batch = int(plan.config["fleet"]["batch_size"])
+    return step_flops(2.0 * macs, batch), macs, batch
+
+
+def run_nodes(plan_path: str, partitions: list[int], windows: int, threads: int) -> dict[str, float]:
+    """One actor's share of the fleet: every window of these nodes, timed."""
+    import torch
+
+    from nodes.node import local_runtime
+    from nodes.plan import FleetPlan
+
+    torch.set_num_threads(threads)
+    plan = FleetPlan.load(Path(plan_path))
+    root = Path(plan_path).parent / "nodes"
+    runtimes = [local_runtime(plan, p, root, plan_id=f"bench{os.getpid()}") for p in partitions]
+    steps, started = 0, time.perf_counter()
+    for window in range(windows):
+        for runtime in runtimes:
+            row, _ = runtime.run_window(window)
+            steps += row.steps
+    return {"steps": steps, "train_s": sum(r.train_s for r in runtimes), "eval_s": sum(r.eval_s for r in runtimes),
+            "node_s": time.perf_counter() - started, "node_windows": len(partitions) * windows}
+
+
+def floor_rate(plan_path: str, batch: int, layout: str, threads: int, repeats: int) -> float:
+    """FLOPs per second of this process training the plan's model at ``batch`` (median step)."""
+    import torch
+
+    from nodes.plan import FleetPlan
+    from nodes.planning import received_model
+
+    torch.set_num_threads(threads)
+    plan = FleetPlan.load(Path(plan_path))
+    model = received_model(plan).train()
+    size, channels = int(plan.architecture["image_size"]), int(plan.architecture["in_channels"])
+    x = torch.randn(batch, channels, size, size)
+    y = torch.randint(0, int(plan.architecture["num_outputs"]), (batch,))
+    if layout == "channels_last":
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    times = []
+    for i in range(repeats + 2):
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+        if i >= 2:  # warm-up steps excluded
+            times.append(time.perf_counter() - start)
+    flops, _, node_batch = _step_flops(Path(plan_path))
+    return flops / node_batch * batch / statistics.median(times)
+
+
+def in_parallel(function, argument_lists: list[tuple]) -> list:
+    """Run ``function`` once per argument tuple, each in a fresh process, all at once."""
+    with multiprocessing.get_context("spawn").Pool(len(argument_lists)) as pool:
+        return pool.starmap(function, argument_lists)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=4, help="nodes per actor process")
+    parser.add_argument("--windows", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=7, help="timed steps per floor configuration")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the default config")
+    args = parser.parse_args()
+    from swarm.config import compose_config
+
+    cfg = compose_config(args.overrides)
+    cores = os.cpu_count() or 1
+    per_actor = max(1, int(round(float(cfg.fleet.ray.cpus_per_node))))
+    actors = max(1, cores // per_actor)
+    with tempfile.TemporaryDirectory(prefix="swarm-node-step-") as tmp:
+        plan_path = make_plan(Path(tmp), args.overrides + [f"fleet.nodes={actors * args.nodes}"])
+        flops, macs, batch = _step_flops(plan_path)
+        print(f"model: {macs / 1e6:.2f}M MACs a sample; node step {flops / 1e9:.3f} GFLOP (batch {batch}); "
+              f"{cores} cores, {actors} node actors x {per_actor} thread(s)")
+
+        shares = [(str(plan_path), list(range(k, actors * args.nodes, actors)), args.windows, per_actor)
+                  for k in range(actors)]
+        actors_out = in_parallel(run_nodes, shares)
+        steps = sum(a["steps"] for a in actors_out)
+        fleet = sum(a["steps"] * flops / a["train_s"] for a in actors_out if a["train_s"] > 0)
+        node_windows = sum(a["node_windows"] for a in actors_out)
+        totals = {k: sum(a[k] for a in actors_out) for k in ("train_s", "eval_s", "node_s")}
+
+        floors = {}
+        for layout in LAYOUTS:
+            for batch_size in BATCHES:
+                one = floor_rate(str(plan_path), batch_size, layout, cores, args.repeats)
+                each = sum(in_parallel(floor_rate, [(str(plan_path), batch_size, layout, 1, args.repeats)] * cores))
+                floors[(layout, batch_size, f"1 process x {cores} threads")] = one
+                floors[(layout, batch_size, f"{cores} processes x 1 thread")] = each
+        (layout, batch_size, how), best = max(floors.items(), key=lambda item: item[1])
+
+    print("\nfloor (training FLOPs per second of the whole machine, same model, random data):")
+    for (lay, b, h), rate in floors.items():
+        print(f"  {lay:>13}  batch {b:>3}  {h:<26} {rate / 1e9:6.1f} GFLOP/s")
+    print(f"\nfleet: {steps} node steps in {node_windows} node-windows, {fleet / 1e9:.1f} GFLOP/s "
+          f"({1e3 * flops / fleet:.1f} ms of the machine a step; floor {1e3 * flops / best:.1f} ms: "
+          f"{layout}, batch {batch_size}, {how})")
+    print(f"fleet / floor: {best / fleet:.2f} (goal <= 1.5)")
+    per = {k: v / node_windows for k, v in totals.items()}
+    print(f"a node-window on one actor: {per['node_s']:.2f} s = training {per['train_s']:.2f} s + evaluation "
+          f"{per['eval_s']:.2f} s + the rest {per['node_s'] - per['train_s'] - per['eval_s']:.2f} s "
+          "(loading data and state, the device model, saving state)")
+
+
+if __name__ == "__main__":
+    main()
