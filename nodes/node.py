@@ -33,7 +33,7 @@ from nodes.device import (Budget, StreamCredit, WindowReport, memory_check, prof
                           step_flops)
 from nodes.drift import F, P, node_stream
 from nodes.local_data import NodeData, load_node_data, simulated_folders
-from nodes.plan import BatchNormMode, FleetPlan, Loss, NodeTask, Sampling
+from nodes.plan import BatchNormMode, FleetPlan, Loss, NodeTask, Sampling, on_gpu
 from nodes.planning import received_model
 from nodes.replay import ReplayBuffer
 from swarm import checkpoints, io
@@ -44,7 +44,7 @@ from swarm.pruning import count_macs_and_params
 from swarm.evaluation import accuracies
 from swarm.layout import batch_to, place
 
-CPU = torch.device("cpu")  # nodes are simulated on the host's CPU
+CPU = torch.device("cpu")  # where a node's model is kept between windows and sent from
 _COSTS: dict[str, tuple[int, int]] = {}
 
 
@@ -114,6 +114,9 @@ class NodeRuntime:
         self.fleet = task.fleet
         self.profile = profile_of(self.fleet, self.me.profile)
         self.continual = task.continual
+        # Where it trains and evaluates: the share of a GPU its actor was given (fleet.ray.gpus_per_node;
+        # Ray makes that GPU the actor's only visible one), else the host's CPU.
+        self.device = torch.device("cuda") if on_gpu(self.fleet) and torch.cuda.is_available() else CPU
         self.state_dir = Path(state_dir) / task.plan_id
         self.trained_per_output = np.zeros(0, dtype=np.int64)  # of the last window run (run_window)
         # Wall seconds this runtime spent training and evaluating (what a fleet's timings split out).
@@ -243,6 +246,7 @@ class NodeRuntime:
         new_p = arrived & (self.roles == P)
         replay.offer(self.indices[new_p], self.data.targets(P, self.indices[new_p]).tolist())
         accuracy = self._evaluate(model)
+        place(model, CPU)  # saved and sent from the host
         state["window"] = window + 1
         self._save(state, optimizer, window)
         metrics = WindowRow(node=self.me.partition, profile=self.me.profile, window=window, sim_time_s=end,
@@ -266,7 +270,7 @@ class NodeRuntime:
         recent = self.fleet.get("recent_samples")
         rng = np.random.default_rng((self.me.seed, window))
         loss_fn = nn.CrossEntropyLoss()
-        place(model, CPU)
+        place(model, self.device)
         train_mode(model, frozen_batchnorm=self.fleet.get("batchnorm", BatchNormMode.track) == BatchNormMode.frozen)
         loss = self.fleet.get("loss", Loss.full)
         # Outputs that compete in every batch besides its own classes: under ``masked`` those outside
@@ -274,6 +278,7 @@ class NodeRuntime:
         always = torch.zeros(len(self.trained_per_output), dtype=torch.bool)
         if loss == Loss.masked:
             always[self.task.undeployed_outputs] = True
+        always_here = always.to(self.device)
         balanced = self.fleet.get("sampling", Sampling.uniform) == Sampling.balanced
         for t in step_starts:
             seen = int(np.searchsorted(self.times, t, side="right"))  # the stream is in time order
@@ -284,14 +289,15 @@ class NodeRuntime:
             samples += [self._sample(P, i) for i in replay.sample(n_replay)]
             if not samples:
                 continue
-            inputs = batch_to(torch.stack([x for x, _ in samples]), CPU)
+            inputs = batch_to(torch.stack([x for x, _ in samples]), self.device)
             targets = torch.stack([y for _, y in samples])
             self.trained_per_output += np.bincount(targets.numpy(), minlength=len(self.trained_per_output))
             self.trained_per_output[always.numpy()] += len(targets)  # every example trained them (as negatives)
+            targets = targets.to(self.device)
             optimizer.zero_grad(set_to_none=True)
             logits = model(inputs)
             if loss != Loss.full:  # the classes a node's batch lacks are not pushed down
-                present = always.clone()
+                present = always_here.clone()
                 present[targets] = True
                 logits = logits.masked_fill(~present, -1e9)
             loss_fn(logits, targets).backward()
@@ -327,7 +333,7 @@ class NodeRuntime:
     def _evaluate(self, model: nn.Module) -> dict[str, Any]:
         started = time.perf_counter()
         try:
-            return accuracies(model, self.tests, CPU)
+            return accuracies(model, self.tests, self.device)
         finally:
             self.eval_s += time.perf_counter() - started
 

@@ -169,6 +169,11 @@ Sampling = StrEnum("Sampling", ["balanced", "uniform"])
 BatchNormMode = StrEnum("BatchNormMode", ["track", "frozen"])
 
 
+def on_gpu(fleet: Mapping[str, Any]) -> bool:
+    """Whether the fleet's nodes train on a GPU (``fleet.ray.gpus_per_node`` > 0)."""
+    return float((fleet.get("ray") or {}).get("gpus_per_node") or 0) > 0
+
+
 def check_faults(faults: Mapping[str, Any] | None) -> dict[str, float]:
     """``fleet.faults`` as shares of the fleet per kind; an unknown kind or a share outside [0, 1]
     (or shares that add up to more than the fleet) is an error naming it."""

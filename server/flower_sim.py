@@ -9,7 +9,7 @@ when the run ends, so one call is one engine start:
 
 * every plan of the run goes to the ServerApp in ``run_config["fleet-plan"]`` (``os.pathsep``
   separated), so several model sizes share one engine start;
-* ``num-supernodes`` and one CPU per node actor go in ``--federation-config``;
+* ``num-supernodes``, the CPUs and the share of a GPU per node actor go in ``--federation-config``;
 * the simulated nodes find their own folders under ``SWARM_NODE_ROOT``, which the SuperLink's
   processes inherit (their ``node_config`` holds only a partition id);
 * the run's processes end with this one: Flower detaches its simulation process into a session
@@ -196,7 +196,7 @@ def _follow(plans: list[Path], tails: list[LogTail], run_id: str, env: dict[str,
 
 
 def run(plans: list[Path], num_nodes: int, node_root: Path, *, cpus_per_node: float = 1.0,
-        ray_address: str | None = None) -> None:
+        gpus_per_node: float = 0.0, ray_address: str | None = None) -> None:
     """Simulate ``num_nodes`` nodes running every plan, one after the other, in one engine start."""
     if not (APP_DIR / "pyproject.toml").exists():
         raise SwarmError(f"the Flower app is built from swarm's source tree, and {APP_DIR} has no pyproject.toml: "
@@ -221,7 +221,8 @@ def run(plans: list[Path], num_nodes: int, node_root: Path, *, cpus_per_node: fl
         for plan in plans:  # the run is over when every plan has its status: none may be left from before
             (Path(plan).parent / FLEET_STATUS).unlink(missing_ok=True)
         tails = [LogTail(Path(plan).parent / FLEET_LOG) for plan in plans]  # new lines only, not a killed run's
-        federation = f"num-supernodes={num_nodes} client-resources-num-cpus={cpus_per_node:g} client-resources-num-gpus=0"
+        federation = (f"num-supernodes={num_nodes} client-resources-num-cpus={cpus_per_node:g} "
+                      f"client-resources-num-gpus={gpus_per_node:g}")
         command = [_tool("flwr"), "run", str(stage_app(home)), "swarm", "--format", "json",
                    "--run-config", f'fleet-plan="{os.pathsep.join(str(p) for p in plans)}"',
                    "--federation-config", federation]

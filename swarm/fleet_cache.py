@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
+from nodes.plan import on_gpu
 from swarm import io
 from swarm.fleet_protocol import NODES_CSV, SHARED_MODEL
 
@@ -32,6 +33,8 @@ def fleet_key(model_key: str, iteration: int, fleet: Mapping[str, Any], seed: in
     settings = {k: v for k, v in fleet.items() if k not in NOT_IN_KEY}
     if not any((settings.get("faults") or {}).values()):  # no fault injected: as before faults existed
         settings.pop("faults", None)
+    if on_gpu(fleet):  # where it runs changes float rounding only there; CPU keys stay as they were
+        settings["device"] = "cuda"
     blob = {"version": CACHE_VERSION, "coordinator": model_key, "iteration": int(iteration),
             "fleet": settings, "seed": int(seed)}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]

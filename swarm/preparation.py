@@ -20,7 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig
 
 from nodes.local_data import DATA_DIR, MANIFEST, simulated_folders, write_evaluation_set, write_fleet_data
-from nodes.plan import FleetPlan
+from nodes.plan import FleetPlan, on_gpu
 from nodes.planning import check_fleet_fits, plan_from_config
 from server import coordinator, reference
 from swarm import fleet_cache, io, settings
@@ -40,6 +40,7 @@ def prepare_fleet(cfg: DictConfig, run_dir: Path) -> PreparedFleet:
     ``run_dir``; the nodes' folders written for the plans that still have to run."""
     reuse_freed_memory()  # faster relevance; this process ends when the preparation does
     check_pruning(settings.plain(cfg.pruning))
+    check_gpu_share(cfg.fleet)
     scenario = scenario_of(cfg)
     data = build(scenario, data_options(cfg))
     check_fleet_fits(cfg.fleet, data)
@@ -80,6 +81,16 @@ def prepare_fleet(cfg: DictConfig, run_dir: Path) -> PreparedFleet:
             write_evaluation_set(FleetPlan.load(job.plan_path), data, job.directory / EVALUATION_DIR, like=first)
     return PreparedFleet(record=record, jobs=jobs, mode=scenario.mode, f_group_names=list(f_groups(data, "test")[1]),
                          node_root=node_root)
+
+
+def check_gpu_share(fleet: DictConfig) -> None:
+    """``fleet.ray.gpus_per_node`` > 0 on a machine whose torch sees no CUDA GPU is an error (a Ray
+    cluster's GPUs may be elsewhere: not checked then)."""
+    import torch
+
+    if on_gpu(fleet) and fleet.ray.address is None and not torch.cuda.is_available():
+        raise SwarmError(f"fleet.ray.gpus_per_node={fleet.ray.gpus_per_node} gives each node a share of a GPU, "
+                         "and torch sees no CUDA GPU here; leave it at 0 to simulate the nodes on the CPU")
 
 
 def chosen_iterations(choice: Any, result: coordinator.CoordinatorResult) -> list[int]:

@@ -150,6 +150,7 @@ class RayConfig:
 
     address: Optional[str] = None  # null: a local Ray for the run; auto or HOST:PORT: join that cluster
     cpus_per_node: float = bounded(gt=0)
+    gpus_per_node: float = bounded(ge=0)  # > 0: nodes train on the share of a GPU Ray gives their actor
 
 
 @dataclass

@@ -145,6 +145,7 @@ def _run_flower(plans: list[Path], num_nodes: int, node_root: Path, ray: DictCon
     from server import flower_sim
 
     flower_sim.run(plans, num_nodes, node_root, cpus_per_node=float(ray.cpus_per_node),
+                   gpus_per_node=float(ray.gpus_per_node),
                    ray_address=None if ray.address is None else str(ray.address))
 
 

@@ -231,3 +231,25 @@ def test_the_results_script_names_its_scenarios_before_any_work():
     bare = subprocess.run([str(script), "run", "fmnist_new_classes"], capture_output=True, text=True, env=env,
                           timeout=120)
     assert bare.returncode == 2 and "usage:" in bare.stderr
+
+
+def test_the_gpu_check_runs_in_its_reduced_form_on_the_cpu(tmp_path):
+    """scripts/gpu_check --reduced: the GPU script's three steps (Algorithm 1 on ResNet-50, the
+    default fleet, the large fleet from a cached coordinator), small and on the CPU, so that the
+    script a lent GPU runs does not rot. Every step ends and says how long it took; the large fleet
+    served every node in both windows."""
+    env = {**os.environ, "GPU_CHECK_DIR": str(tmp_path), "FLWR_TELEMETRY_ENABLED": "0"}
+    done = subprocess.run([str(REPO / "scripts" / "gpu_check"), "--reduced"], capture_output=True, text=True,
+                          env=env, timeout=900)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    timed = re.findall(r"^== (\d\w?/3) .*: (\d+) s$", done.stdout, flags=re.MULTILINE)
+    assert [step for step, _ in timed] == ["1/3", "2/3", "3a/3", "3b/3"], done.stdout[-3000:]
+    prune = json.loads((tmp_path / "prune" / "coordinator.json").read_text())
+    assert prune["model"] == "resnet50" and len(prune["iterations"]) == 2  # before and after the cut
+    with open(tmp_path / "large" / "nodes.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["window"] != "-1"]
+    assert len(rows) == 4 * 2 and not {r["status"] for r in rows} & set(NO_RESULT)
+    assert "(from cache)" in (tmp_path / "large" / "simulate.log").read_text() + done.stdout
+    bad = subprocess.run([str(REPO / "scripts" / "gpu_check"), "--fast"], capture_output=True, text=True, env=env,
+                         timeout=60)
+    assert bad.returncode == 2 and "usage:" in bad.stderr

@@ -425,3 +425,28 @@ def test_a_bad_setting_stops_simulate_before_any_work(tmp_path, override, messag
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr[-2000:]
     assert "Traceback" not in result.stdout + result.stderr
     assert not (tmp_path / "cache").exists() and seconds < 15, seconds
+
+
+def test_a_gpu_share_without_a_gpu_stops_before_any_work(tmp_path):
+    """``fleet.ray.gpus_per_node`` > 0 where torch sees no CUDA GPU: one line, exit 2, nothing trained."""
+    import torch
+
+    from tests.conftest import run_module
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    result = run_module("swarm.simulate", "fleet.ray.gpus_per_node=0.25", f"cache_dir={tmp_path / 'cache'}",
+                        f"hydra.run.dir={tmp_path / 'run'}")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert "fleet.ray.gpus_per_node=0.25" in lines[0] and "no CUDA GPU" in lines[0]
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_gpu_fleet_is_cached_apart_and_a_cpu_fleet_keeps_its_key():
+    from swarm.fleet_cache import fleet_key
+
+    fleet = {"nodes": 8, "ray": {"address": None, "cpus_per_node": 1}}
+    on_cpu = fleet_key("m", 5, fleet, 0)
+    assert fleet_key("m", 5, {**fleet, "ray": {**fleet["ray"], "gpus_per_node": 0}}, 0) == on_cpu
+    assert fleet_key("m", 5, {**fleet, "ray": {**fleet["ray"], "gpus_per_node": 0.25}}, 0) != on_cpu
