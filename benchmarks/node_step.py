@@ -3,6 +3,7 @@
     python benchmarks/node_step.py                         # the default scenario, model after its cuts
     python benchmarks/node_step.py --windows 2 --nodes 6   # more node-windows measured
     python benchmarks/node_step.py fleet.batch_size=16     # Hydra overrides of the default config
+    python benchmarks/node_step.py --optimizers            # also: the step alone with each Adam implementation
 
 **Fleet.** A fleet plan of the default config (``python -m swarm.simulate``'s scenario, budget,
 batch and loss), whose model is resnet_small after the default number of 20% cuts (channels
@@ -131,6 +132,44 @@ def floor_rate(plan_path: str, batch: int, layout: str, threads: int, repeats: i
     return flops / node_batch * batch / statistics.median(times)
 
 
+def optimizer_steps(plan_path: str, repeats: int = 60) -> dict[str, tuple[float, float]]:
+    """The node's step alone (batch of the plan, one thread, random data) with torch's Adam as it
+    comes and with its ``foreach`` and ``fused`` implementations: (step ms, optimizer ms)."""
+    import torch
+
+    from nodes.plan import FleetPlan
+    from nodes.planning import received_model
+    from swarm.layout import batch_to, place
+
+    torch.set_num_threads(1)
+    plan = FleetPlan.load(Path(plan_path))
+    arch, batch = plan.architecture, int(plan.config["fleet"]["batch_size"])
+    x = batch_to(torch.randn(batch, arch["in_channels"], arch["image_size"], arch["image_size"]), "cpu")
+    y = torch.randint(0, int(arch["num_outputs"]), (batch,))
+    loss_fn = torch.nn.CrossEntropyLoss()
+    out = {}
+    for kind in ("as it comes", "foreach", "fused"):
+        model = place(received_model(plan), "cpu").train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=5e-4, **({} if kind == "as it comes" else {kind: True}))
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(model(x), y).backward()
+            optimizer.step()
+
+        for _ in range(5):
+            step()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            step()
+        step_ms = (time.perf_counter() - start) / repeats * 1e3
+        start = time.perf_counter()
+        for _ in range(repeats):
+            optimizer.step()
+        out[kind] = (step_ms, (time.perf_counter() - start) / repeats * 1e3)
+    return out
+
+
 def in_parallel(function, argument_lists: list[tuple]) -> list:
     """Run ``function`` once per argument tuple, each in a fresh process, all at once."""
     with multiprocessing.get_context("spawn").Pool(len(argument_lists)) as pool:
@@ -142,6 +181,7 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=4, help="nodes per actor process")
     parser.add_argument("--windows", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=7, help="timed steps per floor configuration")
+    parser.add_argument("--optimizers", action="store_true", help="also time the step with each Adam implementation")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the default config")
     args = parser.parse_args()
     from swarm.config import compose_config
@@ -172,6 +212,7 @@ def main() -> None:
                 floors[(layout, batch_size, f"1 process x {cores} threads")] = one
                 floors[(layout, batch_size, f"{cores} processes x 1 thread")] = each
         (layout, batch_size, how), best = max(floors.items(), key=lambda item: item[1])
+        optimizers = optimizer_steps(str(plan_path)) if args.optimizers else {}
 
     print("\nfloor (training FLOPs per second of the whole machine, same model, random data):")
     for (lay, b, h), rate in floors.items():
@@ -184,6 +225,8 @@ def main() -> None:
     print(f"a node-window on one actor: {per['node_s']:.2f} s = training {per['train_s']:.2f} s + evaluation "
           f"{per['eval_s']:.2f} s + the rest {per['node_s'] - per['train_s'] - per['eval_s']:.2f} s "
           "(loading data and state, the device model, saving state)")
+    for kind, (step_ms, optimizer_ms) in optimizers.items():
+        print(f"the step alone, one thread, Adam {kind}: {step_ms:.2f} ms (the optimizer {optimizer_ms:.2f} ms)")
 
 
 if __name__ == "__main__":
