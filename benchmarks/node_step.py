@@ -4,6 +4,7 @@
     python benchmarks/node_step.py --windows 2 --nodes 6   # more node-windows measured
     python benchmarks/node_step.py fleet.batch_size=16     # Hydra overrides of the default config
     python benchmarks/node_step.py --optimizers            # also: the step alone with each Adam implementation
+    python benchmarks/node_step.py --grouped 2 4 8         # also: K nodes' steps as one grouped network
 
 **Fleet.** A fleet plan of the default config (``python -m swarm.simulate``'s scenario, budget,
 batch and loss), whose model is resnet_small after the default number of 20% cuts (channels
@@ -170,6 +171,71 @@ def optimizer_steps(plan_path: str, repeats: int = 60) -> dict[str, tuple[float,
     return out
 
 
+def grouped_steps(plan_path: str, ks: list[int], repeats: int = 40) -> dict[int, float]:
+    """ms a node step when K nodes' models (the same architecture) train as one network whose
+    convolutions have ``groups=K`` (each node's channels see only its own batch; BatchNorm and Adam
+    are per channel and per element, so the K models stay independent) and whose head is a batched
+    matrix product; K = 1 is the plain step. One thread, random data. A measurement of the idea,
+    not how the fleet runs."""
+    import copy
+
+    import torch
+    from torch import nn
+
+    from nodes.plan import FleetPlan
+    from nodes.planning import received_model
+    from swarm.layout import batch_to, place
+
+    class GroupedHead(nn.Module):
+        def __init__(self, fc: nn.Linear, k: int) -> None:
+            super().__init__()
+            self.k = k
+            self.weight = nn.Parameter(fc.weight.detach().repeat(k, 1, 1).clone())
+            self.bias = nn.Parameter(fc.bias.detach().repeat(k, 1).clone())
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.einsum("bkd,kod->bko", x.view(x.shape[0], self.k, -1), self.weight) + self.bias
+
+    def grouped(model: nn.Module, k: int) -> nn.Module:
+        model = copy.deepcopy(model)
+        for module in list(model.modules()):
+            for name, child in list(module.named_children()):
+                if isinstance(child, nn.Conv2d):
+                    setattr(module, name, nn.Conv2d(child.in_channels * k, child.out_channels * k, child.kernel_size,
+                                                    child.stride, child.padding, groups=k, bias=False))
+                elif isinstance(child, nn.BatchNorm2d):
+                    setattr(module, name, nn.BatchNorm2d(child.num_features * k))
+        model.fc = GroupedHead(model.fc, k)
+        return model
+
+    torch.set_num_threads(1)
+    plan = FleetPlan.load(Path(plan_path))
+    arch, batch = plan.architecture, int(plan.config["fleet"]["batch_size"])
+    size, channels, outputs = int(arch["image_size"]), int(arch["in_channels"]), int(arch["num_outputs"])
+    loss_fn = torch.nn.CrossEntropyLoss()
+    out = {}
+    for k in [1, *ks]:
+        model = received_model(plan) if k == 1 else grouped(received_model(plan), k)
+        place(model, "cpu").train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
+        x = batch_to(torch.randn(batch, channels * k, size, size), "cpu")
+        y = torch.randint(0, outputs, (batch, k) if k > 1 else (batch,))
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            logits = model(x)
+            loss_fn(logits.reshape(-1, outputs), y.reshape(-1)).backward()
+            optimizer.step()
+
+        for _ in range(5):
+            step()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            step()
+        out[k] = (time.perf_counter() - start) / repeats * 1e3 / k
+    return out
+
+
 def in_parallel(function, argument_lists: list[tuple]) -> list:
     """Run ``function`` once per argument tuple, each in a fresh process, all at once."""
     with multiprocessing.get_context("spawn").Pool(len(argument_lists)) as pool:
@@ -182,6 +248,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=7, help="timed steps per floor configuration")
     parser.add_argument("--optimizers", action="store_true", help="also time the step with each Adam implementation")
+    parser.add_argument("--grouped", type=int, nargs="*", default=[], help="also time K nodes' steps as one network")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the default config")
     args = parser.parse_args()
     from swarm.config import compose_config
@@ -213,6 +280,7 @@ def main() -> None:
                 floors[(layout, batch_size, f"{cores} processes x 1 thread")] = each
         (layout, batch_size, how), best = max(floors.items(), key=lambda item: item[1])
         optimizers = optimizer_steps(str(plan_path)) if args.optimizers else {}
+        grouped = grouped_steps(str(plan_path), args.grouped) if args.grouped else {}
 
     print("\nfloor (training FLOPs per second of the whole machine, same model, random data):")
     for (lay, b, h), rate in floors.items():
@@ -225,6 +293,9 @@ def main() -> None:
     print(f"a node-window on one actor: {per['node_s']:.2f} s = training {per['train_s']:.2f} s + evaluation "
           f"{per['eval_s']:.2f} s + the rest {per['node_s'] - per['train_s'] - per['eval_s']:.2f} s "
           "(loading data and state, the device model, saving state)")
+    for k, ms in grouped.items():
+        print(f"{k} node(s) a call, one thread: {ms:.2f} ms a node step" +
+              (f" ({grouped[1] / ms:.2f}x the plain step)" if k > 1 else " (the plain step)"))
     for kind, (step_ms, optimizer_ms) in optimizers.items():
         print(f"the step alone, one thread, Adam {kind}: {step_ms:.2f} ms (the optimizer {optimizer_ms:.2f} ms)")
 
