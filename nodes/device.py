@@ -66,6 +66,22 @@ class DeviceProfile:
             raise SwarmError(f"device profile {data.get('name', '?')}: {error}") from None
 
 
+# Profile fields that describe a device without entering the simulation: its description, the
+# sources of its figures, and the peak that only bounds effective_flops. A fleet's cache key and the
+# grouping of its results ignore them, so that a corrected citation does not split results that
+# simulate the same device.
+NOT_SIMULATED = ("description", "sources", "peak_flops")
+
+
+def as_simulated(fleet: Mapping[str, Any]) -> dict[str, Any]:
+    """``fleet`` settings with each device profile (``fleet.devices``) reduced to what the simulation uses."""
+    out = dict(fleet)
+    if out.get("devices"):
+        out["devices"] = {name: {k: v for k, v in profile.items() if k not in NOT_SIMULATED}
+                          for name, profile in out["devices"].items()}
+    return out
+
+
 def profile_of(fleet: Mapping[str, Any], name: str) -> DeviceProfile:
     """A profile from a plan's fleet settings (``fleet.devices``: the contents the entry point
     loaded from the ``device`` config group), so a node never looks a profile up by itself."""

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
+from nodes.device import as_simulated
 from nodes.plan import on_gpu
 from swarm import io
 from swarm.fleet_protocol import NODES_CSV, SHARED_MODEL
@@ -30,7 +31,7 @@ NOT_IN_KEY = ("join_timeout_s", "window_timeout_s", "checkpoint", "ray")  # wher
 
 
 def fleet_key(model_key: str, iteration: int, fleet: Mapping[str, Any], seed: int) -> str:
-    settings = {k: v for k, v in fleet.items() if k not in NOT_IN_KEY}
+    settings = {k: v for k, v in as_simulated(fleet).items() if k not in NOT_IN_KEY}
     if not any((settings.get("faults") or {}).values()):  # no fault injected: as before faults existed
         settings.pop("faults", None)
     if on_gpu(fleet):  # where it runs changes float rounding only there; CPU keys stay as they were

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from nodes.device import as_simulated
 from swarm.errors import SwarmError
 from swarm.fleet_protocol import (DEVICE_FAULTS, NODES_CSV, NO_RESULT, RECEIVED_WINDOW, RUN_RECORD, SHARED_MODEL,
                                   Status, read_rows)
@@ -217,7 +218,7 @@ def load(run_json: Path) -> FleetResult:
     record = json.loads(run_json.read_text())
     fleet = dict(record["fleet"])
     kind, value = _budget(fleet)
-    variant = {k: v for k, v in fleet.items() if k != "budget"}
+    variant = {k: v for k, v in as_simulated(fleet).items() if k != "budget"}
     rows = read_rows(run_json.parent / NODES_CSV)
     shared_path = run_json.parent / SHARED_MODEL
     shared = json.loads(shared_path.read_text()) if shared_path.exists() else []

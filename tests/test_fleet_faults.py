@@ -450,3 +450,18 @@ def test_a_gpu_fleet_is_cached_apart_and_a_cpu_fleet_keeps_its_key():
     on_cpu = fleet_key("m", 5, fleet, 0)
     assert fleet_key("m", 5, {**fleet, "ray": {**fleet["ray"], "gpus_per_node": 0}}, 0) == on_cpu
     assert fleet_key("m", 5, {**fleet, "ray": {**fleet["ray"], "gpus_per_node": 0.25}}, 0) != on_cpu
+
+
+def test_a_device_profile_s_citation_changes_neither_the_fleet_key_nor_how_results_group():
+    """A profile's description, sources and peak (a bound on effective_flops only) never enter the
+    simulation: correcting them keeps cached fleets and puts old and new runs in one group."""
+    from swarm.fleet_cache import fleet_key
+    from nodes.device import as_simulated
+
+    pi = {"name": "raspberry_pi_4", "peak_flops": 1.19e10, "effective_flops": 3.6e9, "sources": {"peak_flops": "a"}}
+    fleet = {"nodes": 8, "devices": {"raspberry_pi_4": pi}}
+    cited = {**fleet, "devices": {"raspberry_pi_4": {**pi, "peak_flops": 8e9, "sources": {"peak_flops": "b"}}}}
+    assert fleet_key("m", 5, cited, 0) == fleet_key("m", 5, fleet, 0)
+    assert as_simulated(cited) == as_simulated(fleet)
+    slower = {**fleet, "devices": {"raspberry_pi_4": {**pi, "effective_flops": 1e9}}}
+    assert fleet_key("m", 5, slower, 0) != fleet_key("m", 5, fleet, 0)
