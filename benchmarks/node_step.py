@@ -4,7 +4,7 @@
     python benchmarks/node_step.py --windows 2 --nodes 6   # more node-windows measured
     python benchmarks/node_step.py fleet.batch_size=16     # Hydra overrides of the default config
     python benchmarks/node_step.py --optimizers            # also: the step alone with each Adam implementation
-    python benchmarks/node_step.py --grouped 2 4 8         # also: K nodes' steps as one grouped network
+    python benchmarks/node_step.py --grouped 2,4,8         # also: K nodes' steps as one grouped network
 
 **Fleet.** A fleet plan of the default config (``python -m swarm.simulate``'s scenario, budget,
 batch and loss), whose model is resnet_small after the default number of 20% cuts (channels
@@ -133,6 +133,26 @@ def floor_rate(plan_path: str, batch: int, layout: str, threads: int, repeats: i
     return flops / node_batch * batch / statistics.median(times)
 
 
+def training_step(model, optimizer, loss_fn, x, y):
+    """One training step on ``(x, y)`` as a call; logits may carry a node axis (``[batch, K, outputs]``)."""
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(x)
+        loss_fn(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)).backward()
+        optimizer.step()
+    return step
+
+
+def ms_per_call(call, repeats: int, warmup: int = 5) -> float:
+    """Mean milliseconds of ``call()`` over ``repeats`` calls, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        call()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        call()
+    return (time.perf_counter() - start) / repeats * 1e3
+
+
 def optimizer_steps(plan_path: str, repeats: int = 60) -> dict[str, tuple[float, float]]:
     """The node's step alone (batch of the plan, one thread, random data) with torch's Adam as it
     comes and with its ``foreach`` and ``fused`` implementations: (step ms, optimizer ms)."""
@@ -153,21 +173,8 @@ def optimizer_steps(plan_path: str, repeats: int = 60) -> dict[str, tuple[float,
         model = place(received_model(plan), "cpu").train()
         optimizer = torch.optim.Adam(model.parameters(), lr=5e-4, **({} if kind == "as it comes" else {kind: True}))
 
-        def step() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            loss_fn(model(x), y).backward()
-            optimizer.step()
-
-        for _ in range(5):
-            step()
-        start = time.perf_counter()
-        for _ in range(repeats):
-            step()
-        step_ms = (time.perf_counter() - start) / repeats * 1e3
-        start = time.perf_counter()
-        for _ in range(repeats):
-            optimizer.step()
-        out[kind] = (step_ms, (time.perf_counter() - start) / repeats * 1e3)
+        step_ms = ms_per_call(training_step(model, optimizer, loss_fn, x, y), repeats)
+        out[kind] = (step_ms, ms_per_call(optimizer.step, repeats, warmup=0))
     return out
 
 
@@ -221,18 +228,7 @@ def grouped_steps(plan_path: str, ks: list[int], repeats: int = 40) -> dict[int,
         x = batch_to(torch.randn(batch, channels * k, size, size), "cpu")
         y = torch.randint(0, outputs, (batch, k) if k > 1 else (batch,))
 
-        def step() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            logits = model(x)
-            loss_fn(logits.reshape(-1, outputs), y.reshape(-1)).backward()
-            optimizer.step()
-
-        for _ in range(5):
-            step()
-        start = time.perf_counter()
-        for _ in range(repeats):
-            step()
-        out[k] = (time.perf_counter() - start) / repeats * 1e3 / k
+        out[k] = ms_per_call(training_step(model, optimizer, loss_fn, x, y), repeats) / k
     return out
 
 
@@ -248,7 +244,8 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=7, help="timed steps per floor configuration")
     parser.add_argument("--optimizers", action="store_true", help="also time the step with each Adam implementation")
-    parser.add_argument("--grouped", type=int, nargs="*", default=[], help="also time K nodes' steps as one network")
+    parser.add_argument("--grouped", type=lambda text: [int(k) for k in text.split(",")], default=[],
+                        help="also time K nodes' steps as one network, for each K of a comma list (2,4,8)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the default config")
     args = parser.parse_args()
     from swarm.config import compose_config
