@@ -227,7 +227,7 @@ def test_the_results_script_names_its_scenarios_before_any_work():
     env = dict(os.environ)
     wrong = subprocess.run([str(script), "run", "fmnist_new_subclasses", "0"], capture_output=True, text=True,
                            env=env, timeout=120)
-    assert wrong.returncode == 2 and "must be fmnist_new_classes or fmnist_new_domains" in wrong.stderr
+    assert wrong.returncode == 2 and "must be fmnist_new_tops, fmnist_new_domains or fmnist_new_classes" in wrong.stderr
     bare = subprocess.run([str(script), "run", "fmnist_new_classes"], capture_output=True, text=True, env=env,
                           timeout=120)
     assert bare.returncode == 2 and "usage:" in bare.stderr

@@ -32,6 +32,10 @@ EXPECTED = {
         mode="continual", outputs=10,
         T={"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Shirt"},
         P={"Sandal", "Sneaker", "Bag"}, F={"Ankle boot"}),
+    "fmnist_new_tops": dict(
+        mode="continual", outputs=10,
+        T={"Trouser", "Dress", "Sandal", "Sneaker", "Bag", "Ankle boot"},
+        P={"T-shirt/top", "Pullover", "Coat"}, F={"Shirt"}),
     "fmnist_new_subclasses": dict(
         mode="finetune", outputs=2, labels=["garment", "footwear_and_bags"],
         T={"Sneaker", "Pullover", "Dress"}, P={"Sandal", "Bag", "T-shirt/top", "Trouser"},
