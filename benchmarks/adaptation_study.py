@@ -5,7 +5,7 @@
 
 Every variant is a list of Hydra overrides on top of ``--set``. The coordinator's result comes from
 the cache (it is trained first if missing); the fleet plan is drawn exactly as ``swarm.simulate``
-draws it, and every node runs every window in this process through :class:`nodes.node.NodeRuntime`
+draws it, and every node runs every window in this process through :class:`swarm.nodes.node.NodeRuntime`
 (the code the Flower ClientApp runs), without Flower. Per device profile it prints the accuracy of
 the model as received, after the last window, the gain, the steps trained, and the wall time.
 The findings are written up in ``docs/adaptation.md``.
@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 import torch
-from swarm.config import compose_config
 from swarm import settings
+from swarm.config import compose_config
 
 # The node training of the landed code before issue 9, then one change at a time.
 OLD = ["fleet.batchnorm=track", "fleet.recent_samples=256", "fleet.loss=full", "fleet.sampling=uniform",
@@ -43,13 +43,13 @@ VARIANTS: dict[str, list[str]] = {
 
 
 def run_variant(name: str, overrides: list[str], workdir: Path) -> list[dict]:
-    from nodes.node import NodeRuntime
-    from nodes.plan import FleetPlan
-    from nodes.planning import plan_from_config
-    from server import coordinator
-    from swarm import checkpoints
     from swarm.config import data_options, scenario_of
-    from swarm.data.build import build
+    from swarm.nodes import checkpoints
+    from swarm.nodes.node import NodeRuntime
+    from swarm.nodes.plan import FleetPlan
+    from swarm.server import coordinator
+    from swarm.server.data.build import build
+    from swarm.server.planning import plan_from_config
 
     cfg = compose_config(overrides)
     data = build(scenario_of(cfg), data_options(cfg))

@@ -21,8 +21,8 @@ from PIL import Image
 
 
 def main() -> None:
-    from swarm.data.options import DataOptions
-    from swarm.data.sources import fashion_mnist
+    from swarm.server.data.options import DataOptions
+    from swarm.server.data.sources import fashion_mnist
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)

@@ -22,7 +22,7 @@ def make_tree(root: Path, images: int) -> None:
     import numpy as np
     from PIL import Image
 
-    from swarm.data.sources.domainnet import DOMAINS, classes
+    from swarm.server.data.sources.domainnet import DOMAINS, classes
 
     names = classes()
     per_domain = images // len(DOMAINS)
@@ -43,7 +43,7 @@ def make_tree(root: Path, images: int) -> None:
 
 def measure(data_root: Path, image_size: int) -> None:
     from swarm.config import compose_config, data_options, scenario_of
-    from swarm.data.build import SPLITS, build
+    from swarm.server.data.build import SPLITS, build
 
     cfg = compose_config(["scenario=domainnet", f"data.root={data_root}", f"data.image_size={image_size}"])
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,5 +1,5 @@
 """What ``flwr run`` spends building the app's FAB: from the whole clone (Flower's default, the folder
-``flwr run`` is given) against from the staged copy of the app's parts (``server.flower_sim.stage_app``).
+``flwr run`` is given) against from the staged copy of the app's parts (``swarm.server.flower_sim.stage_app``).
 
 Flower's build lists every file under the folder before it filters them, so its cost grows with
 what the clone holds (virtual environment, caches, run folders with their node data). Both builds
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from flwr.cli.build import build_fab_from_disk
 
-from server import flower_sim
+from swarm.server import flower_sim
 
 
 def files_under(root: Path) -> int:

@@ -7,8 +7,8 @@
 For each fleet size it draws one plan (synthetic data, an untrained resnet_small, tiny
 per-window budgets so that Flower's share is visible), then runs every window of every node
 
-* ``plain``: in one Python loop calling :class:`nodes.node.NodeRuntime` directly;
-* ``flower``: through :func:`server.flower_sim.run` (``flwr run`` on a SuperLink in simulation
+* ``plain``: in one Python loop calling :class:`swarm.nodes.node.NodeRuntime` directly;
+* ``flower``: through :func:`swarm.server.flower_sim.run` (``flwr run`` on a SuperLink in simulation
   mode; Ray, one CPU per node actor), the way ``swarm.simulate`` does,
 
 each into its own run directory (2 training steps per node and window on the Pi 4 profile), and reports wall times, their ratio (goal <= 1.3) and the time
@@ -53,13 +53,14 @@ class PeakMemory:
 
 
 def make_plan(nodes: int, windows: int, workdir: Path, name: str):
-    from nodes.local_data import DATA_DIR, write_evaluation_set, write_fleet_data
-    from swarm.fleet_protocol import EVALUATION_DIR
-    from nodes.planning import plan_from_config
-    from swarm import checkpoints
     from swarm.config import data_options, scenario_of
-    from swarm.data.build import build
-    from swarm.models import build_model
+    from swarm.nodes import checkpoints
+    from swarm.nodes.local_data import DATA_DIR
+    from swarm.nodes.models import build_model
+    from swarm.nodes.protocol import EVALUATION_DIR
+    from swarm.server.data.build import build
+    from swarm.server.node_folders import write_evaluation_set, write_fleet_data
+    from swarm.server.planning import plan_from_config
 
     overrides = ["scenario.dataset.train_per_group=40", "scenario.dataset.test_per_group=5", f"fleet.nodes={nodes}",
                  f"fleet.windows={windows}", "fleet.window_s=100", "fleet.stream_rate=1", "fleet.drift.low=0",
@@ -82,8 +83,8 @@ def make_plan(nodes: int, windows: int, workdir: Path, name: str):
 
 
 def plain(nodes: int, windows: int, plans: int, workdir: Path) -> float:
-    from nodes.node import local_runtime
-    from nodes.plan import FleetPlan
+    from swarm.nodes.node import local_runtime
+    from swarm.nodes.plan import FleetPlan
 
     made = [make_plan(nodes, windows, workdir, f"plain-{nodes}-{k}") for k in range(plans)]
     start = time.perf_counter()
@@ -97,7 +98,7 @@ def plain(nodes: int, windows: int, plans: int, workdir: Path) -> float:
 
 
 def flower(nodes: int, windows: int, plans: int, workdir: Path) -> tuple[float, float]:
-    from server import flower_sim
+    from swarm.server import flower_sim
 
     paths = [make_plan(nodes, windows, workdir, f"flower-{nodes}-{k}")[0] for k in range(plans)]
     # The plans share their data (same config and seed): one node root, as in swarm.simulate.

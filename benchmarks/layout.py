@@ -1,5 +1,5 @@
 """Memory layout on the CPU: a training step and an inference pass in PyTorch's default NCHW layout
-against channels-last (NHWC), which ``swarm.layout`` chooses for every model on the CPU.
+against channels-last (NHWC), which ``swarm.nodes.layout`` chooses for every model on the CPU.
 
     python benchmarks/layout.py [--repeats 15] [--threads 1 2]
 
@@ -20,9 +20,9 @@ import time
 import torch
 from torch import nn
 
-from swarm.models import build_model
-from swarm.pruning import prune_step
-from swarm.relevance import filter_l1
+from swarm.nodes.models import build_model
+from swarm.server.pruning import prune_step
+from swarm.server.relevance import filter_l1
 
 
 def models() -> dict[str, nn.Module]:

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 
-from nodes.local_data import load_evaluation_set
-from nodes.plan import FleetPlan
-from nodes.planning import received_model
-from swarm import io
-from swarm.evaluation import _predict
-from swarm.fleet_protocol import EVALUATION_DIR, FLEET_PLAN
+from swarm.nodes import io
+from swarm.nodes.checkpoints import received_model
+from swarm.nodes.evaluation import _predict
+from swarm.nodes.local_data import load_evaluation_set
+from swarm.nodes.plan import FleetPlan
+from swarm.nodes.protocol import EVALUATION_DIR, FLEET_PLAN
 from swarm.results import collect, estimate, paired_difference
 
 

@@ -5,7 +5,7 @@
 
 Adapts the checkpoint centrally as the paper's reference does (P ∪ F, Adam 5e-4, batch 32, early
 stopping with patience 4, best weights) three times: as it is; with the output rows of F's classes
-reset the way swarm does it (``swarm.models.reset_outputs``: zero weights, the other rows' mean
+reset the way swarm does it (``swarm.nodes.models.reset_outputs``: zero weights, the other rows' mean
 bias); and with them drawn at random with the spread of the other rows (bias = their mean), the
 other common way to give a class-incremental head fresh outputs. Prints the epochs and the
 accuracies, before and after, on the same test subsets the nodes use (docs/adaptation.md, section 9).
@@ -18,12 +18,13 @@ import argparse
 import torch
 from swarm.config import compose_config
 
-from swarm import checkpoints
 from swarm.config import data_options, scenario_of
-from swarm.data.build import build
-from swarm.evaluation import accuracies, test_sets
-from swarm.models import classifier, reset_outputs
-from swarm.training import TrainSettings, fit
+from swarm.nodes import checkpoints
+from swarm.nodes.evaluation import accuracies
+from swarm.nodes.models import classifier, reset_outputs
+from swarm.nodes.training import TrainSettings, fit
+from swarm.server.data.build import build
+from swarm.server.data.evaluation_sets import test_sets
 
 
 def randomise(model: torch.nn.Module, rows: list[int], seed: int = 0) -> None:

@@ -9,7 +9,7 @@
 **Fleet.** A fleet plan of the default config (``python -m swarm.simulate``'s scenario, budget,
 batch and loss), whose model is resnet_small after the default number of 20% cuts (channels
 chosen by weight magnitude: the widths, and so the work, are the trained run's). Its nodes run
-their windows for real (:class:`nodes.node.NodeRuntime`, what a node's actor runs) in as many
+their windows for real (:class:`swarm.nodes.node.NodeRuntime`, what a node's actor runs) in as many
 processes at once as the simulation runs actors here (cores / ``fleet.ray.cpus_per_node``), each
 with one thread per CPU it is given, as Ray sets them. The fleet's training throughput is the
 FLOPs of the steps the nodes were granted (``3 x forward FLOPs x batch``, what the device model
@@ -42,14 +42,16 @@ def make_plan(workdir: Path, overrides: list[str]) -> Path:
     """The default config's fleet plan, from resnet_small cut as the default run cuts it."""
     import torch
 
-    from nodes.local_data import DATA_DIR, write_fleet_data
-    from nodes.planning import plan_from_config
-    from swarm import checkpoints, settings
+    from swarm import settings
     from swarm.config import compose_config, data_options, scenario_of
-    from swarm.data.build import build
-    from swarm.models import build_model
-    from swarm.pruning import prunable_layers, prune_step
-    from swarm.relevance import filter_l1
+    from swarm.nodes import checkpoints
+    from swarm.nodes.local_data import DATA_DIR
+    from swarm.nodes.models import build_model
+    from swarm.server.data.build import build
+    from swarm.server.node_folders import write_fleet_data
+    from swarm.server.planning import plan_from_config
+    from swarm.server.pruning import prunable_layers, prune_step
+    from swarm.server.relevance import filter_l1
 
     cfg = compose_config(overrides)
     data = build(scenario_of(cfg), data_options(cfg))
@@ -71,11 +73,11 @@ def make_plan(workdir: Path, overrides: list[str]) -> Path:
 
 def _step_flops(plan_path: Path) -> tuple[float, int, int]:
     """(FLOPs of one node step, forward MACs per sample, batch) as the device model counts them."""
-    from nodes.device import step_flops
-    from nodes.plan import FleetPlan
-    from nodes.planning import received_model
-    from swarm import checkpoints
-    from swarm.pruning import count_macs_and_params
+    from swarm.nodes import checkpoints
+    from swarm.nodes.checkpoints import received_model
+    from swarm.nodes.device import step_flops
+    from swarm.nodes.plan import FleetPlan
+    from swarm.nodes.shapes import count_macs_and_params
 
     plan = FleetPlan.load(plan_path)
     macs, _ = count_macs_and_params(received_model(plan), checkpoints.example_inputs(plan.architecture))
@@ -87,8 +89,8 @@ def run_nodes(plan_path: str, partitions: list[int], windows: int, threads: int)
     """One actor's share of the fleet: every window of these nodes, timed."""
     import torch
 
-    from nodes.node import local_runtime
-    from nodes.plan import FleetPlan
+    from swarm.nodes.node import local_runtime
+    from swarm.nodes.plan import FleetPlan
 
     torch.set_num_threads(threads)
     plan = FleetPlan.load(Path(plan_path))
@@ -107,8 +109,8 @@ def floor_rate(plan_path: str, batch: int, layout: str, threads: int, repeats: i
     """FLOPs per second of this process training the plan's model at ``batch`` (median step)."""
     import torch
 
-    from nodes.plan import FleetPlan
-    from nodes.planning import received_model
+    from swarm.nodes.checkpoints import received_model
+    from swarm.nodes.plan import FleetPlan
 
     torch.set_num_threads(threads)
     plan = FleetPlan.load(Path(plan_path))
@@ -158,9 +160,9 @@ def optimizer_steps(plan_path: str, repeats: int = 60) -> dict[str, tuple[float,
     comes and with its ``foreach`` and ``fused`` implementations: (step ms, optimizer ms)."""
     import torch
 
-    from nodes.plan import FleetPlan
-    from nodes.planning import received_model
-    from swarm.layout import batch_to, place
+    from swarm.nodes.checkpoints import received_model
+    from swarm.nodes.layout import batch_to, place
+    from swarm.nodes.plan import FleetPlan
 
     torch.set_num_threads(1)
     plan = FleetPlan.load(Path(plan_path))
@@ -189,9 +191,9 @@ def grouped_steps(plan_path: str, ks: list[int], repeats: int = 40) -> dict[int,
     import torch
     from torch import nn
 
-    from nodes.plan import FleetPlan
-    from nodes.planning import received_model
-    from swarm.layout import batch_to, place
+    from swarm.nodes.checkpoints import received_model
+    from swarm.nodes.layout import batch_to, place
+    from swarm.nodes.plan import FleetPlan
 
     class GroupedHead(nn.Module):
         def __init__(self, fc: nn.Linear, k: int) -> None:

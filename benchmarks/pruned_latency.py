@@ -18,9 +18,10 @@ import time
 
 import torch
 
-from swarm.models import build_model
-from swarm.pruning import count_macs_and_params, prunable_layers, prune_step
-from swarm.relevance import filter_l1
+from swarm.nodes.models import build_model
+from swarm.nodes.shapes import count_macs_and_params
+from swarm.server.pruning import prunable_layers, prune_step
+from swarm.server.relevance import filter_l1
 
 
 @torch.inference_mode()

@@ -13,9 +13,9 @@ import time
 
 import torch
 
-from swarm.models import build_model, count_parameters
-from swarm.pruning import prunable_layers, prune_step
-from swarm.relevance import filter_l1
+from swarm.nodes.models import build_model, count_parameters
+from swarm.server.pruning import prunable_layers, prune_step
+from swarm.server.relevance import filter_l1
 
 
 def main() -> None:

@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from swarm.allocator import reuse_freed_memory
-from swarm.layout import batch_to, place
-from swarm.models import build_model
-from swarm.relevance import channel_relevance
+from swarm.nodes.layout import batch_to, place
+from swarm.nodes.models import build_model
+from swarm.server.relevance import channel_relevance
 
 PER_PASS = 4
 
@@ -33,7 +33,7 @@ PER_PASS = 4
 def measure(name: str, batch: int, size: int, repeats: int, layout: str) -> dict[str, float]:
     torch.manual_seed(0)
     model = build_model({"name": name, "stem": "auto"}, 10, 3, size)
-    if layout == "fast":  # as the coordinator runs: the device's fastest layout (swarm.layout)
+    if layout == "fast":  # as the coordinator runs: the device's fastest layout (swarm.nodes.layout)
         place(model, "cpu")
     x, y = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
     if layout == "fast":

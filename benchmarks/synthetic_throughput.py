@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from swarm.data.sources import synthetic
+from swarm.server.data.sources import synthetic
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ Messages (Flower's Message API):
 * ``query.partition`` -> ``{"node": ConfigRecord{"partition": i}}``: the node's partition id, which
   identifies it in the fleet plan (Flower's own node ids are random).
 * ``train.adapt`` with ``{"config": ConfigRecord{"window": w, ...}, "task": ConfigRecord}`` (the
-  node's part of the plan, :class:`nodes.plan.NodeTask`) and, in the node's first window (or every
+  node's part of the plan, :class:`swarm.nodes.plan.NodeTask`) and, in the node's first window (or every
   window under FedAvg), ``{"arrays": ArrayRecord}`` with the model weights ->
   ``{"metrics": MetricRecord, "info": ConfigRecord{"profile", "status", "error"}}``; when asked for
   (``"evaluate_received"``, the node's first window) also ``{"received": MetricRecord}``, the model
@@ -13,7 +13,7 @@ Messages (Flower's Message API):
   weights and ``{"trained": MetricRecord{"examples_per_output": [n, ...]}}``, the examples of each
   output the window trained on (the server's FedAvg weighs each output row by them); and always
   ``{"timing": MetricRecord}``: the wall seconds the node spent on the message, in training and in
-  evaluation (:data:`swarm.fleet_protocol.TIMING`; the server's split of a fleet's time).
+  evaluation (:data:`swarm.nodes.protocol.TIMING`; the server's split of a fleet's time).
 
 Where a node's files are is the node's own setting, never the server's: ``data-path`` (its data
 folder, written by ``swarm.partition``) and ``state-dir`` (where it keeps its model, optimizer and
@@ -42,11 +42,11 @@ from pathlib import Path
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from nodes.local_data import NodeData, load_node_data, simulated_folders
-from nodes.node import NodeRuntime
-from nodes.plan import NodeTask
-from swarm.errors import SwarmError
-from swarm.fleet_protocol import NODE_ROOT, Status, WindowRow
+from swarm.nodes.errors import SwarmError
+from swarm.nodes.local_data import NodeData, load_node_data, simulated_folders
+from swarm.nodes.node import NodeRuntime
+from swarm.nodes.plan import NodeTask
+from swarm.nodes.protocol import NODE_ROOT, Status, WindowRow
 
 app = ClientApp()
 

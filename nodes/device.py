@@ -26,11 +26,11 @@ from typing import Any, Mapping, Sequence
 import simpy
 import yaml
 
-from swarm.errors import SwarmError
-from swarm.fleet_protocol import Status
+from swarm.nodes.errors import SwarmError
+from swarm.nodes.protocol import Status
 
 # Profiles ship in the installed config tree (Hydra group `device`).
-PROFILE_DIR = Path(str(resources.files("scenarios") / "device"))
+PROFILE_DIR = Path(str(resources.files("swarm.scenarios") / "device"))
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from swarm.errors import SwarmError
+from swarm.nodes.errors import SwarmError
 
 class DriftKind(StrEnum):
     """How nodes' drift times are drawn: one value for all, uniform in [low, high], or exponential with a mean."""
@@ -86,13 +86,13 @@ P, F = 0, 1  # the roles of stream samples
 def node_stream(node: Any, *, rate: float, events: int, event_gap_s: float,
                 p_train_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Arrival time, role (``P`` or ``F``) and training-split position of every sample a node's
-    stream brings, in time order, from its plan entry ``node`` (a :class:`nodes.plan.NodePlan`:
+    stream brings, in time order, from its plan entry ``node`` (a :class:`swarm.nodes.plan.NodePlan`:
     drift time, share of F and its drift events, drawn from the node's own seed).
 
     P-like samples (positions drawn uniformly from P's training split) arrive from 0 until the
     drift time; then its share of F, each drift event's samples from that event's start (or when
     the previous event's have all arrived, if later). The node's data folder holds exactly the
-    samples this names (:mod:`nodes.local_data`), and the node replays the same draw."""
+    samples this names (:mod:`swarm.nodes.local_data`), and the node replays the same draw."""
     drift_s = node.drift_s
     rng = np.random.default_rng(node.seed)
     expected = int(drift_s * rate * 1.5) + 10

@@ -1,7 +1,7 @@
 """One edge node's on-device adaptation, one window at a time, independent of Flower.
 
-A node knows its task (:class:`nodes.plan.NodeTask`, sent by the server), its own data
-(:class:`nodes.local_data.NodeData`, its data folder) and its state folder; nothing else of the run.
+A node knows its task (:class:`swarm.nodes.plan.NodeTask`, sent by the server), its own data
+(:class:`swarm.nodes.local_data.NodeData`, its data folder) and its state folder; nothing else of the run.
 Each call to :meth:`NodeRuntime.run_window`:
 
 1. loads the node's state from its state folder (model, optimizer, replay buffer, clock) or, in
@@ -29,20 +29,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from nodes.device import (Budget, StreamCredit, WindowReport, memory_check, profile_of, memory_need, simulate_window,
-                          step_flops)
-from nodes.drift import F, P, node_stream
-from nodes.local_data import NodeData, load_node_data, simulated_folders
-from nodes.plan import BatchNormMode, FleetPlan, Loss, NodeTask, Sampling, on_gpu
-from nodes.planning import received_model
-from nodes.replay import ReplayBuffer
-from swarm import checkpoints, io
-from swarm.errors import SwarmError
-from swarm.fleet_protocol import RECEIVED_WINDOW, Status, WindowRow
-from swarm.models import classifier
-from swarm.pruning import count_macs_and_params
-from swarm.evaluation import accuracies
-from swarm.layout import batch_to, place
+from swarm.nodes import checkpoints, io
+from swarm.nodes.checkpoints import received_model
+from swarm.nodes.device import (Budget, StreamCredit, WindowReport, memory_check, profile_of, memory_need,
+                                simulate_window, step_flops)
+from swarm.nodes.drift import F, P, node_stream
+from swarm.nodes.errors import SwarmError
+from swarm.nodes.evaluation import accuracies
+from swarm.nodes.layout import batch_to, place
+from swarm.nodes.local_data import NodeData, load_node_data, simulated_folders
+from swarm.nodes.models import classifier
+from swarm.nodes.plan import BatchNormMode, FleetPlan, Loss, NodeTask, Sampling, on_gpu
+from swarm.nodes.protocol import RECEIVED_WINDOW, Status, WindowRow
+from swarm.nodes.replay import ReplayBuffer
+from swarm.nodes.shapes import count_macs_and_params
 
 CPU = torch.device("cpu")  # where a node's model is kept between windows and sent from
 _COSTS: dict[str, tuple[int, int]] = {}
@@ -216,7 +216,7 @@ class NodeRuntime:
         if weights is not None:
             model.load_state_dict(weights)
         # Examples of each output this window's batches held: what the server's FedAvg weighs each
-        # output row of this node by (server.fleet.RunningFedAvg); with the masked loss, a class a node
+        # output row of this node by (swarm.server.fleet.RunningFedAvg); with the masked loss, a class a node
         # did not train has the row it was sent.
         self.trained_per_output = np.zeros(classifier(model)[1].out_features, dtype=np.int64)
         optimizer = torch.optim.Adam(model.parameters(), lr=float(self.fleet["lr"]))
@@ -370,7 +370,7 @@ def _from_tensors(state: dict[str, Any]) -> dict[str, Any]:
 
 def local_runtime(plan: FleetPlan, partition: int, root: Path, plan_id: str = "0" * 16) -> NodeRuntime:
     """Node ``partition`` run in this process (tests, benchmarks), as the fleet runs it: its folders
-    under ``root`` as the simulation lays them out (:func:`nodes.local_data.simulated_folders`), its
+    under ``root`` as the simulation lays them out (:func:`swarm.nodes.local_data.simulated_folders`), its
     task from the plan and the model the server would send."""
     data_dir, state_dir = simulated_folders(root, partition)
     data = load_node_data(data_dir, partition=partition, data_id=plan.data_id(partition))

@@ -1,9 +1,9 @@
 """The fleet plan: what every node is, what data it will see, and when. Written once, read by all.
 
 The server side draws the plan from the seed (device profile, drift time, availability phase and
-non-IID share of F per node; :mod:`nodes.planning`) and writes it to ``<run dir>/fleet_plan.json``.
+non-IID share of F per node; :mod:`swarm.server.planning`) and writes it to ``<run dir>/fleet_plan.json``.
 Nodes never read it: ``swarm.partition`` writes each node's data folder from it
-(:mod:`nodes.local_data`), and the server sends each node its part (:class:`NodeTask`) with every
+(:mod:`swarm.nodes.local_data`), and the server sends each node its part (:class:`NodeTask`) with every
 message. This module is the plan's one definition and the fleet's enumerated settings; it imports
 no torch, so that the config schema (:mod:`swarm.settings`) and the simulation's caller, which
 reads plans for its report, stay without it.
@@ -21,8 +21,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from swarm import io
-from swarm.errors import SwarmError
+from swarm.nodes import io
+from swarm.nodes.errors import SwarmError
 
 
 @dataclass
@@ -127,7 +127,7 @@ class FleetPlan:
 
     def evaluation_id(self) -> str:
         """A digest of what decides the test subsets (the scenario, its data, ``fleet.eval_samples``):
-        the server's evaluation folder must carry it (:func:`nodes.local_data.load_evaluation_set`)."""
+        the server's evaluation folder must carry it (:func:`swarm.nodes.local_data.load_evaluation_set`)."""
         blob = {"config": {k: self.config.get(k) for k in DATA_CONFIG},
                 "eval_samples": self.config["fleet"].get("eval_samples")}
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,7 +1,7 @@
 """Replay buffers of P samples, mixed into every on-device batch to keep P from being forgotten.
 
 The buffer holds sample *indices* into P's training set (the simulated device would hold the
-samples themselves; :func:`nodes.device.memory_need` charges their bytes). Two policies:
+samples themselves; :func:`swarm.nodes.device.memory_need` charges their bytes). Two policies:
 
 * ``reservoir`` -- a uniform sample of everything offered so far (Vitter's algorithm R);
 * ``class_balanced`` -- class-balancing reservoir sampling (CBRS, Chrysakis & Moens, ICML 2020):
@@ -18,7 +18,7 @@ from typing import Iterable
 
 import numpy as np
 
-from swarm.errors import SwarmError
+from swarm.nodes.errors import SwarmError
 
 class ReplayPolicy(StrEnum):
     """Which P samples the replay buffer keeps: a uniform reservoir, or class-balanced (CBRS)."""

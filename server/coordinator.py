@@ -25,20 +25,21 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from swarm import checkpoints, io
-from swarm.locks import cache_entry
-from swarm.data.build import ScenarioData
-from swarm.models import build_model
-from swarm.criteria import CRITERIA, REVISIONS, ScoringContext
-from swarm.relevance import filter_l1
-from swarm.pruning import count_macs_and_params, prunable_layers, prune_step
-from swarm.training import TrainSettings, evaluate, fit, make_loader, progress_bar, resolve_device
-from swarm.fleet_protocol import COORDINATOR
+from swarm.nodes import checkpoints, io
+from swarm.nodes.models import build_model
+from swarm.nodes.protocol import COORDINATOR
+from swarm.nodes.shapes import count_macs_and_params
+from swarm.nodes.training import TrainSettings, evaluate, fit, make_loader, progress_bar, resolve_device
+from swarm.server.criteria import CRITERIA, REVISIONS, ScoringContext
+from swarm.server.data.build import ScenarioData
+from swarm.server.locks import cache_entry
+from swarm.server.pruning import prunable_layers, prune_step
+from swarm.server.relevance import filter_l1
 
 log = logging.getLogger("swarm.coordinator")
 
 # Bump when the meaning of cached results changes, so that old caches are not reused.
-CACHE_VERSION = 2  # 2: models train, evaluate and explain in channels-last on the CPU (swarm.layout)
+CACHE_VERSION = 2  # 2: models train, evaluate and explain in channels-last on the CPU (swarm.nodes.layout)
 
 
 def _plain(node: Any) -> Any:
@@ -127,7 +128,7 @@ def _read_record(directory: Path) -> dict[str, Any] | None:
 
 def _scores(cfg: DictConfig, model: torch.nn.Module, data: ScenarioData, settings: TrainSettings,
             layers: list[str]) -> dict[str, torch.Tensor]:
-    """Channel scores by the chosen criterion (:mod:`swarm.criteria`)."""
+    """Channel scores by the chosen criterion (:mod:`swarm.server.criteria`)."""
     def p_batches():
         p_train = data.datasets["P"]["train"]
         if cfg.prune.relevance_samples:

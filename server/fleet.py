@@ -4,7 +4,7 @@ Written against the Grid interface only (``get_node_ids``, ``push_messages``, ``
 so the same loop runs under the simulation engine, the deployment engine, and a fake grid in the
 tests. Every wait has a deadline (:class:`Deadline`: on real devices per round, in simulation a
 guard against a hung actor); nothing waits forever. Every reply is checked before it is used
-(:mod:`server.replies`); a bad one fails its node, never the run.
+(:mod:`swarm.server.replies`); a bad one fails its node, never the run.
 """
 
 from __future__ import annotations
@@ -22,17 +22,17 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-from nodes.local_data import load_evaluation_set
-from nodes.plan import FleetPlan, Loss, Strategy
-from nodes.planning import received_model
-from server.progress import plan_hash, resume, run_folder_lock
-from server.replies import InvalidReply, check_reply, safe_text
-from swarm import io
-from swarm.evaluation import TestSets, accuracies
-from swarm.fleet_protocol import (EVALUATION_DIR, NO_RESULT, NODES_CSV, RECEIVED_WINDOW, SHARED_MODEL, TIMING,
+from swarm.nodes import io
+from swarm.nodes.checkpoints import received_model
+from swarm.nodes.errors import SwarmError
+from swarm.nodes.evaluation import TestSets, accuracies
+from swarm.nodes.local_data import load_evaluation_set
+from swarm.nodes.models import classifier
+from swarm.nodes.plan import FleetPlan, Loss, Strategy
+from swarm.nodes.protocol import (EVALUATION_DIR, NO_RESULT, NODES_CSV, RECEIVED_WINDOW, SHARED_MODEL, TIMING,
                                   TIMINGS_CSV, Status, WindowRow, append_timings, write_rows)
-from swarm.errors import SwarmError
-from swarm.models import classifier
+from swarm.server.progress import plan_hash, resume, run_folder_lock
+from swarm.server.replies import InvalidReply, check_reply, safe_text
 
 log = logging.getLogger("swarm.fleet")
 
@@ -79,7 +79,7 @@ def collect(grid: GridLike, messages: Iterable[Message], deadline: Deadline, pol
 
     A reply counts only for the message it answers, and only from the node that message went to.
     ``in_flight``: at most this many messages wait in the grid at once, the next ones sent as
-    replies come back (the simulation engine: see :func:`server.server_app.simulated_in_flight`);
+    replies come back (the simulation engine: see :func:`swarm.server.server_app.simulated_in_flight`);
     ``None``: all at once (real devices work in parallel). ``messages`` may be a generator: each
     message (with its copy of the weights) is then built only when it is sent. ``on_reply(node id,
     reply)``: called as each reply arrives, instead of keeping it in the returned dict."""
@@ -368,7 +368,7 @@ def _run_windows(grid: GridLike, plan: FleetPlan, plan_path: Path, strategy: str
 
 
 def score(model: torch.nn.Module, state: dict[str, torch.Tensor], tests: TestSets) -> dict[str, Any]:
-    """The accuracies of ``model`` with ``state`` loaded (:func:`swarm.evaluation.accuracies`, as
+    """The accuracies of ``model`` with ``state`` loaded (:func:`swarm.nodes.evaluation.accuracies`, as
     every node and the reference compute them), NaN written as null (a set the scenario lacks)."""
     model.load_state_dict(state)
     values = accuracies(model, tests, torch.device("cpu"))

@@ -14,7 +14,7 @@ when the run ends, so one call is one engine start:
   processes inherit (their ``node_config`` holds only a partition id);
 * the run's processes end with this one: Flower detaches its simulation process into a session
   of its own, so the ServerApp watches this process (``SWARM_CALLER_PID``) and kills its group
-  when it is gone (:func:`server.server_app.stop_with_caller`);
+  when it is gone (:func:`swarm.server.server_app.stop_with_caller`);
 * the app's dependencies are this environment's (``--disable-runtime-dependency-installation``),
   and Flower's telemetry is off.
 
@@ -40,13 +40,14 @@ from pathlib import Path
 
 import httpx
 
-from swarm.fleet_protocol import CALLER_PID, FLEET_LOG, FLEET_STATUS, NODE_ROOT
-from swarm.errors import SwarmError
+from swarm.nodes.errors import SwarmError
+from swarm.nodes.protocol import CALLER_PID, FLEET_LOG, FLEET_STATUS, NODE_ROOT
 
 APP_DIR = Path(__file__).resolve().parents[1]  # this repository: pyproject.toml's [tool.flwr.app]
-# What the Flower app is made of: its pyproject.toml and the packages its apps import (`scenarios`
-# holds the device profiles the nodes read).
-APP_PARTS = ("pyproject.toml", "swarm", "server", "nodes", "scenarios")
+# What the Flower app is made of: its pyproject.toml and the package its apps import (with
+# `swarm.scenarios`, the device profiles the nodes read). The copy follows swarm/'s links to the
+# server/, nodes/ and scenarios/ folders, so the app holds them as swarm's sub-packages.
+APP_PARTS = ("pyproject.toml", "swarm")
 STARTUP_S = 60.0
 
 
@@ -152,7 +153,7 @@ class LogTail:
 
 def _beating(tails: list[LogTail]) -> bool:
     """Whether a plan's log was written or touched within ``STATUS_EVERY_S``: the ServerApp touches
-    the running plan's log every few seconds (:func:`server.server_app.heartbeat`)."""
+    the running plan's log every few seconds (:func:`swarm.server.server_app.heartbeat`)."""
     now = time.time()
     for tail in tails:
         try:
@@ -235,7 +236,7 @@ def run(plans: list[Path], num_nodes: int, node_root: Path, *, cpus_per_node: fl
         _follow(plans, tails, run_id, env, superlink, log)
     finally:
         # The SuperLink is in this process group, so a kill of the group takes it down too; the
-        # simulation process follows this process (server.server_app.stop_with_caller).
+        # simulation process follows this process (swarm.server.server_app.stop_with_caller).
         if superlink.poll() is None:
             superlink.terminate()
             try:

@@ -6,12 +6,12 @@ windows are done, the ``nodes.csv`` rows so far, the shared model's scores so fa
 nodes and the nodes that hold the model. Both are written atomically, the weights first, so a kill at any moment leaves a matching
 pair. A run started on the same run folder with the same plan continues after the last finished
 window; the nodes re-run the window that was cut short from the state they kept from its start
-(:meth:`nodes.node.NodeRuntime._load`), so the result equals an uninterrupted run's. A folder
+(:meth:`swarm.nodes.node.NodeRuntime._load`), so the result equals an uninterrupted run's. A folder
 whose progress belongs to another plan starts over. (The nodes' states are theirs, kept by plan
 digest in their own state folders; a node asked for window 0 starts its plan afresh.)
 
 One fleet at a time per run folder: :func:`run_folder_lock` holds ``fleet.lock``
-(:mod:`swarm.locks`, released by the system when its holder dies) while a fleet runs there.
+(:mod:`swarm.server.locks`, released by the system when its holder dies) while a fleet runs there.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
-from swarm import io
-from swarm.fleet_protocol import FLEET_LOCK, FLEET_PROGRESS
-from swarm.locks import held
+from swarm.nodes import io
+from swarm.nodes.protocol import FLEET_LOCK, FLEET_PROGRESS
+from swarm.server.locks import held
 
 log = logging.getLogger("swarm.fleet")
 
@@ -39,7 +39,7 @@ def run_folder_lock(run_dir: Path, wait_s: float = LOCK_WAIT_S) -> AbstractConte
     """Hold the run folder for one fleet; waits up to ``wait_s`` for an earlier holder to end.
 
     Why wait: a run whose caller was just killed stops within a second or so
-    (:func:`server.server_app.stop_with_caller`), and the same command started again at once must
+    (:func:`swarm.server.server_app.stop_with_caller`), and the same command started again at once must
     resume from what that run finished, not write beside it."""
     return held(Path(run_dir) / FLEET_LOCK, f"the fleet still running in {run_dir} to stop", wait_s,
                 timeout_error=f"another fleet is still running in {run_dir}: wait for it to end or stop it, "

@@ -8,7 +8,7 @@ on skewed shares of F under budgets, is compared against it.
 
 The result is recorded per iteration as ``{"before": accs, "after": accs, "epochs": N}`` where
 ``accs`` holds ``acc_P``, ``acc_F`` (and ``acc_PF`` for continual scenarios) on the same test
-subsets the nodes evaluate on (:mod:`swarm.evaluation`). It is cached next to the coordinator's
+subsets the nodes evaluate on (:mod:`swarm.nodes.evaluation`). It is cached next to the coordinator's
 checkpoints, keyed by everything it depends on, so sweeps compute it once per checkpoint.
 """
 
@@ -23,16 +23,17 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from server.coordinator import CoordinatorResult, checkpoint_path, model_key, pretrain_directory
-from swarm import checkpoints, io
-from swarm.locks import cache_entry
-from swarm.data.build import ScenarioData
-from swarm.errors import SwarmError
-from swarm.evaluation import accuracies, test_sets
-from swarm.layout import place
-from swarm.choices import NewClassOutputs
-from swarm.models import reset_outputs
-from swarm.training import TrainSettings, fit, resolve_device
+from swarm.nodes import checkpoints, io
+from swarm.nodes.choices import NewClassOutputs
+from swarm.nodes.errors import SwarmError
+from swarm.nodes.evaluation import accuracies
+from swarm.nodes.layout import place
+from swarm.nodes.models import reset_outputs
+from swarm.nodes.training import TrainSettings, fit, resolve_device
+from swarm.server.coordinator import CoordinatorResult, checkpoint_path, model_key, pretrain_directory
+from swarm.server.data.build import ScenarioData
+from swarm.server.data.evaluation_sets import test_sets
+from swarm.server.locks import cache_entry
 
 log = logging.getLogger("swarm.reference")
 
@@ -84,7 +85,7 @@ def _adapt(cfg: DictConfig, data: ScenarioData, result: CoordinatorResult, itera
     continual = cfg.scenario.mode == "continual"
     roles = "PF" if continual else "F"
     model, _, _ = checkpoints.load(checkpoint_path(result.directory, iteration))
-    if _new_class_outputs(cfg) == NewClassOutputs.reset:  # the same start as the fleet's (nodes.plan)
+    if _new_class_outputs(cfg) == NewClassOutputs.reset:  # the same start as the fleet's (swarm.nodes.plan)
         reset_outputs(model, data.untrained_outputs())
     settings = _settings(cfg)
     tests = test_sets(data, continual, int(cfg.fleet.eval_samples))

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
-from swarm.fleet_protocol import (ACCURACIES, AMOUNTS, COUNTS, DEVICE_FAULTS, NODE_STATUSES, RECEIVED_WINDOW, TIMING,
+from swarm.nodes.protocol import (ACCURACIES, AMOUNTS, COUNTS, DEVICE_FAULTS, NODE_STATUSES, RECEIVED_WINDOW, TIMING,
                                   Status)
 
 MAX_TEXT = 300

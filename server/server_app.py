@@ -1,4 +1,4 @@
-"""The Flower ServerApp of the fleet (Message API): runs :func:`server.fleet.run_fleet` on the grid.
+"""The Flower ServerApp of the fleet (Message API): runs :func:`swarm.server.fleet.run_fleet` on the grid.
 
 Where its settings come from: ``context.run_config["fleet-plan"]`` (``flwr run --run-config
 'fleet-plan="..."'``, as ``swarm.simulate`` runs it too). It may list several
@@ -25,10 +25,10 @@ from typing import Iterator
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from nodes.plan import FleetPlan
-from server.fleet import run_fleet
-from swarm import io
-from swarm.fleet_protocol import CALLER_PID, DEVICE_FAULTS, FLEET_LOG, FLEET_STATUS, Status
+from swarm.nodes import io
+from swarm.nodes.plan import FleetPlan
+from swarm.nodes.protocol import CALLER_PID, DEVICE_FAULTS, FLEET_LOG, FLEET_STATUS, Status
+from swarm.server.fleet import run_fleet
 
 app = ServerApp()
 
@@ -73,7 +73,7 @@ def stop_with_caller(caller_pid: int) -> None:
 @contextmanager
 def heartbeat(path: Path, every_s: float = HEARTBEAT_S) -> Iterator[None]:
     """Touch ``path`` every ``every_s`` seconds while the block runs: the caller that follows the
-    run (``server.flower_sim``) reads a fresh log as "alive" and asks Flower (``flwr ls``, a
+    run (``swarm.server.flower_sim``) reads a fresh log as "alive" and asks Flower (``flwr ls``, a
     second-long process of ~100 MB) only when the log went stale."""
     stop = threading.Event()
 
@@ -111,7 +111,7 @@ def main(grid: Grid, context: Context) -> None:
 
 def run_plan(grid: Grid, path: Path, label: str = "") -> None:
     status_file = path.parent / FLEET_STATUS
-    # The plan's log, beside it: what server.flower_sim follows, and a record on a real SuperLink.
+    # The plan's log, beside it: what swarm.server.flower_sim follows, and a record on a real SuperLink.
     handler = logging.FileHandler(path.parent / FLEET_LOG)
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
     logger = logging.getLogger("swarm")

@@ -2,9 +2,9 @@
 
 The library is layered; lower layers never import upper ones:
 
-* ``swarm.data``     -- datasets, scenarios (T/P/F splits) and loaders
-* ``swarm.models``   -- model zoo (ResNet-50/18 and a small CPU ResNet)
-* ``swarm.training`` -- the training loop with early stopping used by every stage
+* ``swarm.server.data``     -- datasets, scenarios (T/P/F splits) and loaders
+* ``swarm.nodes.models``   -- model zoo (ResNet-50/18 and a small CPU ResNet)
+* ``swarm.nodes.training`` -- the training loop with early stopping used by every stage
 * entry points       -- ``python -m swarm.splits``, ``python -m swarm.simulate``
 """
 

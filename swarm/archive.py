@@ -15,9 +15,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from swarm import io
-from swarm.errors import SwarmError, run_command
-from swarm.fleet_protocol import NODES_CSV, RUN_RECORD, SHARED_MODEL, SUMMARY
+from swarm.nodes import io
+from swarm.nodes.errors import SwarmError, run_command
+from swarm.nodes.protocol import NODES_CSV, RUN_RECORD, SHARED_MODEL, SUMMARY
 
 KEPT = (RUN_RECORD, NODES_CSV, SHARED_MODEL, SUMMARY)
 

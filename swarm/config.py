@@ -1,10 +1,10 @@
 """Hydra glue shared by the entry points: the config tree and its schema, user-error handling
 (one exit-code scheme for every entry point), config to options.
 
-Exit codes: 0 success; 1 the fleet ran but nodes failed (:class:`swarm.errors.FleetFailure`);
+Exit codes: 0 success; 1 the fleet ran but nodes failed (:class:`swarm.nodes.errors.FleetFailure`);
 2 a user error: a setting Hydra rejects while composing the config (unknown key, group option,
 type or choice), a setting :func:`swarm.settings.check` rejects, missing data, ...; 3 nodes the
-simulation engine never served (:class:`swarm.errors.FleetIncomplete`). Each user error is one
+simulation engine never served (:class:`swarm.nodes.errors.FleetIncomplete`). Each user error is one
 line on stderr that starts with ``error:``; a bug is a traceback.
 """
 
@@ -25,13 +25,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from swarm.data.options import DataOptions
-from swarm.data.scenario import Scenario
 from swarm import settings
-from swarm.errors import SwarmError
+from swarm.nodes.errors import SwarmError
+from swarm.server.data.options import DataOptions
+from swarm.server.data.scenario import Scenario
 
-# The config tree is the installed `scenarios` package, so entry points work from any directory.
-CONFIG_PATH = "pkg://scenarios"
+# The config tree is the installed `swarm.scenarios` package, so entry points work from any directory.
+CONFIG_PATH = "pkg://swarm.scenarios"
 
 
 def entry_point(config_name: str = "config") -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
@@ -91,7 +91,7 @@ def device_profiles(names: list[str], searchpath: list[str] = ()) -> dict[str, d
     Needs Hydra initialised (inside an entry point, or :func:`compose_config`)."""
     from hydra import compose
 
-    from nodes.device import DeviceProfile
+    from swarm.nodes.device import DeviceProfile
 
     profiles = {}
     for name in dict.fromkeys(names):
@@ -120,7 +120,7 @@ def compose_config(overrides: list[str] = (), config_name: str = "config",
 
     settings.register()
     searchpath = [f"file://{Path(config_dir).resolve()}"] if config_dir else []
-    with initialize_config_module(config_module="scenarios", version_base="1.3"):
+    with initialize_config_module(config_module="swarm.scenarios", version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=[*overrides, *_searchpath_override(searchpath)])
         prepare(cfg, searchpath)
     return cfg

@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from server.coordinator import checkpoint_path
-from swarm import checkpoints, io
-from swarm.errors import SwarmError, run_command
-from swarm.fleet_protocol import COORDINATOR
+from swarm.nodes import checkpoints, io
+from swarm.nodes.errors import SwarmError, run_command
+from swarm.nodes.protocol import COORDINATOR
+from swarm.server.coordinator import checkpoint_path
 
 TOLERANCE = 1e-4
 CHECK_BATCH = 8

@@ -13,9 +13,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from swarm import io  # noqa: E402
-from swarm.fleet_protocol import (ACCURACIES, METRICS, NO_RESULT, NODES_CSV, RECEIVED_WINDOW, REPORT,  # noqa: E402
-                                  SHARED_MODEL, SUMMARY, Status, read_rows)
+from swarm.nodes import io  # noqa: E402
+from swarm.nodes.protocol import (ACCURACIES, METRICS, NO_RESULT, NODES_CSV, RECEIVED_WINDOW,  # noqa: E402
+                                  REPORT, SHARED_MODEL, SUMMARY, Status, read_rows)
 
 # Why a node that never trained did not, by the statuses of its windows (the first that applies).
 IDLE_REASONS = {

@@ -9,7 +9,7 @@ leaves nothing behind, and the caller never imports torch.
 The function is named by ``"module:function"`` so that the caller never imports its module. The
 process is started with ``spawn`` (a fresh interpreter, on every platform: no inherited threads or
 locks), logs through the caller's logging settings (Hydra's console and ``<job>.log``), and ends
-within a second if the caller dies. A :class:`~swarm.errors.SwarmError` it raises is raised again
+within a second if the caller dies. A :class:`~swarm.nodes.errors.SwarmError` it raises is raised again
 here, so it prints as the same one line with the same exit code; any other exception is a
 :class:`IsolatedCallFailed` carrying the process's traceback.
 """
@@ -26,7 +26,7 @@ import time
 import traceback
 from typing import Any, Mapping
 
-from swarm.errors import SwarmError
+from swarm.nodes.errors import SwarmError
 
 PARENT_POLL_S = 0.5
 STOP_GRACE_S = 5.0

@@ -4,7 +4,7 @@
 ``python -m swarm.simulate`` (or drawn for a deployment the same way); ``OUT`` receives
 ``node_000/``, ``node_001/``, ...: each the samples that node's stream brings, its replay sample of
 P (continual scenarios), its test subsets and a manifest with their digests
-(:mod:`nodes.local_data`); beside the plan, ``evaluation/``: the server's copy of the test subsets,
+(:mod:`swarm.nodes.local_data`); beside the plan, ``evaluation/``: the server's copy of the test subsets,
 on which it scores the shared model after every window. The scenario's dataset is read here, once, where it is; a device gets
 only its folder, and its SuperNode is started with it::
 
@@ -21,12 +21,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from nodes.local_data import write_evaluation_set, write_fleet_data
-from nodes.plan import FleetPlan
 from swarm.config import data_options, scenario_of
-from swarm.data.build import build
-from swarm.errors import SwarmError, run_command
-from swarm.fleet_protocol import EVALUATION_DIR, FLEET_PLAN
+from swarm.nodes.errors import SwarmError, run_command
+from swarm.nodes.plan import FleetPlan
+from swarm.nodes.protocol import EVALUATION_DIR, FLEET_PLAN
+from swarm.server.data.build import build
+from swarm.server.node_folders import write_evaluation_set, write_fleet_data
 
 
 def plan_path(value: str) -> Path:

@@ -19,18 +19,21 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig
 
-from nodes.local_data import DATA_DIR, MANIFEST, simulated_folders, write_evaluation_set, write_fleet_data
-from nodes.plan import FleetPlan, on_gpu
-from nodes.planning import check_fleet_fits, plan_from_config
-from server import coordinator, reference
-from swarm import fleet_cache, io, settings
+from swarm import settings
 from swarm.allocator import reuse_freed_memory
 from swarm.config import data_options, scenario_of
-from swarm.criteria import check_pruning
-from swarm.data.build import ScenarioData, build
-from swarm.errors import SwarmError
-from swarm.evaluation import f_groups
-from swarm.fleet_protocol import COORDINATOR, EVALUATION_DIR, FLEET_STATUS, NODE_FOLDERS, FleetJob, PreparedFleet
+from swarm.nodes import io
+from swarm.nodes.errors import SwarmError
+from swarm.nodes.local_data import DATA_DIR, MANIFEST, simulated_folders
+from swarm.nodes.plan import FleetPlan, on_gpu
+from swarm.nodes.protocol import COORDINATOR, EVALUATION_DIR, FLEET_STATUS, NODE_FOLDERS, FleetJob, PreparedFleet
+from swarm.server import coordinator, reference
+from swarm.server import fleet_cache
+from swarm.server.criteria import check_pruning
+from swarm.server.data.build import ScenarioData, build
+from swarm.server.data.evaluation_sets import f_groups
+from swarm.server.node_folders import write_evaluation_set, write_fleet_data
+from swarm.server.planning import check_fleet_fits, plan_from_config
 
 log = logging.getLogger("swarm.simulate")
 

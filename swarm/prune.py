@@ -8,7 +8,7 @@ directory, and the run ends with a table of iteration, parameters, MACs and P's 
 With ``prune.dry_run=true`` no data is read and nothing is trained: the schedule is applied to an
 untrained model (weight-magnitude scores) to count parameters and MACs. With
 ``reference.in_prune=true`` every iteration's checkpoint is also adapted centrally as the paper
-does (``server.reference``), and the table shows its accuracy on F before and after.
+does (``swarm.server.reference``), and the table shows its accuracy on F before and after.
 """
 
 from __future__ import annotations
@@ -20,14 +20,15 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from server import coordinator, reference
-from swarm import io, settings
+from swarm import settings
 from swarm.allocator import reuse_freed_memory
 from swarm.config import data_options, entry_point, scenario_of
-from swarm.criteria import check_pruning
-from swarm.data import sources
-from swarm.data.build import build
-from swarm.fleet_protocol import COORDINATOR
+from swarm.nodes import io
+from swarm.nodes.protocol import COORDINATOR
+from swarm.server import coordinator, reference
+from swarm.server.criteria import check_pruning
+from swarm.server.data import sources
+from swarm.server.data.build import build
 
 log = logging.getLogger("swarm.prune")
 

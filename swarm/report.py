@@ -25,9 +25,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
 
-from swarm import io
-from swarm.fleet_protocol import ACCURACIES, NO_RESULT, REPORT
-from swarm.errors import run_command
+from swarm.nodes import io
+from swarm.nodes.errors import run_command
+from swarm.nodes.protocol import ACCURACIES, NO_RESULT, REPORT
 from swarm.report_plots import plot_budget, plot_fig3, plot_fleets
 from swarm.results import Estimate, FleetResult, collect, estimate, paired_difference, pruning_curve
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from nodes.device import as_simulated
-from swarm.errors import SwarmError
-from swarm.fleet_protocol import (DEVICE_FAULTS, NODES_CSV, NO_RESULT, RECEIVED_WINDOW, RUN_RECORD, SHARED_MODEL,
+from swarm.nodes.device import as_simulated
+from swarm.nodes.errors import SwarmError
+from swarm.nodes.protocol import (DEVICE_FAULTS, NODES_CSV, NO_RESULT, RECEIVED_WINDOW, RUN_RECORD, SHARED_MODEL,
                                   Status, read_rows)
 
 # Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom; beyond, the normal 1.96.

@@ -2,7 +2,7 @@
 
 ``scenarios/config.yaml`` holds the values and says what each one means; this module holds their
 types, the choices of every enumerated setting (each an enum in a module without torch:
-:class:`nodes.plan.Strategy`, :class:`nodes.replay.ReplayPolicy`, :mod:`swarm.choices`, ...) and
+:class:`swarm.nodes.plan.Strategy`, :class:`swarm.nodes.replay.ReplayPolicy`, :mod:`swarm.nodes.choices`, ...) and
 the bounds of every number. :func:`register` puts :class:`SwarmConfig` in Hydra's ConfigStore as
 ``swarm_schema``, which ``config.yaml`` lists first in its defaults, so that Hydra rejects a wrong
 type or an unknown choice while it composes the config, before anything runs. :func:`check` then
@@ -12,12 +12,12 @@ before any work. It belongs with the entry points (it may import ``nodes/`` and 
 It imports no torch, and nothing that does: the caller of ``python -m swarm.simulate`` composes
 and checks the config and then waits through the whole fleet, and without torch it holds about
 700 MB less beside the simulated nodes. The two choices that name entries of registries kept in
-torch code (``pruning.name`` in :data:`swarm.criteria.CRITERIA`, ``pruning.composite`` in zennit's)
-are strings here, checked by :func:`swarm.criteria.check_pruning` before the coordinator reads
+torch code (``pruning.name`` in :data:`swarm.server.criteria.CRITERIA`, ``pruning.composite`` in zennit's)
+are strings here, checked by :func:`swarm.server.criteria.check_pruning` before the coordinator reads
 any data.
 
 Group configs whose shape differs per option (``scenario``, ``model``, ``pretrain``) stay free-form:
-their loaders check them (:class:`swarm.data.scenario.Scenario`, :func:`swarm.models.build_model`).
+their loaders check them (:class:`swarm.server.data.scenario.Scenario`, :func:`swarm.nodes.models.build_model`).
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from nodes.drift import DriftKind
-from nodes.plan import BatchNormMode, Loss, Sampling, Strategy, check_faults
-from nodes.replay import ReplayPolicy
-from swarm.choices import NewClassOutputs, Scope, Target
-from swarm.errors import SwarmError
+from swarm.nodes.choices import NewClassOutputs, Scope, Target
+from swarm.nodes.drift import DriftKind
+from swarm.nodes.errors import SwarmError
+from swarm.nodes.plan import BatchNormMode, Loss, Sampling, Strategy, check_faults
+from swarm.nodes.replay import ReplayPolicy
 
 SCHEMA = "swarm_schema"
 
@@ -86,7 +86,7 @@ class PruneConfig:
 class PruningConfig:
     """The criterion (``pruning=lrp|imp``); LRP's settings are empty for criteria that need none."""
 
-    name: str = MISSING  # a criterion of swarm.criteria's registry (checked by swarm.criteria.check_pruning)
+    name: str = MISSING  # a criterion of swarm.server.criteria's registry (checked by swarm.server.criteria.check_pruning)
     composite: Optional[str] = None  # a composite of zennit's registry (likewise)
     epsilon: Optional[float] = bounded(gt=0, default=None)
     target: Optional[Target] = None

@@ -3,7 +3,7 @@
 1. The coordinator pre-trains and prunes (Algorithm 1), or its cached result is reused.
 2. The fleet plan is drawn from the seed: every node's device profile, drift time, availability
    phase and non-IID share of F (``fleet_plan.json``); every node's own data folder is written
-   from it under ``nodes/`` (:mod:`nodes.local_data`, as ``swarm.partition`` does for devices).
+   from it under ``nodes/`` (:mod:`swarm.nodes.local_data`, as ``swarm.partition`` does for devices).
 3. Flower's simulation engine runs the ServerApp and one ClientApp per node: the chosen
    checkpoint (``fleet.checkpoint``: last, all, a number or a list) is sent once, then every node
    adapts for ``fleet.windows`` windows within what its SimPy device model grants. Several
@@ -15,7 +15,7 @@
 
 Steps 1 and 2 run in a process of their own (:mod:`swarm.preparation`, through
 :mod:`swarm.isolated`) that ends before the engine starts, so this process, which waits through the
-fleet, never imports torch. Finished fleet results are cached (:mod:`swarm.fleet_cache`), like the
+fleet, never imports torch. Finished fleet results are cached (:mod:`swarm.server.fleet_cache`), like the
 coordinator's, so a sweep that is run again skips every point it already finished.
 """
 
@@ -28,12 +28,14 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from nodes.plan import FleetPlan
-from swarm import fleet_cache, io, isolated, settings
+from swarm import isolated, settings
 from swarm.config import entry_point
-from swarm.errors import FleetFailure, FleetIncomplete, SwarmError
 from swarm.fleet_report import coverage_line, write_report
-from swarm.fleet_protocol import FLEET_STATUS, RUN_RECORD, FleetJob, PreparedFleet
+from swarm.nodes import io
+from swarm.nodes.errors import FleetFailure, FleetIncomplete, SwarmError
+from swarm.nodes.plan import FleetPlan
+from swarm.nodes.protocol import FLEET_STATUS, RUN_RECORD, FleetJob, PreparedFleet
+from swarm.server import fleet_cache
 
 # Steps 1-2 (and the nodes' folders), run in a process of their own: this one never imports torch.
 PREPARE = "swarm.preparation:prepare_fleet"
@@ -142,7 +144,7 @@ def _outcome(summary: dict[str, Any]) -> str:
 def _run_flower(plans: list[Path], num_nodes: int, node_root: Path, ray: DictConfig) -> None:
     """One Flower simulation for every pending plan: the engine starts once. The simulated nodes
     find their folders under ``node_root`` (their ``node_config`` holds only a partition id)."""
-    from server import flower_sim
+    from swarm.server import flower_sim
 
     flower_sim.run(plans, num_nodes, node_root, cpus_per_node=float(ray.cpus_per_node),
                    gpus_per_node=float(ray.gpus_per_node),

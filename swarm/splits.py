@@ -13,10 +13,10 @@ from typing import Any
 from omegaconf import DictConfig
 
 from swarm.config import data_options, entry_point, scenario_of
-from swarm.data import sources
-from swarm.data.build import build
-from swarm.data.scenario import ROLES
-from swarm.errors import DataNotFoundError
+from swarm.nodes.errors import DataNotFoundError
+from swarm.server.data import sources
+from swarm.server.data.build import build
+from swarm.server.data.scenario import ROLES
 
 
 def describe(cfg: DictConfig) -> dict[str, Any]:

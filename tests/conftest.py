@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from swarm.data.sources.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR100_SUPERCLASSES
+from swarm.server.data.sources.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR100_SUPERCLASSES
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 REPO = Path(__file__).resolve().parents[1]
@@ -127,7 +127,7 @@ def write_image(path: Path, value: int, size: int = 12) -> None:
 @pytest.fixture
 def domainnet_root(tmp_path: Path) -> Path:
     """A DomainNet tree: 3 classes x 6 domains, 4 train + 2 test JPEGs each, with official split files."""
-    from swarm.data.sources.domainnet import DOMAINS, classes
+    from swarm.server.data.sources.domainnet import DOMAINS, classes
 
     root = tmp_path / "domainnet"
     names = classes()
@@ -149,17 +149,18 @@ def write_fleet_plan(cfg, workdir: Path, run_name: str, windows: int, pretrain_e
     for ``pretrain_epochs``: (plan path, data)."""
     import torch
 
-    from nodes.planning import plan_from_config
-    from swarm import checkpoints, settings
+    from swarm import settings
     from swarm.config import data_options, scenario_of
-    from swarm.data.build import build
-    from swarm.models import build_model
+    from swarm.nodes import checkpoints
+    from swarm.nodes.models import build_model
+    from swarm.server.data.build import build
+    from swarm.server.planning import plan_from_config
 
     data = build(scenario_of(cfg), data_options(cfg))
     torch.manual_seed(0)
     model = build_model(cfg.model, data.num_outputs, data.channels, data.image_size)
     if pretrain_epochs:
-        from swarm.training import TrainSettings, fit
+        from swarm.nodes.training import TrainSettings, fit
 
         fit(model, data.datasets["P"]["train"], data.datasets["P"]["val"],
             TrainSettings(max_epochs=pretrain_epochs, patience=pretrain_epochs, device="cpu"))
@@ -171,8 +172,9 @@ def write_fleet_plan(cfg, workdir: Path, run_name: str, windows: int, pretrain_e
     config["fleet"]["windows"] = windows
     plan = plan_from_config(config, data, checkpoint=workdir / "start.pt", run_dir=run)
     plan.save(run / "fleet_plan.json")
-    from nodes.local_data import DATA_DIR, write_evaluation_set, write_fleet_data
-    from swarm.fleet_protocol import EVALUATION_DIR
+    from swarm.nodes.local_data import DATA_DIR
+    from swarm.nodes.protocol import EVALUATION_DIR
+    from swarm.server.node_folders import write_evaluation_set, write_fleet_data
 
     write_fleet_data(plan, data, run / "nodes", inner=DATA_DIR)  # each node's own folder, as in simulation
     write_evaluation_set(plan, data, run / EVALUATION_DIR)  # the server's, for the shared model
@@ -188,7 +190,7 @@ FLEET_TINY = ["scenario.dataset.train_per_group=8", "scenario.dataset.test_per_g
 
 def node_runtime(plan, partition: int):
     """Node ``partition`` of a plan of :func:`write_fleet_plan` as the fleet runs it, without Flower."""
-    from nodes.node import local_runtime
+    from swarm.nodes.node import local_runtime
 
     return local_runtime(plan, partition, Path(plan.run_dir) / "nodes")
 
@@ -203,9 +205,9 @@ def use_fake_engine(monkeypatch, **grid_options) -> None:
     plan after the other -- but on a :class:`FakeGrid` (``grid_options`` as its keywords), and its
     preparation in this process rather than one of its own (the same function; a fixture's changes
     to this process reach it; the CLI tests run it in its own)."""
-    from server import server_app
-    from swarm.preparation import prepare_fleet
     from swarm import simulate
+    from swarm.preparation import prepare_fleet
+    from swarm.server import server_app
 
     def engine(plans, num_nodes, node_root, ray=None):
         for plan in plans:
@@ -241,7 +243,7 @@ class FakeGrid:
 
         from flwr.app import Context, RecordDict
 
-        import nodes.client_app as client_app
+        import swarm.nodes.client_app as client_app
 
         ids = []
         for message in messages:
@@ -255,7 +257,7 @@ class FakeGrid:
             claimed = self.claims.get(nid, partition)
             node_config = {"partition-id": claimed, "num-partitions": self.total}
             if self.root is not None:
-                from nodes.local_data import simulated_folders
+                from swarm.nodes.local_data import simulated_folders
 
                 data_dir, state_dir = simulated_folders(self.root, claimed)
                 node_config.update({"data-path": str(data_dir), "state-dir": str(state_dir)})

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 
-from swarm.errors import FleetIncomplete
+from swarm.nodes.errors import FleetIncomplete
 
 
 def double(value: int) -> int:

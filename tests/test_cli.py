@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from tests.conftest import REPO, FakeGrid, nodes_of, run_module
-from swarm.fleet_protocol import NO_RESULT
+from swarm.nodes.protocol import NO_RESULT
 
 TINY = ["scenario.dataset.train_per_group=6", "scenario.dataset.test_per_group=2", "train.max_epochs=1"]
 
@@ -127,7 +127,7 @@ def test_a_fleet_the_engine_serves_slower_than_the_deadline_is_simulated_whole(t
     """Issue 14: 40 nodes queue on the engine's two actors for longer than fleet.window_timeout_s,
     yet every node is simulated (in simulation the deadline guards only against a hung actor), and
     nodes.csv equals an engine-free run of the same plan with a generous deadline."""
-    from server import fleet
+    from swarm.server import fleet
 
     timeout = 1
     fleet_args = [a for a in FLEET if not a.startswith(("fleet.nodes=", "fleet.budget.compute_s="))]
@@ -169,7 +169,7 @@ def test_a_simulation_killed_in_the_fleet_stage_resumes_where_it_stopped(tmp_pat
     import sys
     import time
 
-    from server import fleet
+    from swarm.server import fleet
     from tests.conftest import REPO
 
     args = [*TINY, "scenario.dataset.image_size=16", "prune.iterations=0", "reference.adapt=false",
@@ -190,7 +190,7 @@ def test_a_simulation_killed_in_the_fleet_stage_resumes_where_it_stopped(tmp_pat
     victim.wait()
     log.close()
     # Flower runs the fleet in a session of its own; it must end with its caller, within seconds.
-    from server.progress import run_folder_lock
+    from swarm.server.progress import run_folder_lock
 
     started = time.monotonic()
     with run_folder_lock(run, wait_s=15):

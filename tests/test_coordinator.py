@@ -12,10 +12,10 @@ import time
 import pytest
 import torch
 
-from server import coordinator
-from swarm import checkpoints
 from swarm.config import data_options, scenario_of
-from swarm.data.build import build
+from swarm.nodes import checkpoints
+from swarm.server import coordinator
+from swarm.server.data.build import build
 from tests.conftest import REPO, run_module
 
 TINY = ["scenario.dataset.train_per_group=8", "scenario.dataset.test_per_group=3", "scenario.dataset.image_size=16",
@@ -158,7 +158,7 @@ def test_dry_run_of_resnet50_needs_no_data(tmp_path):
 
 
 def test_reference_adaptation_is_recorded_and_cached(tiny, monkeypatch):
-    from server import reference
+    from swarm.server import reference
 
     for mode, metrics in (("finetune", {"acc_P", "acc_F"}), ("continual", {"acc_P", "acc_F", "acc_PF"})):
         cfg = tiny("prune.iterations=1", "reference.max_epochs=2", f"scenario.mode={mode}")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nodes.device import (Budget, DeviceProfile, StreamCredit, available_profiles, available_seconds, load_profile,
-                          memory_check, memory_need, simulate_window, step_flops)
-from nodes.node import activation_bytes_per_sample
-from swarm.errors import SwarmError
-from swarm.models import build_model
+from swarm.nodes.device import (Budget, DeviceProfile, StreamCredit, available_profiles, available_seconds,
+                                load_profile, memory_check, memory_need, simulate_window, step_flops)
+from swarm.nodes.errors import SwarmError
+from swarm.nodes.models import build_model
+from swarm.nodes.node import activation_bytes_per_sample
 
 # 1 GFLOP/s effective, 5 W active, 1 W idle: a step of 2 GFLOP takes 2 s and 10 J.
 BOARD = DeviceProfile("board", peak_flops=2e9, effective_flops=1e9, active_power_w=5.0, idle_power_w=1.0, ram_mb=512)

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from server import coordinator
 from swarm import export
 from swarm.config import data_options, scenario_of
-from swarm.data.build import build
-from swarm.errors import SwarmError
+from swarm.nodes.errors import SwarmError
+from swarm.server import coordinator
+from swarm.server.data.build import build
 
 TINY = ["scenario.dataset.train_per_group=8", "scenario.dataset.test_per_group=3", "scenario.dataset.image_size=16",
         "train.max_epochs=1", "prune.iterations=2", "pruning=imp"]
@@ -53,7 +53,7 @@ def test_every_checkpoint_is_exported_checked_and_timed(pruned_run, tmp_path):
 
 
 def test_an_export_that_differs_from_pytorch_is_an_error_after_the_table(pruned_run, tmp_path, monkeypatch):
-    from swarm import checkpoints
+    from swarm.nodes import checkpoints
 
     folder = Path(json.loads((pruned_run / "coordinator.json").read_text())["cache_dir"])
     _, first, _ = checkpoints.load(coordinator.checkpoint_path(folder, 0))

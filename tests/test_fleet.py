@@ -11,10 +11,10 @@ import pytest
 import torch
 from flwr.app import ArrayRecord
 
-from nodes.node import NodeRuntime
-from server import fleet
-from swarm.errors import SwarmError
-from swarm.fleet_protocol import COLUMNS, read_timings
+from swarm.nodes.errors import SwarmError
+from swarm.nodes.node import NodeRuntime
+from swarm.nodes.protocol import COLUMNS, read_timings
+from swarm.server import fleet
 from tests.conftest import FLEET_TINY as TINY, FakeGrid, nodes_of, use_fake_engine, write_fleet_plan
 
 
@@ -132,7 +132,7 @@ def test_simulate_with_a_failing_node_writes_everything_and_exits_1(make_cfg, tm
     import json
 
     from swarm import simulate
-    from swarm.errors import FleetFailure
+    from swarm.nodes.errors import FleetFailure
 
     use_fake_engine(monkeypatch)
     cfg = make_cfg(*TINY, "fleet.nodes=2", "fleet.windows=2", "fleet.checkpoint=all", "prune.iterations=1",
@@ -156,7 +156,7 @@ def test_simulate_with_a_failing_node_writes_everything_and_exits_1(make_cfg, tm
 
 
 def average(records, weights, sent, per_output=None):
-    """The server's FedAvg (:class:`server.fleet.RunningFedAvg`) of all replies at once;
+    """The server's FedAvg (:class:`swarm.server.fleet.RunningFedAvg`) of all replies at once;
     ``per_output``: (the output layer's name, each node's examples per output)."""
     running = fleet.RunningFedAvg(sent, head=per_output[0] if per_output else None)
     for i, (record, weight) in enumerate(zip(records, weights)):
@@ -176,11 +176,11 @@ def test_fedavg_averages_the_adapted_models(plan_file):
 
 
 def test_the_shared_model_is_scored_after_every_window_on_the_nodes_test_subsets(plan_file):
-    from nodes.node import local_runtime
-    from nodes.plan import FleetPlan
-    from nodes.planning import received_model
-    from swarm import io
-    from swarm.evaluation import accuracies
+    from swarm.nodes import io
+    from swarm.nodes.checkpoints import received_model
+    from swarm.nodes.evaluation import accuracies
+    from swarm.nodes.node import local_runtime
+    from swarm.nodes.plan import FleetPlan
 
     path = plan_file(2, "fleet.strategy=fedavg", windows=3)
     fleet.run_fleet(FakeGrid(2, root=nodes_of(path)), path, strategy="fedavg", join_timeout_s=5)
@@ -237,9 +237,9 @@ def test_the_server_does_not_wait_forever(plan_file):
 
 def test_nodes_hold_the_coordinator_s_labels(make_cfg, tmp_path, cifar10_root):
     """Label groups are ordered (vehicle = 0, animal = 1): a node's data must keep the coordinator's targets."""
-    from nodes.local_data import load_node_data, simulated_folders
-    from nodes.plan import FleetPlan
-    from swarm.evaluation import test_sets
+    from swarm.nodes.local_data import load_node_data, simulated_folders
+    from swarm.nodes.plan import FleetPlan
+    from swarm.server.data.evaluation_sets import test_sets
 
     cfg = make_cfg("scenario=cifar10_new_subclasses", f"data.root={cifar10_root}", "data.verify_checksums=false", "fleet.nodes=2")
     path, coordinator_data = write_fleet_plan(cfg, tmp_path, "run", windows=1)
@@ -309,7 +309,7 @@ def test_a_running_plan_touches_its_log_so_the_caller_need_not_ask_flower(tmp_pa
     import os
     import time
 
-    from server import flower_sim, server_app
+    from swarm.server import flower_sim, server_app
 
     log = tmp_path / "fleet.log"
     log.write_text("")
@@ -329,17 +329,19 @@ def test_the_app_flower_builds_holds_the_apps_modules_and_nothing_of_the_clone(t
 
     from flwr.cli.build import build_fab_from_disk
 
-    from server import flower_sim
+    from swarm.server import flower_sim
 
     (flower_sim.APP_DIR / "swarm" / "__pycache__").mkdir(exist_ok=True)
     staged = flower_sim.stage_app(tmp_path)
     assert sorted(p.name for p in staged.iterdir()) == sorted(flower_sim.APP_PARTS)
     fab = set(zipfile.ZipFile(io.BytesIO(build_fab_from_disk(staged))).namelist())
-    wanted = {p.relative_to(flower_sim.APP_DIR).as_posix() for part in flower_sim.APP_PARTS[1:]
-              for pattern in ("*.py", "*.yaml") for p in (flower_sim.APP_DIR / part).rglob(pattern)
-              if "__pycache__" not in p.parts and not p.name.startswith("test_")}
-    assert wanted and wanted <= fab
-    assert "nodes/client_app.py" in fab and "scenarios/device/raspberry_pi_4.yaml" in fab
+    # swarm's own modules, and the three folders it links as its sub-packages, under swarm/
+    root = flower_sim.APP_DIR
+    wanted = {p.relative_to(root).as_posix() for p in (root / "swarm").glob("*.py")}
+    wanted |= {"swarm/" + p.relative_to(root).as_posix() for folder in ("server", "nodes", "scenarios")
+               for pattern in ("*.py", "*.yaml") for p in (root / folder).rglob(pattern) if "__pycache__" not in p.parts}
+    assert wanted <= fab
+    assert "swarm/nodes/client_app.py" in fab and "swarm/scenarios/device/raspberry_pi_4.yaml" in fab
     assert not any("__pycache__" in name or name.startswith((".venv", "tests/", "benchmarks/")) for name in fab)
 
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from flwr.app import Array, ConfigRecord, MetricRecord
 
-from server import fleet
-from server.replies import safe_text
 from swarm.fleet_report import write_report
+from swarm.server import fleet
+from swarm.server.replies import safe_text
 from tests.conftest import (FLEET_TINY as TINY, FakeGrid, compose_config, nodes_of, use_fake_engine,
                             write_fleet_plan)
 
@@ -185,7 +185,7 @@ def test_on_real_devices_a_late_node_is_late_that_window_and_rejoins(plan):
 
 
 def test_node_text_cannot_break_a_report(plan, monkeypatch):
-    from nodes.node import NodeRuntime
+    from swarm.nodes.node import NodeRuntime
 
     def hostile(self, window, weights=None):
         raise RuntimeError("=HYPERLINK(\"x\")|`rm -rf`\n| fake | row |")
@@ -240,9 +240,9 @@ def test_simulate_says_loudly_when_nodes_were_not_simulated_and_exits_3(make_cfg
     """swarm.simulate end to end with the engine swapped for a fake one whose actor for node 1 hangs."""
     import json
 
-    from server import server_app
     from swarm import simulate
-    from swarm.errors import FleetIncomplete
+    from swarm.nodes.errors import FleetIncomplete
+    from swarm.server import server_app
 
     monkeypatch.setattr(server_app, "is_simulation", lambda grid: True)
     use_fake_engine(monkeypatch, silent={1})
@@ -261,7 +261,7 @@ def test_simulate_says_loudly_when_nodes_were_not_simulated_and_exits_3(make_cfg
 # ---------------------------------------------------------------- fault injection (fleet.faults)
 
 def test_faults_are_drawn_from_the_seed_one_per_node():
-    from nodes.plan import NodePlan, check_faults, draw_faults
+    from swarm.nodes.plan import NodePlan, check_faults, draw_faults
 
     def draw(seed):
         nodes = [NodePlan(i, "smartphone", 0.0, 0.0, [], 0) for i in range(20)]
@@ -279,8 +279,8 @@ def test_faults_are_drawn_from_the_seed_one_per_node():
                                              ({"crash": 1.5}, "between 0 and 1"),
                                              ({"crash": 0.6, "late": 0.6}, "add up to 1.2")])
 def test_bad_fault_settings_are_one_clear_error(faults, message):
-    from nodes.plan import check_faults
-    from swarm.errors import SwarmError
+    from swarm.nodes.errors import SwarmError
+    from swarm.nodes.plan import check_faults
 
     with pytest.raises(SwarmError, match=message):
         check_faults(faults)
@@ -289,7 +289,7 @@ def test_bad_fault_settings_are_one_clear_error(faults, message):
 @pytest.fixture(scope="module")
 def faulty_plan(tmp_path_factory):
     """Six nodes, three windows: one node of each fault kind, in its own window."""
-    from nodes.plan import FleetPlan
+    from swarm.nodes.plan import FleetPlan
 
     path = write_fleet_plan(compose_config(*TINY, "fleet.nodes=6"), tmp_path_factory.mktemp("injected"), "run",
                             windows=3)[0]
@@ -304,7 +304,7 @@ def faulty_plan(tmp_path_factory):
 def test_injected_faults_are_survived_and_reported_per_node(faulty_plan, strategy):
     import torch
 
-    from swarm import io
+    from swarm.nodes import io
 
     path = fresh(faulty_plan)
     rows = fleet.run_fleet(FakeGrid(6, root=nodes_of(path)), path, strategy=strategy, join_timeout_s=5)
@@ -336,7 +336,7 @@ def test_simulate_with_faults_writes_every_row_and_exits_1(make_cfg, tmp_path, m
     import json
 
     from swarm import simulate
-    from swarm.errors import FleetFailure
+    from swarm.nodes.errors import FleetFailure
 
     use_fake_engine(monkeypatch)
     cfg = make_cfg(*TINY, "fleet.nodes=4", "fleet.windows=2", "prune.iterations=0", "train.max_epochs=1",
@@ -378,24 +378,24 @@ BAD_SETTINGS = [
 def test_a_bad_setting_is_one_line_naming_it(override, message):
     """Issue 11's list, through what every entry point runs before its task: Hydra's composition
     (its error made one line) and swarm.config.prepare (checks, device profiles). The registries'
-    check (pruning.composite=nope, swarm.criteria.check_pruning) runs before the data is read, the
+    check (pruning.composite=nope, swarm.server.criteria.check_pruning) runs before the data is read, the
     data-bound one (fleet.nodes=100000) right after it is built, both before any training."""
     from hydra.errors import HydraException
 
     from swarm.config import composition_error, compose_config
-    from swarm.errors import SwarmError
+    from swarm.nodes.errors import SwarmError
 
     try:
         cfg = compose_config(["scenario.dataset.train_per_group=6", override])
         if override.startswith("pruning.composite"):
             from swarm import settings
-            from swarm.criteria import check_pruning
+            from swarm.server.criteria import check_pruning
 
             check_pruning(settings.plain(cfg.pruning))
         if override == "fleet.nodes=100000":
-            from nodes.planning import check_fleet_fits
             from swarm.config import data_options, scenario_of
-            from swarm.data.build import build
+            from swarm.server.data.build import build
+            from swarm.server.planning import check_fleet_fits
 
             check_fleet_fits(cfg.fleet, build(scenario_of(cfg), data_options(cfg)))
     except SwarmError as error:
@@ -444,7 +444,7 @@ def test_a_gpu_share_without_a_gpu_stops_before_any_work(tmp_path):
 
 
 def test_a_gpu_fleet_is_cached_apart_and_a_cpu_fleet_keeps_its_key():
-    from swarm.fleet_cache import fleet_key
+    from swarm.server.fleet_cache import fleet_key
 
     fleet = {"nodes": 8, "ray": {"address": None, "cpus_per_node": 1}}
     on_cpu = fleet_key("m", 5, fleet, 0)
@@ -455,8 +455,8 @@ def test_a_gpu_fleet_is_cached_apart_and_a_cpu_fleet_keeps_its_key():
 def test_a_device_profile_s_citation_changes_neither_the_fleet_key_nor_how_results_group():
     """A profile's description, sources and peak (a bound on effective_flops only) never enter the
     simulation: correcting them keeps cached fleets and puts old and new runs in one group."""
-    from swarm.fleet_cache import fleet_key
-    from nodes.device import as_simulated
+    from swarm.nodes.device import as_simulated
+    from swarm.server.fleet_cache import fleet_key
 
     pi = {"name": "raspberry_pi_4", "peak_flops": 1.19e10, "effective_flops": 3.6e9, "sources": {"peak_flops": "a"}}
     fleet = {"nodes": 8, "devices": {"raspberry_pi_4": pi}}

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from swarm import isolated
-from swarm.errors import FleetIncomplete
+from swarm.nodes.errors import FleetIncomplete
 from tests.conftest import FLEET_TINY, REPO, compose_config, use_fake_engine
 
 HEAVY = ("torch", "torchvision", "zennit", "torch_pruning")

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from swarm.config import data_options, scenario_of
-from swarm.data.build import build, rank_within_groups
-from swarm.data.sources import fashion_mnist, folder
-from swarm.data.sources.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES
-from swarm.errors import DataNotFoundError
+from swarm.nodes.errors import DataNotFoundError
+from swarm.server.data.build import build, rank_within_groups
+from swarm.server.data.sources import fashion_mnist, folder
+from swarm.server.data.sources.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES
 from tests.conftest import write_fmnist, write_image
 
 
@@ -64,7 +64,7 @@ class _Exploit:
 def test_a_cifar_batch_cannot_run_code_nor_pass_as_the_original(make_cfg, cifar10_root, tmp_path):
     import pickle
 
-    from swarm.errors import CorruptDataError
+    from swarm.nodes.errors import CorruptDataError
 
     folder = cifar10_root / "cifar-10-batches-py"
     marker = tmp_path / "pwned"
@@ -83,7 +83,7 @@ def test_a_cifar_batch_cannot_run_code_nor_pass_as_the_original(make_cfg, cifar1
 def test_a_cifar_batch_of_the_wrong_shape_is_one_clear_error(make_cfg, cifar10_root):
     import pickle
 
-    from swarm.errors import CorruptDataError
+    from swarm.nodes.errors import CorruptDataError
 
     folder = cifar10_root / "cifar-10-batches-py"
     labels = list(range(10))
@@ -132,7 +132,7 @@ def test_fashion_mnist_idx(make_cfg, tmp_path, monkeypatch, compress):
 
 def test_fashion_mnist_in_six_styles(make_cfg, tmp_path, monkeypatch):
     """Every image in exactly one style; each style a sixth of every class; T, P, F by style."""
-    from swarm.data.sources import fashion_styles
+    from swarm.server.data.sources import fashion_styles
 
     monkeypatch.setattr(fashion_mnist, "SYSTEM_COPY", tmp_path / "no-system-copy")
     write_fmnist(tmp_path / "FashionMNIST" / "raw", per_class_train=12, per_class_test=6)

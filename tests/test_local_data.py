@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from nodes.drift import F, P
-from nodes.local_data import load_node_data, simulated_folders, stream_of
-from nodes.plan import FleetPlan
-from server import fleet
-from swarm import io
 from swarm import partition as partition_cli
-from swarm.errors import SwarmError
+from swarm.nodes import io
+from swarm.nodes.drift import F, P
+from swarm.nodes.errors import SwarmError
+from swarm.nodes.local_data import load_node_data, simulated_folders, stream_of
+from swarm.nodes.plan import FleetPlan
+from swarm.server import fleet
 from tests.conftest import FLEET_TINY, FakeGrid, compose_config, nodes_of, write_fleet_plan
 
 CONTINUAL = ["scenario.mode=continual", "scenario.split_by=class", "scenario.T=[]",
@@ -86,7 +86,7 @@ def test_a_damaged_file_is_refused(written, tmp_path):
 
 def test_a_well_formed_file_with_bad_values_is_refused(written, tmp_path):
     """Matching digests prove only that the manifest and files agree; the contents are checked too."""
-    from nodes.local_data import _digest
+    from swarm.nodes.local_data import _digest
 
     plan, target = _copy(written, tmp_path)
     stream = io.load_tensors(target / "stream.pt")

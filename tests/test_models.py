@@ -6,8 +6,8 @@ import pytest
 import torch
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from swarm.errors import SwarmError
-from swarm.models import SmallResNet, build_model, count_parameters, reset_outputs, resolve_stem
+from swarm.nodes.errors import SwarmError
+from swarm.nodes.models import SmallResNet, build_model, count_parameters, reset_outputs, resolve_stem
 
 
 def test_resnet50_is_the_papers_size():

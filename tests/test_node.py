@@ -10,10 +10,10 @@ import pytest
 from hydra.errors import ConfigCompositionException
 import torch
 
-from nodes.plan import FleetPlan
-from nodes.planning import received_model
-from swarm import checkpoints
-from swarm.errors import SwarmError
+from swarm.nodes import checkpoints
+from swarm.nodes.checkpoints import received_model
+from swarm.nodes.errors import SwarmError
+from swarm.nodes.plan import FleetPlan
 from tests.conftest import node_runtime, write_fleet_plan
 
 TINY = ["scenario.dataset.train_per_group=8", "scenario.dataset.test_per_group=3", "scenario.dataset.image_size=16",
@@ -219,8 +219,8 @@ def test_both_arms_are_judged_by_one_rule_on_the_same_samples(make_cfg):
     shared model or the reference are judged: the same test subsets, the same outputs outside the
     deployed task, the same accuracy function (argmax over every output)."""
     from swarm.config import data_options, scenario_of
-    from swarm.data.build import build
-    from swarm.evaluation import test_sets
+    from swarm.server.data.build import build
+    from swarm.server.data.evaluation_sets import test_sets
 
     arms = {}
     for pretrain in ("extra", "task_only"):

@@ -93,7 +93,7 @@ def test_a_fleet_on_a_two_process_ray_cluster_equals_the_default_engine(tmp_path
 
     import torch
 
-    from server import fleet
+    from swarm.server import fleet
     from tests.conftest import FakeGrid
 
     run = tmp_path / "cluster"

@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from swarm import checkpoints
-from swarm.errors import SwarmError
-from swarm.models import build_model, count_parameters
-from swarm.pruning import kept_channels, prunable_layers, prune_step, schedule
-from swarm.relevance import filter_l1
+from swarm.nodes import checkpoints
+from swarm.nodes.errors import SwarmError
+from swarm.nodes.models import build_model, count_parameters
+from swarm.server.pruning import kept_channels, prunable_layers, prune_step, schedule
+from swarm.server.relevance import filter_l1
 
 SMALL = {"name": "resnet_small", "stem": "auto", "widths": [16, 32, 64], "blocks": [2, 2, 2]}
 PAPER_RESNET50_M = [23.5, 17.5, 13.3, 10.3, 8.3, 6.7, 5.6, 4.8, 4.1, 3.6, 3.3]

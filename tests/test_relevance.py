@@ -9,11 +9,11 @@ from zennit.composites import LayerMapComposite, layer_map_base
 from zennit.rules import Epsilon
 from zennit.types import Convolution
 
-import swarm.lrp as lrp
-import swarm.relevance as relevance
-from swarm.errors import SwarmError
-from swarm.models import build_model
-from swarm.pruning import prune_step
+from swarm.nodes.errors import SwarmError
+from swarm.nodes.models import build_model
+import swarm.server.lrp as lrp
+from swarm.server.pruning import prune_step
+import swarm.server.relevance as relevance
 
 
 def bias_free_cnn() -> nn.Sequential:

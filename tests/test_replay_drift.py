@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nodes.drift import arrival_times, dirichlet_partition, drift_times
-from nodes.replay import ReplayBuffer
-from swarm.errors import SwarmError
+from swarm.nodes.drift import arrival_times, dirichlet_partition, drift_times
+from swarm.nodes.errors import SwarmError
+from swarm.nodes.replay import ReplayBuffer
 
 
 def test_reservoir_is_a_uniform_sample():

@@ -9,8 +9,8 @@ import shutil
 
 import pytest
 
-from swarm.fleet_protocol import write_rows
 from swarm import report
+from swarm.nodes.protocol import write_rows
 from swarm.results import collect, estimate, paired_difference
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from swarm.config import scenario_of
-from swarm.data import sources
-from swarm.data.scenario import ROLES, Scenario
-from swarm.data.sources.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR100_SUPERCLASSES
-from swarm.errors import ScenarioError
+from swarm.nodes.errors import ScenarioError
+from swarm.server.data import sources
+from swarm.server.data.scenario import ROLES, Scenario
+from swarm.server.data.sources.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR100_SUPERCLASSES
 
 SCENARIO_DIR = Path(__file__).resolve().parents[1] / "scenarios" / "scenario"
 ALL = sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml"))

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from swarm.config import compose_config
-from swarm.errors import SwarmError
+from swarm.nodes.errors import SwarmError
 from tests.conftest import FLEET_TINY, REPO, run_module, write_fleet_plan
 
 
@@ -20,8 +20,9 @@ def _profile_dir(tmp_path, power_w: float):
 
 
 def test_a_profile_in_a_users_config_dir_is_used_by_name_and_keys_the_fleet_cache(tmp_path):
-    from nodes.plan import FleetPlan, NodeTask
-    from swarm import fleet_cache, settings
+    from swarm import settings
+    from swarm.nodes.plan import FleetPlan, NodeTask
+    from swarm.server import fleet_cache
 
     mine = _profile_dir(tmp_path, power_w=4.0)
     cfg = compose_config([*FLEET_TINY, "fleet.nodes=2", "fleet.profiles=[toaster,jetson_nano]"], config_dir=mine)
@@ -34,7 +35,7 @@ def test_a_profile_in_a_users_config_dir_is_used_by_name_and_keys_the_fleet_cach
     plan = FleetPlan.load(path)
     task = plan.task(0, "ab" * 8)
     assert task.node.profile == "toaster" and NodeTask.from_config(task.to_config()).fleet["devices"]["toaster"]["active_power_w"] == 4.0
-    from nodes.node import local_runtime
+    from swarm.nodes.node import local_runtime
 
     runtime = local_runtime(plan, 0, path.parent / "nodes")
     assert runtime.profile.active_power_w == 4.0 and runtime.profile.name == "toaster"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch.utils.data import TensorDataset
 
-from swarm.data.options import DataOptions
-from swarm.data.sources import synthetic
-from swarm.models import build_model
-from swarm.training import TrainSettings, evaluate, fit, make_loader
+from swarm.nodes.models import build_model
+from swarm.nodes.training import TrainSettings, evaluate, fit, make_loader
+from swarm.server.data.options import DataOptions
+from swarm.server.data.sources import synthetic
 
 
 def test_render_is_deterministic_per_seed():

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from swarm.errors import SwarmError
-from swarm.training import TrainSettings, evaluate, fit, make_loader
+from swarm.nodes.errors import SwarmError
+from swarm.nodes.training import TrainSettings, evaluate, fit, make_loader
 
 
 def _blobs(n: int, seed: int) -> TensorDataset:

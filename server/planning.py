@@ -1,4 +1,4 @@
-"""Drawing a fleet plan (:mod:`nodes.plan`) from the run config and the scenario's data, and the
+"""Drawing a fleet plan (:mod:`swarm.nodes.plan`) from the run config and the scenario's data, and the
 model the plan hands every node. The one place that turns configuration into a plan (simulation,
 tests and benchmarks); unlike the plan itself, it needs torch and the data.
 """
@@ -9,25 +9,15 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-from torch import nn
 
-from nodes.device import DeviceProfile, available_seconds, profile_of
-from nodes.drift import dirichlet_partition, drift_times
-from nodes.plan import FleetPlan, NodePlan, check_faults, draw_faults, split_tasks
-from swarm import checkpoints
-from swarm.choices import NewClassOutputs
-from swarm.data.build import ScenarioData
-from swarm.errors import SwarmError
-from swarm.evaluation import f_groups
-from swarm.models import reset_outputs
-
-
-def received_model(plan: FleetPlan) -> nn.Module:
-    """The model every node starts from: the checkpoint, with the new classes' outputs given a
-    neutral start (``fleet.new_class_outputs``; :func:`swarm.models.reset_outputs`)."""
-    model, _, _ = checkpoints.load(Path(plan.checkpoint))
-    reset_outputs(model, plan.reset_outputs)
-    return model
+from swarm.nodes import checkpoints
+from swarm.nodes.choices import NewClassOutputs
+from swarm.nodes.device import DeviceProfile, available_seconds, profile_of
+from swarm.nodes.drift import dirichlet_partition, drift_times
+from swarm.nodes.errors import SwarmError
+from swarm.nodes.plan import FleetPlan, NodePlan, check_faults, draw_faults, split_tasks
+from swarm.server.data.build import ScenarioData
+from swarm.server.data.evaluation_sets import f_groups
 
 
 def availability_phase(profile: DeviceProfile, span_s: float, rng: np.random.Generator, tries: int = 1000) -> float:

@@ -15,7 +15,7 @@ from torch import nn
 from torchvision.models import resnet18, resnet50
 from torchvision.models.resnet import BasicBlock
 
-from swarm.errors import SwarmError
+from swarm.nodes.errors import SwarmError
 
 MODELS = ("resnet50", "resnet18", "resnet_small")
 

@@ -20,10 +20,10 @@ from torch import nn
 from zennit.composites import COMPOSITES
 from zennit.core import Composite
 
-from swarm.choices import Target
-from swarm.errors import SwarmError
-from swarm.layout import batch_to
-from swarm.lrp import canonizers  # also registers our ``epsilon`` composite in zennit's COMPOSITES
+from swarm.nodes.choices import Target
+from swarm.nodes.errors import SwarmError
+from swarm.nodes.layout import batch_to
+from swarm.server.lrp import canonizers  # also registers our ``epsilon`` composite in zennit's COMPOSITES
 
 
 def composite_names() -> list[str]:

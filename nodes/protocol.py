@@ -1,7 +1,7 @@
 """The fleet's protocol, defined once: a node-window row, its statuses, and the run folder's files.
 
 Nodes build a :class:`WindowRow` and send its :meth:`~WindowRow.metrics` in their reply; the server
-checks the reply against the same field groups (:mod:`server.replies`), writes the rows to
+checks the reply against the same field groups (:mod:`swarm.server.replies`), writes the rows to
 ``nodes.csv`` with :func:`write_rows`; reports, results and the fleet cache read them back with
 :func:`read_rows`. Every module that names a file of a run folder takes the name from here.
 
@@ -26,7 +26,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from swarm import io
+from swarm.nodes import io
 
 
 class Status(StrEnum):
@@ -180,8 +180,8 @@ SHARED_MODEL = "shared_model.json"  # the shared (FedAvg) model's accuracies aft
 TIMINGS_CSV = "timings.csv"  # each node-window's wall seconds (TIMING) and each window's, as the server saw them
 
 # What a simulation's caller tells the engine's processes through their environment.
-NODE_ROOT = "SWARM_NODE_ROOT"  # where the simulated nodes find their node_NNN folders (nodes.client_app)
-CALLER_PID = "SWARM_CALLER_PID"  # the process whose end stops the run (server.server_app)
+NODE_ROOT = "SWARM_NODE_ROOT"  # where the simulated nodes find their node_NNN folders (swarm.nodes.client_app)
+CALLER_PID = "SWARM_CALLER_PID"  # the process whose end stops the run (swarm.server.server_app)
 
 
 @dataclass

@@ -15,55 +15,20 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
-from swarm.data.build import ScenarioData
-from swarm.layout import batch_to, place
+from swarm.nodes.layout import batch_to, place
 
 SETS = ("P", "F", "PF")
 
 
-def f_groups(data: ScenarioData, split: str) -> tuple[np.ndarray, list[str]]:
-    """The group of every F sample of ``split`` (indices into the names), and the groups' names: F's
-    classes, or its domains when F holds a single class in several domains."""
-    f_set = data.datasets["F"][split]
-    train = data.datasets["F"]["train"]
-    catalog = data.catalog.split("train" if split in ("train", "val") else "test")
-    classes = np.asarray(catalog.class_idx)[f_set.indices]
-    domains = np.asarray(catalog.domain_idx)[f_set.indices]
-    every_class = np.asarray(data.catalog.train.class_idx)[train.indices]
-    every_domain = np.asarray(data.catalog.train.domain_idx)[train.indices]
-    by_class = len(np.unique(every_class)) > 1 or len(np.unique(every_domain)) == 1
-    values, names = (classes, data.catalog.classes) if by_class else (domains, data.catalog.domains)
-    present = sorted(set(np.unique(every_class if by_class else every_domain).tolist()))
-    position = {g: i for i, g in enumerate(present)}
-    return np.array([position.get(int(v), -1) for v in values], dtype=np.int64), [names[g] for g in present]
-
-
 @dataclass(frozen=True)
 class TestSets:
-    """The evaluation sets of a scenario, and the group of each F test sample (see :func:`f_groups`)."""
+    """The evaluation sets of a scenario, and the group of each F test sample (see :func:`swarm.server.data.evaluation_sets.f_groups`)."""
 
     sets: dict[str, Dataset]
     f_groups: np.ndarray
     f_group_names: list[str]
-
-
-def test_sets(data: ScenarioData, continual: bool, cap: int) -> TestSets:
-    """P, F (and P ∪ F for continual scenarios) test sets, each cut to the same seeded ``cap`` samples."""
-    sets = {}
-    groups, names = f_groups(data, "test")
-    for name in SETS:
-        if name == "PF" and not continual:
-            continue
-        dataset = data.union(name, "test")
-        if cap and len(dataset) > cap:
-            chosen = sorted(np.random.default_rng(0).choice(len(dataset), cap, replace=False).tolist())
-            dataset = Subset(dataset, chosen)
-            if name == "F":
-                groups = groups[chosen]
-        sets[name] = dataset
-    return TestSets(sets, groups, names)
 
 
 @torch.no_grad()

@@ -19,8 +19,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from swarm.errors import SwarmError
-from swarm.layout import batch_to, place
+from swarm.nodes.errors import SwarmError
+from swarm.nodes.layout import batch_to, place
 
 
 @dataclass(frozen=True)

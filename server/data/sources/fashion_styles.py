@@ -23,9 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as functional
 
-from swarm.data.catalog import Catalog, SplitCatalog, TensorImages
-from swarm.data.options import DataOptions
-from swarm.data.sources import fashion_mnist
+from swarm.nodes.images import TensorImages
+from swarm.server.data.catalog import Catalog, SplitCatalog
+from swarm.server.data.options import DataOptions
+from swarm.server.data.sources import fashion_mnist
 
 STYLES = ["original", "outline", "inverted", "noisy", "striped", "blurred"]
 

@@ -1,7 +1,7 @@
 """The library's enumerated settings, in a module that imports no torch.
 
 Each enum says what its choices mean; the module that implements a choice imports it from here
-(:mod:`swarm.models` resets outputs, :mod:`swarm.pruning` scopes a cut, :mod:`swarm.relevance`
+(:mod:`swarm.nodes.models` resets outputs, :mod:`swarm.server.pruning` scopes a cut, :mod:`swarm.server.relevance`
 starts relevance at a target). They live apart from that code because the config schema
 (:mod:`swarm.settings`) lists them, and the process that composes and checks the config, the
 caller of ``python -m swarm.simulate``, then waits through the whole fleet: without torch it holds
@@ -15,7 +15,7 @@ from enum import StrEnum
 
 class NewClassOutputs(StrEnum):
     """How adaptation treats the outputs of classes the model was never trained on
-    (:func:`swarm.models.reset_outputs`)."""
+    (:func:`swarm.nodes.models.reset_outputs`)."""
 
     reset = "reset"
     keep = "keep"

@@ -1,5 +1,5 @@
 """Dataset sources by name (``scenario.dataset.name``). Each reduces its on-disk format to a
-:class:`~swarm.data.catalog.Catalog`.
+:class:`~swarm.server.data.catalog.Catalog`.
 
 A :class:`Source` says how one name is read: its class and domain names where they are fixed
 (so ``swarm.splits`` works before anything is downloaded), how to load (or render) it, and its
@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from swarm.data.catalog import Catalog
-from swarm.data.options import DataOptions
-from swarm.data.sources import cifar, domainnet, fashion_mnist, fashion_styles, folder, synthetic
-from swarm.errors import ScenarioError
+from swarm.nodes.errors import ScenarioError
+from swarm.server.data.catalog import Catalog
+from swarm.server.data.options import DataOptions
+from swarm.server.data.sources import cifar, domainnet, fashion_mnist, fashion_styles, folder, synthetic
 
 Names = tuple[list[str] | None, list[str] | None]
 

@@ -28,8 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from swarm.data.catalog import Catalog, SplitCatalog, TensorImages
-from swarm.data.options import DataOptions
+from swarm.nodes.images import TensorImages
+from swarm.server.data.catalog import Catalog, SplitCatalog
+from swarm.server.data.options import DataOptions
 
 CLASSES = [
     "circle", "square", "triangle", "plus", "ring", "star",

@@ -14,17 +14,17 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from nodes.device import as_simulated
-from nodes.plan import on_gpu
-from swarm import io
-from swarm.fleet_protocol import NODES_CSV, SHARED_MODEL
+from swarm.nodes import io
+from swarm.nodes.device import as_simulated
+from swarm.nodes.plan import on_gpu
+from swarm.nodes.protocol import NODES_CSV, SHARED_MODEL
 
 FILES = (NODES_CSV,)
 OPTIONAL = (SHARED_MODEL,)  # only under FedAvg
 # Bump when the meaning of cached fleet results changes, so that old entries are not reused
 # (2: nodes built their data with label groups re-ordered before this; 3: received rows, new
 # on-device training, availability lined up with the run; 4: fleet.new_class_outputs, reset;
-# 5: nodes train and evaluate in channels-last, swarm.layout; 6: the shared model scored,
+# 5: nodes train and evaluate in channels-last, swarm.nodes.layout; 6: the shared model scored,
 # fleet.loss=masked pushes down the outputs outside the deployed task).
 CACHE_VERSION = 6
 NOT_IN_KEY = ("join_timeout_s", "window_timeout_s", "checkpoint", "ray")  # where it runs, not what

@@ -16,10 +16,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from swarm import io
-from swarm.errors import SwarmError
-from swarm.models import build_model
-from swarm.pruning import conv_widths, shrink_to
+from swarm.nodes import io
+from swarm.nodes.errors import SwarmError
+from swarm.nodes.models import build_model, reset_outputs
+from swarm.nodes.plan import FleetPlan
+from swarm.nodes.shapes import conv_widths, shrink_to
 
 FORMAT = "swarm-checkpoint/1"
 
@@ -74,3 +75,11 @@ def load(path: Path) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     model = build_from_architecture(blob["architecture"])
     model.load_state_dict(blob["state_dict"])
     return model, blob["architecture"], blob.get("meta", {})
+
+
+def received_model(plan: FleetPlan) -> nn.Module:
+    """The model every node starts from: the checkpoint, with the new classes' outputs given a
+    neutral start (``fleet.new_class_outputs``; :func:`swarm.nodes.models.reset_outputs`)."""
+    model, _, _ = load(Path(plan.checkpoint))
+    reset_outputs(model, plan.reset_outputs)
+    return model

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from swarm.data.catalog import Catalog, SplitCatalog
-from swarm.data.options import DataOptions
-from swarm.data.sources.files import IMAGE_SUFFIXES, FileImages
-from swarm.errors import DataNotFoundError, ScenarioError
+from swarm.nodes.errors import DataNotFoundError, ScenarioError
+from swarm.server.data.catalog import Catalog, SplitCatalog
+from swarm.server.data.options import DataOptions
+from swarm.server.data.sources.files import IMAGE_SUFFIXES, FileImages
 
 
 def _subdirs(path: Path) -> list[Path]:

@@ -10,39 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, Dataset
 
-from swarm.data import sources
-from swarm.data.catalog import Catalog, ImageStore
-from swarm.data.options import DataOptions
-from swarm.data.scenario import ROLES, Scenario
+from swarm.nodes.images import LabeledImages
+from swarm.server.data import sources
+from swarm.server.data.catalog import Catalog
+from swarm.server.data.options import DataOptions
+from swarm.server.data.scenario import ROLES, Scenario
 
 SPLITS = ("train", "val", "test")
-# Inputs are scaled to [-1, 1]; one convention for every dataset keeps models interchangeable.
-MEAN, STD = 0.5, 0.5
-
-
-class LabeledImages(Dataset):
-    """Samples ``indices`` of an image store with their network targets, as normalised float tensors."""
-
-    def __init__(self, images: ImageStore, indices: np.ndarray, targets: np.ndarray, image_size: int) -> None:
-        self.images = images
-        self.indices = np.asarray(indices, dtype=np.int64)
-        self.targets = torch.as_tensor(np.asarray(targets, dtype=np.int64))
-        self.image_size = int(image_size)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = self.images[int(self.indices[i])]
-        x = image.float().div_(255)
-        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            x = F.interpolate(x[None], size=(self.image_size, self.image_size), mode="bilinear",
-                              antialias=True, align_corners=False)[0]
-        return x.sub_(MEAN).div_(STD), self.targets[i]
 
 
 def rank_within_groups(groups: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

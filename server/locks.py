@@ -9,7 +9,7 @@ once resumes from what the last one finished instead of writing beside it.
 The lock is ``filelock``'s ``FileLock`` (an ``flock`` on Linux and macOS), which the operating
 system releases when its holder dies: a job killed with SIGKILL while it holds one leaves no
 stale lock, and whoever waits takes over and resumes from what the killed job saved. Entries are
-still written atomically (:mod:`swarm.io`), so readers that do not lock (a report) never see half
+still written atomically (:mod:`swarm.nodes.io`), so readers that do not lock (a report) never see half
 a file.
 """
 
@@ -22,9 +22,9 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from swarm.errors import SwarmError
+from swarm.nodes.errors import SwarmError
 
-log = logging.getLogger("swarm.locks")
+log = logging.getLogger("swarm.server.locks")
 
 LOCK = ".lock"  # a cache entry's lock, inside its folder
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from swarm.data.catalog import Catalog, SplitCatalog
-from swarm.data.options import DataOptions
-from swarm.data.sources.files import FileImages
-from swarm.errors import DataNotFoundError
+from swarm.nodes.errors import DataNotFoundError
+from swarm.server.data.catalog import Catalog, SplitCatalog
+from swarm.server.data.options import DataOptions
+from swarm.server.data.sources.files import FileImages
 
 DOMAINS = ["clipart", "infograph", "painting", "quickdraw", "real", "sketch"]
 DOWNLOAD_PAGE = "http://ai.bu.edu/M3SDA/"
@@ -24,7 +24,7 @@ DOWNLOAD_PAGE = "http://ai.bu.edu/M3SDA/"
 
 def classes() -> list[str]:
     """The 345 class names in the order of the official label numbers."""
-    text = resources.files("swarm.data").joinpath("domainnet_classes.txt").read_text()
+    text = resources.files("swarm.server.data").joinpath("domainnet_classes.txt").read_text()
     return [line for line in text.splitlines() if line]
 
 

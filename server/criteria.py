@@ -1,7 +1,7 @@
 """How Algorithm 1 ranks channels before a cut: pruning criteria by name (``pruning.name``).
 
 A criterion scores every output channel of the given conv layers (higher: more worth keeping).
-Two ship: ``lrp``, the paper's LRP relevance accumulated over P (:mod:`swarm.relevance`), and
+Two ship: ``lrp``, the paper's LRP relevance accumulated over P (:mod:`swarm.server.relevance`), and
 ``imp``, the baseline's filter magnitude. Add another with :func:`criterion`; its name then
 becomes a valid ``pruning.name`` (:func:`check_pruning`, which the coordinator's callers run before
 they read any data; the config schema cannot list the registry, as it imports no torch).
@@ -15,9 +15,9 @@ from typing import Any, Callable, Iterable, Mapping, Protocol
 import torch
 from torch import nn
 
-from swarm.errors import SwarmError
-from swarm.layout import place
-from swarm.relevance import channel_relevance, composite_names, filter_l1
+from swarm.nodes.errors import SwarmError
+from swarm.nodes.layout import place
+from swarm.server.relevance import channel_relevance, composite_names, filter_l1
 
 
 @dataclass

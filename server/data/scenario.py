@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from swarm.errors import ScenarioError
+from swarm.nodes.errors import ScenarioError
 
 ROLES = ("T", "P", "F")
 MODES = ("finetune", "continual")

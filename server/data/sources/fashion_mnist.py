@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from swarm.data.catalog import Catalog, SplitCatalog, TensorImages
-from swarm.data.options import DataOptions
-from swarm.errors import DataNotFoundError
+from swarm.nodes.errors import DataNotFoundError
+from swarm.nodes.images import TensorImages
+from swarm.server.data.catalog import Catalog, SplitCatalog
+from swarm.server.data.options import DataOptions
 
 CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",

@@ -9,35 +9,13 @@ knowing anything about file formats.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Sequence
 
 import numpy as np
-import torch
+
+from swarm.nodes.images import ImageStore
 
 SPLITS = ("train", "test")
-
-
-class ImageStore(Protocol):
-    """Random access to the pixels of one official split, as uint8 tensors shaped (C, H, W)."""
-
-    def __len__(self) -> int: ...
-
-    def __getitem__(self, index: int) -> torch.Tensor: ...
-
-
-class TensorImages:
-    """Images already in memory as one uint8 tensor (N, C, H, W): CIFAR, Fashion-MNIST, synthetic."""
-
-    def __init__(self, images: torch.Tensor) -> None:
-        if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(f"expected a uint8 tensor (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
-        self.images = images
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.images[index]
 
 
 @dataclass

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from swarm.data.catalog import Catalog, SplitCatalog, TensorImages
-from swarm.data.options import DataOptions
-from swarm.errors import CorruptDataError, DataNotFoundError
+from swarm.nodes.errors import CorruptDataError, DataNotFoundError
+from swarm.nodes.images import TensorImages
+from swarm.server.data.catalog import Catalog, SplitCatalog
+from swarm.server.data.options import DataOptions
 
 CIFAR10_CLASSES = [
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
