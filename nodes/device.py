@@ -186,85 +186,103 @@ def simulate_window(profile: DeviceProfile, budget: Budget, flops_per_step: floa
     """
     if flops_per_step <= 0:
         raise SwarmError("a training step must cost a positive number of FLOPs")
-    credit = credit or StreamCredit.unlimited(samples_before)
-    consumes = credit.passes is not None
-    per_arrival = float(credit.passes) if consumes else 1.0
-    need = max(credit.per_step, 1) if consumes else 1
-    env = simpy.Environment(initial_time=start_s)
-    end = start_s + budget.window_s
-    step_s = flops_per_step / profile.effective_flops
-    step_j = step_s * profile.active_power_w
-    seconds = budget.seconds
-    report = WindowReport()
-    data = simpy.Container(env, init=max(credit.left, 0.0), capacity=math.inf)
-    state = {"available": profile.availability >= 1.0, "became_available": env.event()}
-    on_s = profile.availability * profile.availability_cycle_s
+    window = _Window(profile, budget, flops_per_step, start_s, phase_s,
+                     credit or StreamCredit.unlimited(samples_before))
+    window.run([a for a in arrivals if start_s <= a < window.end])
+    return window.report
 
-    def availability():
+
+class _Window:
+    """One window of one device as SimPy processes: its availability cycle, its samples arriving,
+    and its trainer, which takes a step whenever the device is available, holds enough data and
+    can afford the step within the budget."""
+
+    def __init__(self, profile: DeviceProfile, budget: Budget, flops_per_step: float, start_s: float,
+                 phase_s: float, credit: StreamCredit) -> None:
+        self.profile, self.budget, self.flops_per_step = profile, budget, flops_per_step
+        self.start_s, self.phase_s, self.credit = start_s, phase_s, credit
+        self.consumes = credit.passes is not None
+        self.need = max(credit.per_step, 1) if self.consumes else 1
+        self.env = simpy.Environment(initial_time=start_s)
+        self.end = start_s + budget.window_s
+        self.step_s = flops_per_step / profile.effective_flops
+        self.step_j = self.step_s * profile.active_power_w
+        self.report = WindowReport()
+        self.data = simpy.Container(self.env, init=max(credit.left, 0.0), capacity=math.inf)
+        self.available = profile.availability >= 1.0
+        self.became_available = self.env.event()
+
+    def run(self, arrivals: list[float]) -> None:
+        self.env.process(self.availability())
+        self.env.process(self.arrivals(arrivals))
+        # Run until the trainer is done: it stops when no further step can finish inside the window
+        # (a step ending exactly at the window's end counts).
+        self.env.run(until=self.env.process(self.trainer()))
+        report, profile, budget = self.report, self.profile, self.budget
+        report.available_s = available_seconds(profile, self.start_s, self.end, self.phase_s)
+        report.samples_arrived = len(arrivals)
+        if report.steps == 0 and report.status == Status.ok:
+            if report.available_s == 0:
+                report.status = Status.unavailable
+            elif self.step_s > budget.window_s:
+                report.status = Status.budget_exhausted  # not even one step fits in the window
+        report.idle_energy_j = (budget.window_s - report.busy_s) * profile.idle_power_w
+
+    def availability(self):
+        profile = self.profile
         if profile.availability >= 1.0:
             return
         cycle = profile.availability_cycle_s
+        on_s = profile.availability * cycle
         while True:
-            position = (env.now + phase_s) % cycle
+            position = (self.env.now + self.phase_s) % cycle
             now_available = position < on_s
-            if now_available and not state["available"]:
-                state["became_available"].succeed()
-                state["became_available"] = env.event()
-            state["available"] = now_available
+            if now_available and not self.available:
+                self.became_available.succeed()
+                self.became_available = self.env.event()
+            self.available = now_available
             until = (on_s - position) if now_available else (cycle - position)
-            yield env.timeout(max(until, 1e-9))
+            yield self.env.timeout(max(until, 1e-9))
 
-    def arrivals_process():
-        for t in sorted(a for a in arrivals if start_s <= a < end):
-            yield env.timeout(t - env.now)
-            yield data.put(per_arrival)
+    def arrivals(self, times: list[float]):
+        per_arrival = float(self.credit.passes) if self.consumes else 1.0
+        for t in sorted(times):
+            yield self.env.timeout(t - self.env.now)
+            yield self.data.put(per_arrival)
 
-    def affordable() -> bool:
-        return not ((budget.energy_j is not None and report.energy_j + step_j > budget.energy_j + 1e-12)
-                    or (seconds is not None and report.busy_s + step_s > seconds + 1e-12)
-                    or (budget.flops is not None and report.flops + flops_per_step > budget.flops + 1e-6))
+    def affordable(self) -> bool:
+        budget, report, seconds = self.budget, self.report, self.budget.seconds
+        return not ((budget.energy_j is not None and report.energy_j + self.step_j > budget.energy_j + 1e-12)
+                    or (seconds is not None and report.busy_s + self.step_s > seconds + 1e-12)
+                    or (budget.flops is not None and report.flops + self.flops_per_step > budget.flops + 1e-6))
 
-    def trainer():
-        while env.now + step_s <= end:
-            if not state["available"]:
-                yield state["became_available"] | env.timeout(end - env.now)
+    def trainer(self):
+        env, report, data = self.env, self.report, self.data
+        while env.now + self.step_s <= self.end:
+            if not self.available:
+                yield self.became_available | env.timeout(self.end - env.now)
                 continue
-            if data.level < need:
-                request = data.get(need)  # wait for enough data
-                yield request | env.timeout(end - env.now)
+            if data.level < self.need:
+                request = data.get(self.need)  # wait for enough data
+                yield request | env.timeout(self.end - env.now)
                 if not request.triggered:
                     request.cancel()
-                    if consumes and report.status == Status.ok:
+                    if self.consumes and report.status == Status.ok:
                         report.status = Status.data_exhausted  # trained its data as often as allowed
                     break
-                yield data.put(need)  # it was only a wait: the data is used when a step starts
+                yield data.put(self.need)  # it was only a wait: the data is used when a step starts
                 continue
-            if not affordable():
+            if not self.affordable():
                 report.status = Status.budget_exhausted
                 break
-            if consumes:
-                yield data.get(credit.per_step)
+            if self.consumes:
+                yield data.get(self.credit.per_step)
             report.step_starts.append(env.now)
-            yield env.timeout(step_s)
+            yield env.timeout(self.step_s)
             report.steps += 1
-            report.busy_s += step_s
-            report.energy_j += step_j
-            report.flops += flops_per_step
-
-    env.process(availability())
-    env.process(arrivals_process())
-    # Run until the trainer is done: it stops when no further step can finish inside the window
-    # (a step ending exactly at the window's end counts).
-    env.run(until=env.process(trainer()))
-    report.available_s = available_seconds(profile, start_s, end, phase_s)
-    report.samples_arrived = sum(1 for a in arrivals if start_s <= a < end)
-    if report.steps == 0 and report.status == Status.ok:
-        if report.available_s == 0:
-            report.status = Status.unavailable
-        elif step_s > budget.window_s:
-            report.status = Status.budget_exhausted  # not even one step fits in the window
-    report.idle_energy_j = (budget.window_s - report.busy_s) * profile.idle_power_w
-    return report
+            report.busy_s += self.step_s
+            report.energy_j += self.step_j
+            report.flops += self.flops_per_step
 
 
 def available_seconds(profile: DeviceProfile, start_s: float, end_s: float, phase_s: float = 0.0) -> float:

@@ -216,7 +216,7 @@ class NodeRuntime:
         if weights is not None:
             model.load_state_dict(weights)
         # Examples of each output this window's batches held: what the server's FedAvg weighs each
-        # output row of this node by (swarm.server.fleet.RunningFedAvg); with the masked loss, a class a node
+        # output row of this node by (swarm.server.strategies.RunningFedAvg); with the masked loss, a class a node
         # did not train has the row it was sent.
         self.trained_per_output = np.zeros(classifier(model)[1].out_features, dtype=np.int64)
         optimizer = torch.optim.Adam(model.parameters(), lr=float(self.fleet["lr"]))

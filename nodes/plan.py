@@ -156,8 +156,6 @@ class FleetPlan:
 FAULTS = ("crash", "late", "corrupt")
 
 
-# What the server does with the nodes' models after a window: nothing (each adapts alone), or FedAvg.
-Strategy = StrEnum("Strategy", ["local", "fedavg"])
 # On-device loss, cross-entropy over: the classes a batch holds and every output outside the
 # deployed task (masked: a class a node lacks is not pushed down, T's outputs are, as in the paper's
 # adaptation); the batch's classes alone (batch: T's outputs are never pushed down -- the rule

@@ -15,12 +15,10 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
-import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
 from swarm.nodes import io
 from swarm.nodes.checkpoints import received_model
@@ -28,14 +26,14 @@ from swarm.nodes.errors import SwarmError
 from swarm.nodes.evaluation import TestSets, accuracies
 from swarm.nodes.local_data import load_evaluation_set
 from swarm.nodes.models import classifier
-from swarm.nodes.plan import FleetPlan, Loss, Strategy
+from swarm.nodes.plan import FleetPlan, Loss
 from swarm.nodes.protocol import (EVALUATION_DIR, NO_RESULT, NODES_CSV, RECEIVED_WINDOW, SHARED_MODEL, TIMING,
                                   TIMINGS_CSV, Status, WindowRow, append_timings, write_rows)
 from swarm.server.progress import plan_hash, resume, run_folder_lock
 from swarm.server.replies import InvalidReply, check_reply, safe_text
+from swarm.server.strategies import check_strategy, make_strategy
 
 log = logging.getLogger("swarm.fleet")
-
 
 
 class GridLike(Protocol):
@@ -157,65 +155,6 @@ def partition_map(grid: GridLike, node_ids: list[int], count: int, deadline: Dea
     return mapping
 
 
-class RunningFedAvg:
-    """FedAvg folded in as replies arrive, so the server holds a chunk of replies and a few partial
-    averages, not every node's weights (at 1,000 nodes that was the ServerApp's only memory that
-    grew with the fleet). Flower's ``aggregate_arrayrecords`` averages each chunk of ``chunk``
-    replies, then the chunks' averages weighted by their totals: the same weighted mean, up to
-    float rounding. Replies are added in partition order, so the result does not depend on the
-    order in which nodes answered. Integer buffers (BatchNorm's batch counter) return to the sent
-    model's dtype.
-
-    ``head``: the output layer's name under the masked loss. A node then leaves the row of every
-    class its batches lacked exactly as it was sent, so the plain average would shrink what the
-    nodes that have a class learned of it by the share of nodes that do not (on a skewed split,
-    most). Each output's row is then averaged over the nodes that trained it, weighted by their
-    examples of it -- each parameter over the clients that updated it, as HeteroFL does (Diao et
-    al., ICLR 2021, https://arxiv.org/abs/2010.01264); a row no node trained keeps the sent value."""
-
-    def __init__(self, sent: dict[str, torch.Tensor], head: str | None = None, chunk: int = 32) -> None:
-        self.sent, self.chunk_size = sent, chunk
-        self.head_keys = [k for k in (f"{head}.weight", f"{head}.bias") if k in sent] if head else []
-        self.chunk: list[tuple[ArrayRecord, float]] = []
-        self.partials: list[tuple[ArrayRecord, float]] = []
-        self.head_sums: dict[str, torch.Tensor] = {}  # sum over nodes of examples x row, per output
-        self.examples: torch.Tensor | None = None  # examples per output, summed over nodes
-        self.count = 0  # replies added
-
-    def add(self, arrays: ArrayRecord, weight: float, examples_per_output: np.ndarray | None = None) -> None:
-        if self.head_keys:
-            examples = torch.as_tensor(examples_per_output, dtype=torch.float64)
-            self.examples = examples if self.examples is None else self.examples + examples
-            for key in self.head_keys:
-                rows = torch.as_tensor(arrays[key].numpy(), dtype=torch.float64)
-                weighted = rows * examples.view((-1,) + (1,) * (rows.dim() - 1))
-                self.head_sums[key] = weighted if key not in self.head_sums else self.head_sums[key] + weighted
-        self.chunk.append((arrays, float(weight)))
-        self.count += 1
-        if len(self.chunk) >= self.chunk_size:
-            self.partials.append(_weighted_mean(self.chunk))
-            self.chunk = []
-
-    def result(self) -> dict[str, torch.Tensor]:
-        parts = self.partials + ([_weighted_mean(self.chunk)] if self.chunk else [])
-        if not parts:
-            raise SwarmError("FedAvg of no replies")
-        state = (parts[0][0] if len(parts) == 1 else _weighted_mean(parts)[0]).to_torch_state_dict()
-        for key in self.head_keys:
-            total = self.examples.view((-1,) + (1,) * (self.head_sums[key].dim() - 1))
-            mixed = self.head_sums[key] / total.clamp(min=1)
-            untrained = self.examples == 0
-            mixed[untrained] = self.sent[key].to(torch.float64)[untrained]
-            state[key] = mixed
-        return {key: value.to(self.sent[key].dtype) for key, value in state.items()}
-
-
-def _weighted_mean(records: list[tuple[ArrayRecord, float]]) -> tuple[ArrayRecord, float]:
-    """Flower's FedAvg of ``(arrays, weight)`` pairs, with the pairs' total weight."""
-    bundles = [RecordDict({"arrays": arrays, "weight": MetricRecord({"samples": weight})}) for arrays, weight in records]
-    return aggregate_arrayrecords(bundles, "samples"), sum(weight for _, weight in records)
-
-
 def _missing_row(partition: int, window: int, profile: str, status: str, error: str) -> dict[str, Any]:
     return WindowRow.without_result(partition, profile, window, status, error).as_dict()
 
@@ -225,146 +164,165 @@ def run_fleet(grid: GridLike, plan_path: Path, *, strategy: str = "local", join_
               progress=None) -> list[dict[str, Any]]:
     """Run every window of the plan on the grid's nodes; returns (and writes) the nodes.csv rows.
 
-    ``simulated``: the grid is Flower's simulation engine, so ``window_timeout_s`` guards only
-    against a hung actor (see :class:`Deadline`). A node whose reply fails a check, or who reports
-    that it failed, is ``failed`` for the rest of the run; a node that missed a deadline (or
-    reports that its answer did, ``late``) is sent the next window again (with the model, if it
-    has none yet). ``in_flight``: how many messages wait in the grid at once (:func:`collect`)."""
-    if strategy not in tuple(Strategy):
-        raise SwarmError(f"fleet.strategy must be one of {', '.join(Strategy)}, not '{strategy}'")
+    ``strategy``: a name of :data:`swarm.server.strategies.STRATEGIES`. ``simulated``: the grid is
+    Flower's simulation engine, so ``window_timeout_s`` guards only against a hung actor (see
+    :class:`Deadline`). A node whose reply fails a check, or who reports that it failed, is
+    ``failed`` for the rest of the run; a node that missed a deadline (or reports that its answer
+    did, ``late``) is sent the next window again (with the model, if it has none yet).
+    ``in_flight``: how many messages wait in the grid at once (:func:`collect`)."""
+    check_strategy(strategy)
     plan = FleetPlan.load(plan_path)
     with run_folder_lock(Path(plan.run_dir)):
-        return _run_windows(grid, plan, plan_path, strategy, join_timeout_s, window_timeout_s, simulated, in_flight,
-                            progress)
+        log.info("waiting for %d nodes to join", len(plan.nodes))
+        joining = time.monotonic()
+        node_ids = wait_for_nodes(grid, len(plan.nodes), join_timeout_s)
+        # Answering who it is is part of joining (an engine's actors load the app on their first message).
+        mapping = partition_map(grid, node_ids, len(plan.nodes), Deadline(join_timeout_s, simulated))
+        missing = sorted(set(range(len(plan.nodes))) - set(mapping))
+        if missing:
+            raise SwarmError(f"nodes for partitions {missing} did not answer; "
+                             f"the fleet needs partitions 0..{len(plan.nodes) - 1}")
+        log.info("%d nodes joined and said who they are in %.1f s", len(plan.nodes), time.monotonic() - joining)
+        windows = FleetWindows(grid, plan, plan_path, mapping, strategy, Deadline(window_timeout_s, simulated),
+                               in_flight)
+        for window in range(windows.saved.windows_done, plan.windows):
+            window_rows = windows.run(window)
+            if progress is not None:
+                progress(window, window_rows)
+        return windows.rows
 
 
-def _run_windows(grid: GridLike, plan: FleetPlan, plan_path: Path, strategy: str, join_timeout_s: float,
-                 window_timeout_s: float, simulated: bool, in_flight: int | None, progress) -> list[dict[str, Any]]:
-    count = len(plan.nodes)
-    deadline = Deadline(window_timeout_s, simulated)
-    joining = time.monotonic()
-    log.info("waiting for %d nodes to join", count)
-    node_ids = wait_for_nodes(grid, count, join_timeout_s)
-    # Answering who it is is part of joining (an engine's actors load the app on their first message).
-    mapping = partition_map(grid, node_ids, count, Deadline(join_timeout_s, simulated))
-    missing = sorted(set(range(count)) - set(mapping))
-    if missing:
-        raise SwarmError(f"nodes for partitions {missing} did not answer; the fleet needs partitions 0..{count - 1}")
-    log.info("%d nodes joined and said who they are in %.1f s", count, time.monotonic() - joining)
-    model = received_model(plan)
-    sent = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    # Under FedAvg the model the fleet shares is scored after every window on the nodes' test
-    # subsets (the server's copy, beside the plan), like Flower's server-side evaluation.
-    tests = (load_evaluation_set(Path(plan.run_dir) / EVALUATION_DIR, plan.evaluation_id())
-             if strategy == Strategy.fedavg else None)
-    saved = resume(Path(plan.run_dir), plan_path)  # after a kill: the windows already finished
-    plan_id = plan_hash(plan_path)[:16]  # names the nodes' state of this plan
-    tasks = {partition: ConfigRecord(plan.task(partition, plan_id).to_config()) for partition in range(count)}
-    shared = saved.shared if saved.shared is not None else sent
-    batch_size = int(plan.config["fleet"]["batch_size"])
-    masked_loss = plan.config["fleet"].get("loss", Loss.full) != Loss.full  # rows some nodes leave as sent
-    head, output_layer = classifier(model)
-    rows, failed = saved.rows, saved.failed
-    has_model = saved.has_model  # nodes that adapted at least one window (they hold the model)
-    csv_path = Path(plan.run_dir) / NODES_CSV
-    timings_path = Path(plan.run_dir) / TIMINGS_CSV
-    if saved.windows_done == 0:
-        timings_path.unlink(missing_ok=True)  # a run started afresh in a used folder
-    partition_of = {nid: p for p, nid in mapping.items()}
-    for window in range(saved.windows_done, plan.windows):
-        failed_before = dict(failed)  # this window's replies may add to `failed`; its messages follow this
+class FleetWindows:
+    """The windows of one plan on nodes that have joined: what each window sends, how its replies
+    become rows and the next shared model, and what is saved after it (a killed run resumes after
+    its last finished window: :func:`swarm.server.progress.resume`)."""
 
-        def messages(window: int = window, shared: dict[str, torch.Tensor] = shared):
-            for partition in range(count):
-                if partition in failed_before:
-                    continue
-                first = partition not in has_model
-                content = RecordDict({"config": ConfigRecord({"window": window,
-                                                              "return_weights": strategy == Strategy.fedavg,
-                                                              "evaluate_received": first}),
-                                      "task": tasks[partition]})
-                if first or strategy == Strategy.fedavg:  # the model travels once (each round under FedAvg)
-                    content["arrays"] = ArrayRecord(shared)
-                yield Message(content, dst_node_id=mapping[partition], message_type="train.adapt")
+    def __init__(self, grid: GridLike, plan: FleetPlan, plan_path: Path, mapping: dict[int, int], strategy: str,
+                 deadline: Deadline, in_flight: int | None) -> None:
+        self.grid, self.plan, self.mapping, self.deadline, self.in_flight = grid, plan, mapping, deadline, in_flight
+        self.count = len(plan.nodes)
+        self.partition_of = {nid: p for p, nid in mapping.items()}
+        self.run_dir = Path(plan.run_dir)
+        self.model = received_model(plan)
+        self.head, output_layer = classifier(self.model)
+        self.outputs = output_layer.out_features
+        self.sent = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        masked_loss = plan.config["fleet"].get("loss", Loss.full) != Loss.full  # rows some nodes leave as sent
+        self.strategy = make_strategy(strategy, head=self.head if masked_loss else None)
+        # A shared model is scored after every window on the nodes' test subsets (the server's
+        # copy, beside the plan), like Flower's server-side evaluation.
+        self.tests = (load_evaluation_set(self.run_dir / EVALUATION_DIR, plan.evaluation_id())
+                      if self.strategy.shares_model else None)
+        self.saved = resume(self.run_dir, plan_path)  # after a kill: the windows already finished
+        plan_id = plan_hash(plan_path)[:16]  # names the nodes' state of this plan
+        self.tasks = {p: ConfigRecord(plan.task(p, plan_id).to_config()) for p in range(self.count)}
+        self.shared = self.saved.shared if self.saved.shared is not None else self.sent
+        self.batch_size = int(plan.config["fleet"]["batch_size"])
+        self.rows, self.failed = self.saved.rows, self.saved.failed
+        self.has_model = self.saved.has_model  # nodes that adapted at least one window (they hold the model)
+        if self.saved.windows_done == 0:
+            (self.run_dir / TIMINGS_CSV).unlink(missing_ok=True)  # a run started afresh in a used folder
 
-        fedavg = RunningFedAvg(shared, head=head if masked_loss else None)
+    def run(self, window: int) -> list[dict[str, Any]]:
+        """One window: send, take the replies in partition order as they come, save; its rows."""
+        failed_before = dict(self.failed)  # this window's replies may add to `failed`; its messages follow this
+        self.strategy.begin(self.shared)
         timings: list[dict[str, Any]] = []  # the window's node timings, in partition order
-
-        def take(partition: int, reply: Message | None) -> None:
-            """One partition's rows of this window, and its weights folded into FedAvg."""
-            profile = plan.node(partition).profile
-            if partition in failed_before:
-                rows.append(_missing_row(partition, window, profile, Status.failed,
-                                         f"failed earlier: {failed_before[partition]}"))
-                return
-            if reply is None:
-                rows.append(_missing_row(partition, window, profile, *deadline.missed()))
-                return
-            try:
-                if reply.has_error():
-                    raise InvalidReply(f"the node's app raised: {safe_text(reply.error.reason)}")
-                checked = check_reply(reply, partition=partition, window=window, profile=profile, sent=sent,
-                                      want_arrays=strategy == Strategy.fedavg, want_received=partition not in has_model,
-                                      outputs=output_layer.out_features)
-            except InvalidReply as error:
-                reason = f"invalid reply: {error}" if not reply.has_error() else str(error)
-                failed[partition] = reason
-                rows.append(_missing_row(partition, window, profile, Status.failed, reason))
-                log.warning("node %d, window %d: %s", partition, window, reason)
-                return
-            if checked.received is not None:
-                rows.append(checked.received)
-            if checked.timing is not None:
-                timings.append({"window": window, "node": partition, **checked.timing})
-            if checked.row["status"] == Status.late:  # its result came too late to use; it rejoins next window
-                rows.append(_missing_row(partition, window, profile, Status.late, checked.row["error"]))
-                return
-            rows.append(checked.row)
-            if checked.row["status"] == Status.failed:
-                failed[partition] = checked.row["error"]
-                return
-            has_model.add(partition)
-            if checked.arrays is not None and int(checked.row["steps"]) > 0:
-                # FedAvg's weight: the examples the node trained on in this round. A node that did
-                # not train returns the model it was sent and must not pull the average back to it.
-                fedavg.add(checked.arrays, float(checked.row["steps"]) * batch_size, checked.examples_per_output)
-
         # Replies are taken in partition order as soon as every earlier partition's is in (nodes.csv's
-        # order, and FedAvg's, whatever order the nodes answer in); only those waiting for an earlier
-        # one are held.
+        # order, and the strategy's, whatever order the nodes answer in); only those waiting for an
+        # earlier one are held.
         arrived: dict[int, Message] = {}
         next_partition = 0
 
         def on_reply(node_id: int, reply: Message) -> None:
             nonlocal next_partition
-            arrived[partition_of[node_id]] = reply
-            while next_partition < count and (next_partition in arrived or next_partition in failed_before):
-                take(next_partition, arrived.pop(next_partition, None))
+            arrived[self.partition_of[node_id]] = reply
+            while next_partition < self.count and (next_partition in arrived or next_partition in failed_before):
+                self.take(window, next_partition, arrived.pop(next_partition, None), failed_before, timings)
                 next_partition += 1
 
         started = time.monotonic()
-        collect(grid, messages(), deadline, in_flight=in_flight, on_reply=on_reply)
+        collect(self.grid, self.messages(window, failed_before), self.deadline, in_flight=self.in_flight,
+                on_reply=on_reply)
         seconds = time.monotonic() - started
-        for partition in range(next_partition, count):  # the rest: failed earlier or no reply
-            take(partition, arrived.pop(partition, None))
-        if fedavg.count:
-            shared = fedavg.result()
-        if tests is not None:
-            saved.shared_scores.append({"window": window, **score(model, shared, tests)})
-            io.write_json(Path(plan.run_dir) / SHARED_MODEL, saved.shared_scores)
-        write_rows(csv_path, rows)
+        for partition in range(next_partition, self.count):  # the rest: failed earlier or no reply
+            self.take(window, partition, arrived.pop(partition, None), failed_before, timings)
+        self.shared = self.strategy.end(self.shared)
+        return self.save(window, seconds, timings)
+
+    def messages(self, window: int, failed_before: dict[int, str]) -> Iterator[Message]:
+        """The window's messages, each built as it is sent (with its copy of the weights)."""
+        shares = self.strategy.shares_model
+        for partition in range(self.count):
+            if partition in failed_before:
+                continue
+            first = partition not in self.has_model
+            content = RecordDict({"config": ConfigRecord({"window": window, "return_weights": shares,
+                                                          "evaluate_received": first}),
+                                  "task": self.tasks[partition]})
+            if first or shares:  # the model travels once (every window when it is shared)
+                content["arrays"] = ArrayRecord(self.shared)
+            yield Message(content, dst_node_id=self.mapping[partition], message_type="train.adapt")
+
+    def take(self, window: int, partition: int, reply: Message | None, failed_before: dict[int, str],
+             timings: list[dict[str, Any]]) -> None:
+        """One partition's rows of this window, and its weights given to the strategy."""
+        profile = self.plan.node(partition).profile
+        if partition in failed_before:
+            self.rows.append(_missing_row(partition, window, profile, Status.failed,
+                                          f"failed earlier: {failed_before[partition]}"))
+            return
+        if reply is None:
+            self.rows.append(_missing_row(partition, window, profile, *self.deadline.missed()))
+            return
+        try:
+            if reply.has_error():
+                raise InvalidReply(f"the node's app raised: {safe_text(reply.error.reason)}")
+            checked = check_reply(reply, partition=partition, window=window, profile=profile, sent=self.sent,
+                                  want_arrays=self.strategy.shares_model,
+                                  want_received=partition not in self.has_model, outputs=self.outputs)
+        except InvalidReply as error:
+            reason = f"invalid reply: {error}" if not reply.has_error() else str(error)
+            self.failed[partition] = reason
+            self.rows.append(_missing_row(partition, window, profile, Status.failed, reason))
+            log.warning("node %d, window %d: %s", partition, window, reason)
+            return
+        if checked.received is not None:
+            self.rows.append(checked.received)
+        if checked.timing is not None:
+            timings.append({"window": window, "node": partition, **checked.timing})
+        if checked.row["status"] == Status.late:  # its result came too late to use; it rejoins next window
+            self.rows.append(_missing_row(partition, window, profile, Status.late, checked.row["error"]))
+            return
+        self.rows.append(checked.row)
+        if checked.row["status"] == Status.failed:
+            self.failed[partition] = checked.row["error"]
+            return
+        self.has_model.add(partition)
+        if checked.arrays is not None and int(checked.row["steps"]) > 0:
+            # The weight: the examples the node trained on in this window. A node that did not
+            # train returns the model it was sent and must not pull the average back to it.
+            self.strategy.add(checked.arrays, float(checked.row["steps"]) * self.batch_size,
+                              checked.examples_per_output)
+
+    def save(self, window: int, seconds: float, timings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """After a window: the shared model scored, nodes.csv, the progress and the timings written,
+        the window's log line; the window's rows."""
+        saved = self.saved
+        if self.tests is not None:
+            saved.shared_scores.append({"window": window, **score(self.model, self.shared, self.tests)})
+            io.write_json(self.run_dir / SHARED_MODEL, saved.shared_scores)
+        write_rows(self.run_dir / NODES_CSV, self.rows)
         saved.windows_done = window + 1
-        saved.shared = shared if strategy == Strategy.fedavg else None
-        saved.save(Path(plan.run_dir))
-        append_timings(timings_path, [{**t, "window_wall_s": seconds} for t in timings])
-        window_rows = [r for r in rows if r["window"] == window]
+        saved.shared = self.shared if self.strategy.shares_model else None
+        saved.save(self.run_dir)
+        append_timings(self.run_dir / TIMINGS_CSV, [{**t, "window_wall_s": seconds} for t in timings])
+        window_rows = [r for r in self.rows if r["window"] == window]
         shared_line = (f"; shared model acc F {saved.shared_scores[-1]['acc_F']:.3f}"
-                       if tests is not None and saved.shared_scores[-1]["acc_F"] is not None else "")
-        log.info(_window_line(window, plan.windows, count, window_rows, rows) + shared_line + f"; {seconds:.1f} s"
-                 + _timing_line(timings))
-        if progress is not None:
-            progress(window, window_rows)
-    return rows
+                       if self.tests is not None and saved.shared_scores[-1]["acc_F"] is not None else "")
+        log.info(_window_line(window, self.plan.windows, self.count, window_rows, self.rows) + shared_line
+                 + f"; {seconds:.1f} s" + _timing_line(timings))
+        return window_rows
 
 
 def score(model: torch.nn.Module, state: dict[str, torch.Tensor], tests: TestSets) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from swarm.nodes.protocol import COORDINATOR, EVALUATION_DIR, FLEET_STATUS, NODE
 from swarm.server import coordinator, reference
 from swarm.server import fleet_cache
 from swarm.server.criteria import check_pruning
+from swarm.server.strategies import check_strategy
 from swarm.server.data.build import ScenarioData, build
 from swarm.server.data.evaluation_sets import f_groups
 from swarm.server.node_folders import write_evaluation_set, write_fleet_data
@@ -43,6 +44,7 @@ def prepare_fleet(cfg: DictConfig, run_dir: Path) -> PreparedFleet:
     ``run_dir``; the nodes' folders written for the plans that still have to run."""
     reuse_freed_memory()  # faster relevance; this process ends when the preparation does
     check_pruning(settings.plain(cfg.pruning))
+    check_strategy(str(cfg.fleet.strategy))
     check_gpu_share(cfg.fleet)
     scenario = scenario_of(cfg)
     data = build(scenario, data_options(cfg))

@@ -2,7 +2,7 @@
 
 ``scenarios/config.yaml`` holds the values and says what each one means; this module holds their
 types, the choices of every enumerated setting (each an enum in a module without torch:
-:class:`swarm.nodes.plan.Strategy`, :class:`swarm.nodes.replay.ReplayPolicy`, :mod:`swarm.nodes.choices`, ...) and
+:class:`swarm.nodes.plan.Loss`, :class:`swarm.nodes.replay.ReplayPolicy`, :mod:`swarm.nodes.choices`, ...) and
 the bounds of every number. :func:`register` puts :class:`SwarmConfig` in Hydra's ConfigStore as
 ``swarm_schema``, which ``config.yaml`` lists first in its defaults, so that Hydra rejects a wrong
 type or an unknown choice while it composes the config, before anything runs. :func:`check` then
@@ -11,10 +11,11 @@ before any work. It belongs with the entry points (it may import ``nodes/`` and 
 
 It imports no torch, and nothing that does: the caller of ``python -m swarm.simulate`` composes
 and checks the config and then waits through the whole fleet, and without torch it holds about
-700 MB less beside the simulated nodes. The two choices that name entries of registries kept in
-torch code (``pruning.name`` in :data:`swarm.server.criteria.CRITERIA`, ``pruning.composite`` in zennit's)
-are strings here, checked by :func:`swarm.server.criteria.check_pruning` before the coordinator reads
-any data.
+700 MB less beside the simulated nodes. The choices that name entries of registries kept in
+torch code (``pruning.name`` in :data:`swarm.server.criteria.CRITERIA`, ``pruning.composite`` in zennit's,
+``fleet.strategy`` in :data:`swarm.server.strategies.STRATEGIES`) are strings here, checked by
+:func:`swarm.server.criteria.check_pruning` and :func:`swarm.server.strategies.check_strategy` before
+the coordinator reads any data.
 
 Group configs whose shape differs per option (``scenario``, ``model``, ``pretrain``) stay free-form:
 their loaders check them (:class:`swarm.server.data.scenario.Scenario`, :func:`swarm.nodes.models.build_model`).
@@ -34,7 +35,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from swarm.nodes.choices import NewClassOutputs, Scope, Target
 from swarm.nodes.drift import DriftKind
 from swarm.nodes.errors import SwarmError
-from swarm.nodes.plan import BatchNormMode, Loss, Sampling, Strategy, check_faults
+from swarm.nodes.plan import BatchNormMode, Loss, Sampling, check_faults
 from swarm.nodes.replay import ReplayPolicy
 
 SCHEMA = "swarm_schema"
@@ -177,7 +178,7 @@ class FleetConfig:
     sampling: Sampling = MISSING
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     eval_samples: int = bounded(ge=0)
-    strategy: Strategy = MISSING
+    strategy: str = MISSING  # a strategy of swarm.server.strategies' registry (checked by check_strategy)
     checkpoint: Any = MISSING  # last, all, an iteration, or a list of them (checked by check)
     new_class_outputs: NewClassOutputs = MISSING
     join_timeout_s: float = bounded(gt=0)

@@ -14,7 +14,7 @@ from flwr.app import ArrayRecord
 from swarm.nodes.errors import SwarmError
 from swarm.nodes.node import NodeRuntime
 from swarm.nodes.protocol import COLUMNS, read_timings
-from swarm.server import fleet
+from swarm.server import fleet, strategies
 from tests.conftest import FLEET_TINY as TINY, FakeGrid, nodes_of, use_fake_engine, write_fleet_plan
 
 
@@ -156,9 +156,9 @@ def test_simulate_with_a_failing_node_writes_everything_and_exits_1(make_cfg, tm
 
 
 def average(records, weights, sent, per_output=None):
-    """The server's FedAvg (:class:`swarm.server.fleet.RunningFedAvg`) of all replies at once;
+    """The server's FedAvg (:class:`swarm.server.strategies.RunningFedAvg`) of all replies at once;
     ``per_output``: (the output layer's name, each node's examples per output)."""
-    running = fleet.RunningFedAvg(sent, head=per_output[0] if per_output else None)
+    running = strategies.RunningFedAvg(sent, head=per_output[0] if per_output else None)
     for i, (record, weight) in enumerate(zip(records, weights)):
         running.add(record, weight, per_output[1][i] if per_output else None)
     return running.result()
@@ -173,6 +173,43 @@ def test_fedavg_averages_the_adapted_models(plan_file):
     avg = average([ArrayRecord(a), ArrayRecord(b)], [1.0, 3.0], sent=a)  # Flower's helper
     assert torch.allclose(avg["w"], torch.tensor([2.5, 4.5]))
     assert avg["n"].dtype == torch.int64 and int(avg["n"]) == 8  # the batch counter keeps its dtype
+
+
+def test_a_strategy_is_a_plug_in(plan_file, monkeypatch):
+    """A strategy registered with ``@strategy(name)`` outside the server's code is a valid
+    ``fleet.strategy``: it is given each trained node's weights in partition order, and what it
+    returns is what every node is sent in the next window."""
+    monkeypatch.setattr(strategies, "STRATEGIES", dict(strategies.STRATEGIES))  # registered for this test only
+
+    @strategies.strategy("first_node")
+    class FirstNode(strategies.FleetStrategy):
+        """The next shared model is the first trained node's."""
+
+        shares_model = True
+        returned: list[dict[str, torch.Tensor]] = []
+
+        def begin(self, shared):
+            self.first = None
+
+        def add(self, arrays, weight, examples_per_output):
+            self.first = arrays.to_torch_state_dict() if self.first is None else self.first
+
+        def end(self, shared):
+            self.returned.append(self.first if self.first is not None else shared)
+            return self.returned[-1]
+
+    path = plan_file(2, "fleet.strategy=fedavg", windows=2)
+    grid = FakeGrid(2, root=nodes_of(path))
+    fleet.run_fleet(grid, path, strategy="first_node", join_timeout_s=5)
+    assert len(FirstNode.returned) == 2
+    second = [m for m in grid.sent if m.metadata.message_type == "train.adapt" and m.content["config"]["window"] == 1]
+    assert len(second) == 2
+    for message in second:
+        arrays = message.content["arrays"].to_torch_state_dict()
+        assert all(torch.equal(arrays[k], FirstNode.returned[0][k]) for k in arrays)
+    assert len(json.loads((path.parent / "shared_model.json").read_text())) == 2  # a shared model is scored
+    with pytest.raises(SwarmError, match="fleet.strategy=gossip: choose one of local, fedavg, first_node"):
+        fleet.run_fleet(grid, path, strategy="gossip")
 
 
 def test_the_shared_model_is_scored_after_every_window_on_the_nodes_test_subsets(plan_file):
@@ -356,7 +393,7 @@ def test_fedavg_folded_in_chunks_is_the_average_of_all():
     examples = [np.array([i % 2, 3, 0, i, 1]) for i in range(7)]
     results = []
     for chunk in (2, 3, 100):
-        running = fleet.RunningFedAvg(sent, head="fc", chunk=chunk)
+        running = strategies.RunningFedAvg(sent, head="fc", chunk=chunk)
         for reply, weight, counts in zip(replies, weights, examples):
             running.add(ArrayRecord(reply), weight, counts)
         results.append(running.result())

@@ -378,7 +378,8 @@ BAD_SETTINGS = [
 def test_a_bad_setting_is_one_line_naming_it(override, message):
     """Issue 11's list, through what every entry point runs before its task: Hydra's composition
     (its error made one line) and swarm.config.prepare (checks, device profiles). The registries'
-    check (pruning.composite=nope, swarm.server.criteria.check_pruning) runs before the data is read, the
+    checks (pruning.composite=nope, swarm.server.criteria.check_pruning; fleet.strategy=fedprox,
+    swarm.server.strategies.check_strategy) run before the data is read, the
     data-bound one (fleet.nodes=100000) right after it is built, both before any training."""
     from hydra.errors import HydraException
 
@@ -392,6 +393,10 @@ def test_a_bad_setting_is_one_line_naming_it(override, message):
             from swarm.server.criteria import check_pruning
 
             check_pruning(settings.plain(cfg.pruning))
+        if override.startswith("fleet.strategy"):
+            from swarm.server.strategies import check_strategy
+
+            check_strategy(str(cfg.fleet.strategy))
         if override == "fleet.nodes=100000":
             from swarm.config import data_options, scenario_of
             from swarm.server.data.build import build

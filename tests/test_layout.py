@@ -41,9 +41,18 @@ def test_no_module_imports_the_folders_by_their_bare_names():
 def test_installing_adds_the_one_top_level_package(tmp_path):
     """``pip install .`` (here into a target folder) puts ``swarm`` alone at the top, with the
     floors, the config tree and its data files inside it; the installed copy imports from there."""
+    # From a copy (links kept as links): setuptools builds in the source tree.
+    source = tmp_path / "source"
+    source.mkdir()
+    for part in ("pyproject.toml", "README.md", "swarm", "server", "nodes", "scenarios"):
+        if (REPO / part).is_dir():
+            shutil.copytree(REPO / part, source / part, symlinks=True,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(REPO / part, source / part)
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(REPO)], check=True, capture_output=True, timeout=300)
+                    "--target", str(target), str(source)], check=True, capture_output=True, timeout=300)
     top = {p.name for p in target.iterdir() if not p.name.endswith(".dist-info")}
     assert top == {"swarm"}
     assert (target / "swarm" / "scenarios" / "config.yaml").is_file()

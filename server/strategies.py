@@ -1,0 +1,154 @@
+"""What the server does with the nodes' work between windows: the fleet's strategies, by name.
+
+A strategy says what travels (``shares_model``: the nodes send their weights back after every
+window and are sent the shared model before the next; otherwise the model travels once and each
+node keeps adapting its own copy) and folds a window's replies into the next shared model
+(:meth:`FleetStrategy.begin`, :meth:`~FleetStrategy.add` for each reply in partition order,
+:meth:`~FleetStrategy.end`). Under a strategy that shares a model, the server scores it after
+every window.
+
+Add one: a subclass of :class:`FleetStrategy` registered with ``@strategy("name")``, in this module
+or any module imported before the run; ``fleet.strategy=name`` then selects it
+(:func:`check_strategy` runs before any data is read). Registration order is the order the
+choices are listed in.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, ClassVar
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+from swarm.nodes.errors import SwarmError
+
+Weights = dict[str, torch.Tensor]
+
+
+class FleetStrategy:
+    """The default: nothing is shared; every node adapts the model it received once."""
+
+    name: ClassVar[str]
+    shares_model: ClassVar[bool] = False
+
+    def __init__(self, head: str | None = None) -> None:
+        # ``head``: the output layer's name when nodes leave the rows of classes they did not see as
+        # sent (the masked loss), so that an aggregate can treat those rows apart.
+        self.head = head
+
+    def begin(self, shared: Weights) -> None:
+        """A window starts; ``shared`` is what the nodes were sent."""
+
+    def add(self, arrays: ArrayRecord, weight: float, examples_per_output: np.ndarray | None) -> None:
+        """One node's weights after the window, with the examples it trained on (in all, and per
+        output); only nodes that trained are added."""
+
+    def end(self, shared: Weights) -> Weights:
+        """The shared model for the next window (``shared`` when nothing was added)."""
+        return shared
+
+
+STRATEGIES: dict[str, type[FleetStrategy]] = {}
+
+
+def strategy(name: str) -> Callable[[type[FleetStrategy]], type[FleetStrategy]]:
+    """Register a strategy under ``name`` (as the pruning criteria register themselves)."""
+    def register(cls: type[FleetStrategy]) -> type[FleetStrategy]:
+        cls.name = name
+        STRATEGIES[name] = cls
+        return cls
+    return register
+
+
+def check_strategy(name: str) -> None:
+    """``fleet.strategy`` names a registered strategy: one :class:`SwarmError` line otherwise."""
+    if name not in STRATEGIES:
+        raise SwarmError(f"fleet.strategy={name}: choose one of {', '.join(STRATEGIES)}")
+
+
+def make_strategy(name: str, head: str | None = None) -> FleetStrategy:
+    check_strategy(name)
+    return STRATEGIES[name](head)
+
+
+@strategy("local")
+class Local(FleetStrategy):
+    """Each node keeps adapting its own copy; nothing returns to the server."""
+
+
+@strategy("fedavg")
+class FedAvg(FleetStrategy):
+    """FedAvg (McMahan et al., AISTATS 2017, https://arxiv.org/abs/1602.05629): the nodes' weights
+    averaged, each weighted by the examples it trained on this window (:class:`RunningFedAvg`)."""
+
+    shares_model = True
+
+    def begin(self, shared: Weights) -> None:
+        self.running = RunningFedAvg(shared, head=self.head)
+
+    def add(self, arrays: ArrayRecord, weight: float, examples_per_output: np.ndarray | None) -> None:
+        self.running.add(arrays, weight, examples_per_output)
+
+    def end(self, shared: Weights) -> Weights:
+        return self.running.result() if self.running.count else shared
+
+
+class RunningFedAvg:
+    """FedAvg folded in as replies arrive, so the server holds a chunk of replies and a few partial
+    averages, not every node's weights (at 1,000 nodes that was the ServerApp's only memory that
+    grew with the fleet). Flower's ``aggregate_arrayrecords`` averages each chunk of ``chunk``
+    replies, then the chunks' averages weighted by their totals: the same weighted mean, up to
+    float rounding. Replies are added in partition order, so the result does not depend on the
+    order in which nodes answered. Integer buffers (BatchNorm's batch counter) return to the sent
+    model's dtype.
+
+    ``head``: the output layer's name under the masked loss. A node then leaves the row of every
+    class its batches lacked exactly as it was sent, so the plain average would shrink what the
+    nodes that have a class learned of it by the share of nodes that do not (on a skewed split,
+    most). Each output's row is then averaged over the nodes that trained it, weighted by their
+    examples of it -- each parameter over the clients that updated it, as HeteroFL does (Diao et
+    al., ICLR 2021, https://arxiv.org/abs/2010.01264); a row no node trained keeps the sent value."""
+
+    def __init__(self, sent: Weights, head: str | None = None, chunk: int = 32) -> None:
+        self.sent, self.chunk_size = sent, chunk
+        self.head_keys = [k for k in (f"{head}.weight", f"{head}.bias") if k in sent] if head else []
+        self.chunk: list[tuple[ArrayRecord, float]] = []
+        self.partials: list[tuple[ArrayRecord, float]] = []
+        self.head_sums: dict[str, torch.Tensor] = {}  # sum over nodes of examples x row, per output
+        self.examples: torch.Tensor | None = None  # examples per output, summed over nodes
+        self.count = 0  # replies added
+
+    def add(self, arrays: ArrayRecord, weight: float, examples_per_output: np.ndarray | None = None) -> None:
+        if self.head_keys:
+            examples = torch.as_tensor(examples_per_output, dtype=torch.float64)
+            self.examples = examples if self.examples is None else self.examples + examples
+            for key in self.head_keys:
+                rows = torch.as_tensor(arrays[key].numpy(), dtype=torch.float64)
+                weighted = rows * examples.view((-1,) + (1,) * (rows.dim() - 1))
+                self.head_sums[key] = weighted if key not in self.head_sums else self.head_sums[key] + weighted
+        self.chunk.append((arrays, float(weight)))
+        self.count += 1
+        if len(self.chunk) >= self.chunk_size:
+            self.partials.append(_weighted_mean(self.chunk))
+            self.chunk = []
+
+    def result(self) -> Weights:
+        parts = self.partials + ([_weighted_mean(self.chunk)] if self.chunk else [])
+        if not parts:
+            raise SwarmError("FedAvg of no replies")
+        state = (parts[0][0] if len(parts) == 1 else _weighted_mean(parts)[0]).to_torch_state_dict()
+        for key in self.head_keys:
+            total = self.examples.view((-1,) + (1,) * (self.head_sums[key].dim() - 1))
+            mixed = self.head_sums[key] / total.clamp(min=1)
+            untrained = self.examples == 0
+            mixed[untrained] = self.sent[key].to(torch.float64)[untrained]
+            state[key] = mixed
+        return {key: value.to(self.sent[key].dtype) for key, value in state.items()}
+
+
+def _weighted_mean(records: list[tuple[ArrayRecord, float]]) -> tuple[ArrayRecord, float]:
+    """Flower's FedAvg of ``(arrays, weight)`` pairs, with the pairs' total weight."""
+    bundles = [RecordDict({"arrays": arrays, "weight": MetricRecord({"samples": weight})}) for arrays, weight in records]
+    return aggregate_arrayrecords(bundles, "samples"), sum(weight for _, weight in records)
