@@ -14,7 +14,6 @@ before the record that announces it, so a partly written file is never read.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -30,17 +29,13 @@ from swarm.nodes.models import build_model
 from swarm.nodes.protocol import COORDINATOR
 from swarm.nodes.shapes import count_macs_and_params
 from swarm.nodes.training import TrainSettings, evaluate, fit, make_loader, progress_bar, resolve_device
+from swarm.server import cache
 from swarm.server.criteria import CRITERIA, REVISIONS, ScoringContext
 from swarm.server.data.build import ScenarioData
-from swarm.server.locks import cache_entry
 from swarm.server.pruning import prunable_layers, prune_step
 from swarm.server.relevance import filter_l1
 
 log = logging.getLogger("swarm.coordinator")
-
-# Bump when the meaning of cached results changes, so that old caches are not reused.
-CACHE_VERSION = 2  # 2: models train, evaluate and explain in channels-last on the CPU (swarm.nodes.layout)
-
 
 def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True, enum_to_str=True) if isinstance(node, DictConfig) else node
@@ -50,17 +45,13 @@ def _key_parts(cfg: DictConfig) -> dict[str, Any]:
     """What pre-training depends on (not where data lives, not the device)."""
     data = {k: v for k, v in _plain(cfg.data).items() if k not in ("root", "download", "num_workers")}
     train = {k: v for k, v in _plain(cfg.train).items() if k != "device"}
-    return {"version": CACHE_VERSION, "scenario": _plain(cfg.scenario), "pretrain": _plain(cfg.pretrain),
+    return {"scenario": _plain(cfg.scenario), "pretrain": _plain(cfg.pretrain),
             "model": _plain(cfg.model), "train": train, "data": data, "seed": int(cfg.seed)}
-
-
-def _hash(blob: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def pretrain_key(cfg: DictConfig) -> str:
     """A hash of what iteration 0 depends on: LRP and IMP runs of one setting share their pre-training."""
-    return _hash(_key_parts(cfg))
+    return cache.key("pretrain", _key_parts(cfg))
 
 
 def cache_key(cfg: DictConfig) -> str:
@@ -76,7 +67,7 @@ def cache_key(cfg: DictConfig) -> str:
     revision = REVISIONS[str(cfg.pruning.name)]
     if revision > 1:  # revision 1 stays out of the key, so that keys from before revisions stay valid
         pruning["revision"] = revision
-    return _hash({**_key_parts(cfg), "pruning": pruning, "prune": prune})
+    return cache.key("coordinator", {**_key_parts(cfg), "pruning": pruning, "prune": prune})
 
 
 def model_key(cfg: DictConfig, iteration: int) -> str:
@@ -88,12 +79,13 @@ def model_key(cfg: DictConfig, iteration: int) -> str:
 
 def run_directory(cfg: DictConfig) -> Path:
     """Where this configuration's coordinator results are (or will be) cached."""
-    return Path(str(cfg.cache_dir)) / "coordinator" / f"{cfg.scenario.name}-{cfg.pretrain.name}-{cfg.pruning.name}-{cache_key(cfg)}"
+    return cache.folder(cfg.cache_dir, "coordinator",
+                        f"{cfg.scenario.name}-{cfg.pretrain.name}-{cfg.pruning.name}-{cache_key(cfg)}")
 
 
 def pretrain_directory(cfg: DictConfig) -> Path:
     """Where the pre-trained model (iteration 0) of this setting is cached, shared by LRP and IMP."""
-    return Path(str(cfg.cache_dir)) / "pretrain" / f"{cfg.scenario.name}-{cfg.pretrain.name}-{pretrain_key(cfg)}"
+    return cache.folder(cfg.cache_dir, "pretrain", f"{cfg.scenario.name}-{cfg.pretrain.name}-{pretrain_key(cfg)}")
 
 
 def checkpoint_path(directory: Path, iteration: int) -> Path:
@@ -162,7 +154,7 @@ def cached(cfg: DictConfig) -> CoordinatorResult | None:
 def run(cfg: DictConfig, data: ScenarioData) -> CoordinatorResult:
     """Run (or resume, or reuse) Algorithm 1 for this configuration (its settings were checked
     when it was composed: :mod:`swarm.settings`)."""
-    with cache_entry(run_directory(cfg), f"the coordinator's {cfg.pruning.name} result"):
+    with cache.entry(run_directory(cfg), f"the coordinator's {cfg.pruning.name} result"):
         return _run(cfg, data)
 
 
@@ -216,7 +208,7 @@ class FitSummary:
 def _pretrained(cfg: DictConfig, data: ScenarioData, settings: TrainSettings) -> tuple[torch.nn.Module, Any, float]:
     """Pre-train on T ∪ P (or P), or load the result another pruning criterion already paid for."""
     shared = pretrain_directory(cfg)
-    with cache_entry(shared, "the pre-training"):
+    with cache.entry(shared, "the pre-training"):
         return _pretrain(cfg, data, settings, shared)
 
 

@@ -3,7 +3,7 @@
 A job that needs a coordinator result, a pre-training or a reference holds that cache entry's
 lock while it looks the entry up and, on a miss, computes and writes it; a second job that needs
 the same entry waits, then finds it written and reuses it, so parallel sweep jobs compute a
-shared entry once. A fleet holds its run folder's lock while it runs, so a run started again at
+shared entry once (:func:`swarm.server.cache.entry`). A fleet holds its run folder's lock while it runs, so a run started again at
 once resumes from what the last one finished instead of writing beside it.
 
 The lock is ``filelock``'s ``FileLock`` (an ``flock`` on Linux and macOS), which the operating
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -25,8 +25,6 @@ from filelock import FileLock, Timeout
 from swarm.nodes.errors import SwarmError
 
 log = logging.getLogger("swarm.server.locks")
-
-LOCK = ".lock"  # a cache entry's lock, inside its folder
 
 
 @contextmanager
@@ -47,11 +45,3 @@ def held(path: Path, waiting_for: str, wait_s: float | None = None, timeout_erro
         yield
     finally:
         lock.release()
-
-
-def cache_entry(directory: Path, what: str) -> AbstractContextManager[None]:
-    """Hold the cache entry in ``directory`` (created if missing); ``what`` names it in the log
-    line a waiting job prints."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    return held(directory / LOCK, f"another job that computes {what} ({directory})")

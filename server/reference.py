@@ -14,7 +14,6 @@ checkpoints, keyed by everything it depends on, so sweeps compute it once per ch
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -30,15 +29,13 @@ from swarm.nodes.evaluation import accuracies
 from swarm.nodes.layout import place
 from swarm.nodes.models import reset_outputs
 from swarm.nodes.training import TrainSettings, fit, resolve_device
+from swarm.server import cache
 from swarm.server.coordinator import CoordinatorResult, checkpoint_path, model_key, pretrain_directory
 from swarm.server.data.build import ScenarioData
 from swarm.server.data.evaluation_sets import test_sets
-from swarm.server.locks import cache_entry
 
 log = logging.getLogger("swarm.reference")
 
-# 2: new classes' outputs reset before adapting (reference.new_class_outputs).
-VERSION = 2
 # Seeds of the reference fits are offset from the coordinator's so the two never share a stream.
 SEED_OFFSET = 10_000
 
@@ -58,11 +55,11 @@ def _new_class_outputs(cfg: DictConfig) -> str:
 
 def reference_key(cfg: DictConfig, iteration: int) -> str:
     settings = _settings(cfg)
-    blob = {"version": VERSION, "coordinator": model_key(cfg, iteration), "iteration": iteration,
+    return cache.key("reference", {
+            "coordinator": model_key(cfg, iteration), "iteration": iteration,
             "train": [settings.lr, settings.batch_size, settings.patience, settings.max_epochs],
             "eval_samples": int(cfg.fleet.eval_samples), "mode": str(cfg.scenario.mode),
-            "new_class_outputs": _new_class_outputs(cfg)}
-    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+            "new_class_outputs": _new_class_outputs(cfg)})
 
 
 def _round(accs: dict[str, Any]) -> dict[str, float]:
@@ -75,7 +72,7 @@ def adapt(cfg: DictConfig, data: ScenarioData, result: CoordinatorResult, iterat
     # The pre-trained model's reference is shared by LRP and IMP: it lives with the pre-training.
     directory = pretrain_directory(cfg) if iteration == 0 else result.directory
     path = directory / f"reference_{iteration:02d}-{key}.json"
-    with cache_entry(directory, f"the reference adaptation of iteration {iteration}"):
+    with cache.entry(directory, f"the reference adaptation of iteration {iteration}"):
         if path.exists():
             return json.loads(path.read_text())
         return _adapt(cfg, data, result, iteration, path)

@@ -27,14 +27,14 @@ from swarm.nodes.errors import SwarmError
 from swarm.nodes.local_data import DATA_DIR, MANIFEST, simulated_folders
 from swarm.nodes.plan import FleetPlan, on_gpu
 from swarm.nodes.protocol import COORDINATOR, EVALUATION_DIR, FLEET_STATUS, NODE_FOLDERS, FleetJob, PreparedFleet
+from swarm.server import cache
 from swarm.server import coordinator, reference
-from swarm.server import fleet_cache
 from swarm.server.criteria import check_pruning
-from swarm.server.strategies import check_strategy
 from swarm.server.data.build import ScenarioData, build
 from swarm.server.data.evaluation_sets import f_groups
 from swarm.server.node_folders import write_evaluation_set, write_fleet_data
 from swarm.server.planning import check_fleet_fits, plan_from_config
+from swarm.server.strategies import check_strategy
 
 log = logging.getLogger("swarm.simulate")
 
@@ -61,12 +61,12 @@ def prepare_fleet(cfg: DictConfig, run_dir: Path) -> PreparedFleet:
     config = settings.plain(cfg)
     cache_dir = Path(str(cfg.cache_dir))
     jobs = [FleetJob(it, run_dir if len(iterations) == 1 else run_dir / f"iteration_{it:02d}",
-                     fleet_cache.fleet_key(coordinator.model_key(cfg, it), it, config["fleet"], int(cfg.seed)))
+                     cache.fleet_key(coordinator.model_key(cfg, it), it, config["fleet"], int(cfg.seed)))
             for it in iterations]
     for job in jobs:
         job.directory.mkdir(parents=True, exist_ok=True)
         (job.directory / FLEET_STATUS).unlink(missing_ok=True)
-        job.from_cache = fleet_cache.restore(cache_dir, job.key, job.directory)
+        job.from_cache = cache.restore_fleet(cache_dir, job.key, job.directory)
         checkpoint = coordinator.checkpoint_path(result.directory, job.iteration)
         # also for a cached result: its report reads the plan
         plan_from_config(config, data, checkpoint=checkpoint, run_dir=job.directory).save(job.plan_path)

@@ -15,7 +15,7 @@
 
 Steps 1 and 2 run in a process of their own (:mod:`swarm.preparation`, through
 :mod:`swarm.isolated`) that ends before the engine starts, so this process, which waits through the
-fleet, never imports torch. Finished fleet results are cached (:mod:`swarm.server.fleet_cache`), like the
+fleet, never imports torch. Finished fleet results are cached (:mod:`swarm.server.cache`), like the
 coordinator's, so a sweep that is run again skips every point it already finished.
 """
 
@@ -35,7 +35,7 @@ from swarm.nodes import io
 from swarm.nodes.errors import FleetFailure, FleetIncomplete, SwarmError
 from swarm.nodes.plan import FleetPlan
 from swarm.nodes.protocol import FLEET_STATUS, RUN_RECORD, FleetJob, PreparedFleet
-from swarm.server import fleet_cache
+from swarm.server import cache
 
 # Steps 1-2 (and the nodes' folders), run in a process of their own: this one never imports torch.
 PREPARE = "swarm.preparation:prepare_fleet"
@@ -71,7 +71,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if status["not_simulated_nodes"]:
             unserved[job.iteration] = status["not_simulated_nodes"]
         if not job.from_cache and not status["failed_nodes"] and not status["not_simulated_nodes"]:
-            fleet_cache.store(cache_dir, job.key, job.directory)
+            cache.store_fleet(cache_dir, job.key, job.directory)
         _write_run_record(cfg, prepared.mode, record, job, summary, status)
         finals.append((job, summary))
     for job, summary in finals:
@@ -169,7 +169,7 @@ def _write_run_record(cfg: DictConfig, mode: str, record: dict[str, Any], job: F
         "model": cfg.model.name, "seed": int(cfg.seed), "iteration": job.iteration,
         "params": iterations[job.iteration]["params"], "macs": iterations[job.iteration]["macs"],
         "coordinator_key": record["key"], "coordinator": iterations, "fleet_key": job.key,
-        "fleet": {k: v for k, v in fleet.items() if k not in fleet_cache.NOT_IN_KEY},
+        "fleet": {k: v for k, v in fleet.items() if k not in cache.NOT_IN_FLEET_KEY},
         "from_cache": job.from_cache, "failed_nodes": status["failed_nodes"],
         "not_simulated_nodes": status["not_simulated_nodes"], "totals": summary["totals"],
         "gain": summary["gain"],

@@ -111,7 +111,7 @@ def test_simulate_runs_coordinator_and_a_real_flower_fleet(tmp_path):
     assert "2 from the cache" in resumed.stdout and "1 from the cache" in resumed.stdout
     for job, iteration in (("1", 0), ("1", 1), ("2", 1)):
         where = sweep / job / f"iteration_{iteration:02d}" if job == "1" else sweep / job
-        assert (where / "nodes.csv").read_text() == (run / f"iteration_{iteration:02d}" / "nodes.csv").read_text()
+        assert (where / "nodes.csv").read_bytes() == (run / f"iteration_{iteration:02d}" / "nodes.csv").read_bytes()
         assert json.loads((where / "run.json").read_text())["from_cache"] is True
         assert (where / "report.md").exists()
 

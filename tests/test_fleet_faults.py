@@ -449,7 +449,7 @@ def test_a_gpu_share_without_a_gpu_stops_before_any_work(tmp_path):
 
 
 def test_a_gpu_fleet_is_cached_apart_and_a_cpu_fleet_keeps_its_key():
-    from swarm.server.fleet_cache import fleet_key
+    from swarm.server.cache import fleet_key
 
     fleet = {"nodes": 8, "ray": {"address": None, "cpus_per_node": 1}}
     on_cpu = fleet_key("m", 5, fleet, 0)
@@ -461,7 +461,7 @@ def test_a_device_profile_s_citation_changes_neither_the_fleet_key_nor_how_resul
     """A profile's description, sources and peak (a bound on effective_flops only) never enter the
     simulation: correcting them keeps cached fleets and puts old and new runs in one group."""
     from swarm.nodes.device import as_simulated
-    from swarm.server.fleet_cache import fleet_key
+    from swarm.server.cache import fleet_key
 
     pi = {"name": "raspberry_pi_4", "peak_flops": 1.19e10, "effective_flops": 3.6e9, "sources": {"peak_flops": "a"}}
     fleet = {"nodes": 8, "devices": {"raspberry_pi_4": pi}}

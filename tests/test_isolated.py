@@ -71,7 +71,7 @@ def test_the_simulation_caller_never_imports_torch(tmp_path, monkeypatch, task_i
     script = ("import json, sys\n"
               "from pathlib import Path\n"
               "from swarm import simulate\n"
-              "from server import flower_sim\n"
+              "from swarm.server import flower_sim\n"
               "from swarm.config import compose_config\n"
               f"simulate.run(compose_config({overrides!r}), Path({str(tmp_path / 'again')!r}))\n"
               f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))\n")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tests.conftest import REPO
 
-BARE = re.compile(r"^\s*(from|import) (server|nodes|scenarios)\b", re.M)
+BARE = re.compile(r"(^\s*|[\"'])(from|import) (server|nodes|scenarios)\b", re.M)  # code, or code in a string
 
 
 def test_the_floors_import_one_way_and_without_cycles():
@@ -65,3 +65,18 @@ def test_installing_adds_the_one_top_level_package(tmp_path):
                             env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().startswith(str(target))
+
+
+def test_no_function_in_the_server_or_the_nodes_runs_over_60_lines():
+    """A function a newcomer can read in one screen (decorators and docstring included)."""
+    import ast
+
+    long = []
+    for folder in ("server", "nodes"):
+        for path in (REPO / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    lines = node.end_lineno - min([node.lineno] + [d.lineno for d in node.decorator_list]) + 1
+                    if lines > 60:
+                        long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, long
