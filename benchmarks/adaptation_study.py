@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import torch
-from swarm import settings
+from swarm import schema
 from swarm.config import compose_config
 
 # The node training of the landed code before issue 9, then one change at a time.
@@ -45,11 +45,11 @@ VARIANTS: dict[str, list[str]] = {
 def run_variant(name: str, overrides: list[str], workdir: Path) -> list[dict]:
     from swarm.config import data_options, scenario_of
     from swarm.nodes import checkpoints
+    from swarm.nodes.fleet_plan import FleetPlan
     from swarm.nodes.node import NodeRuntime
-    from swarm.nodes.plan import FleetPlan
     from swarm.server import coordinator
     from swarm.server.data.build import build
-    from swarm.server.planning import plan_from_config
+    from swarm.server.plan_drawing import plan_from_config
 
     cfg = compose_config(overrides)
     data = build(scenario_of(cfg), data_options(cfg))
@@ -57,7 +57,7 @@ def run_variant(name: str, overrides: list[str], workdir: Path) -> list[dict]:
     run_dir = workdir / name
     shutil.rmtree(run_dir, ignore_errors=True)
     checkpoint = result.checkpoint(-1)
-    plan_from_config(settings.plain(cfg), data, checkpoint=checkpoint,
+    plan_from_config(schema.plain(cfg), data, checkpoint=checkpoint,
                      run_dir=run_dir).save(run_dir / "fleet_plan.json")
     plan = FleetPlan.load(run_dir / "fleet_plan.json")
     received_model = checkpoints.load(checkpoint)[0]

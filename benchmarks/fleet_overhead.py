@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 from process_tree import tree_rss_mb
-from swarm import settings
+from swarm import schema
 from swarm.config import compose_config
 
 
@@ -60,7 +60,7 @@ def make_plan(nodes: int, windows: int, workdir: Path, name: str):
     from swarm.nodes.protocol import EVALUATION_DIR
     from swarm.server.data.build import build
     from swarm.server.node_folders import write_evaluation_set, write_fleet_data
-    from swarm.server.planning import plan_from_config
+    from swarm.server.plan_drawing import plan_from_config
 
     overrides = ["scenario.dataset.train_per_group=40", "scenario.dataset.test_per_group=5", f"fleet.nodes={nodes}",
                  f"fleet.windows={windows}", "fleet.window_s=100", "fleet.stream_rate=1", "fleet.drift.low=0",
@@ -74,7 +74,7 @@ def make_plan(nodes: int, windows: int, workdir: Path, name: str):
     checkpoints.save(workdir / "start.pt", model, arch)
     run = workdir / name
     shutil.rmtree(run, ignore_errors=True)
-    plan = plan_from_config(settings.plain(cfg), data, checkpoint=workdir / "start.pt",
+    plan = plan_from_config(schema.plain(cfg), data, checkpoint=workdir / "start.pt",
                             run_dir=run)
     plan.save(run / "fleet_plan.json")
     write_fleet_data(plan, data, run / "nodes", inner=DATA_DIR)  # each node's own folder, as swarm.simulate writes it
@@ -83,8 +83,8 @@ def make_plan(nodes: int, windows: int, workdir: Path, name: str):
 
 
 def plain(nodes: int, windows: int, plans: int, workdir: Path) -> float:
+    from swarm.nodes.fleet_plan import FleetPlan
     from swarm.nodes.node import local_runtime
-    from swarm.nodes.plan import FleetPlan
 
     made = [make_plan(nodes, windows, workdir, f"plain-{nodes}-{k}") for k in range(plans)]
     start = time.perf_counter()

@@ -42,14 +42,14 @@ def make_plan(workdir: Path, overrides: list[str]) -> Path:
     """The default config's fleet plan, from resnet_small cut as the default run cuts it."""
     import torch
 
-    from swarm import settings
+    from swarm import schema
     from swarm.config import compose_config, data_options, scenario_of
     from swarm.nodes import checkpoints
     from swarm.nodes.local_data import DATA_DIR
     from swarm.nodes.models import build_model
     from swarm.server.data.build import build
     from swarm.server.node_folders import write_fleet_data
-    from swarm.server.planning import plan_from_config
+    from swarm.server.plan_drawing import plan_from_config
     from swarm.server.pruning import prunable_layers, prune_step
     from swarm.server.relevance import filter_l1
 
@@ -64,7 +64,7 @@ def make_plan(workdir: Path, overrides: list[str]) -> Path:
                    scope=scope)
     arch = checkpoints.architecture(model, cfg.model, data.num_outputs, data.channels, data.image_size)
     checkpoints.save(workdir / "start.pt", model, arch)
-    plan = plan_from_config(settings.plain(cfg), data, checkpoint=workdir / "start.pt", run_dir=workdir / "run")
+    plan = plan_from_config(schema.plain(cfg), data, checkpoint=workdir / "start.pt", run_dir=workdir / "run")
     path = workdir / "run" / "fleet_plan.json"
     plan.save(path)
     write_fleet_data(plan, data, workdir / "run" / "nodes", inner=DATA_DIR)
@@ -76,7 +76,7 @@ def _step_flops(plan_path: Path) -> tuple[float, int, int]:
     from swarm.nodes import checkpoints
     from swarm.nodes.checkpoints import received_model
     from swarm.nodes.device import step_flops
-    from swarm.nodes.plan import FleetPlan
+    from swarm.nodes.fleet_plan import FleetPlan
     from swarm.nodes.shapes import count_macs_and_params
 
     plan = FleetPlan.load(plan_path)
@@ -89,8 +89,8 @@ def run_nodes(plan_path: str, partitions: list[int], windows: int, threads: int)
     """One actor's share of the fleet: every window of these nodes, timed."""
     import torch
 
+    from swarm.nodes.fleet_plan import FleetPlan
     from swarm.nodes.node import local_runtime
-    from swarm.nodes.plan import FleetPlan
 
     torch.set_num_threads(threads)
     plan = FleetPlan.load(Path(plan_path))
@@ -110,7 +110,7 @@ def floor_rate(plan_path: str, batch: int, layout: str, threads: int, repeats: i
     import torch
 
     from swarm.nodes.checkpoints import received_model
-    from swarm.nodes.plan import FleetPlan
+    from swarm.nodes.fleet_plan import FleetPlan
 
     torch.set_num_threads(threads)
     plan = FleetPlan.load(Path(plan_path))
@@ -161,8 +161,8 @@ def optimizer_steps(plan_path: str, repeats: int = 60) -> dict[str, tuple[float,
     import torch
 
     from swarm.nodes.checkpoints import received_model
+    from swarm.nodes.fleet_plan import FleetPlan
     from swarm.nodes.layout import batch_to, place
-    from swarm.nodes.plan import FleetPlan
 
     torch.set_num_threads(1)
     plan = FleetPlan.load(Path(plan_path))
@@ -192,8 +192,8 @@ def grouped_steps(plan_path: str, ks: list[int], repeats: int = 40) -> dict[int,
     from torch import nn
 
     from swarm.nodes.checkpoints import received_model
+    from swarm.nodes.fleet_plan import FleetPlan
     from swarm.nodes.layout import batch_to, place
-    from swarm.nodes.plan import FleetPlan
 
     class GroupedHead(nn.Module):
         def __init__(self, fc: nn.Linear, k: int) -> None:

@@ -18,8 +18,8 @@ from torch import nn
 
 from swarm.nodes import io
 from swarm.nodes.errors import SwarmError
+from swarm.nodes.fleet_plan import FleetPlan
 from swarm.nodes.models import build_model, reset_outputs
-from swarm.nodes.plan import FleetPlan
 from swarm.nodes.shapes import conv_widths, shrink_to
 
 FORMAT = "swarm-checkpoint/1"

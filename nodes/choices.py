@@ -3,7 +3,7 @@
 Each enum says what its choices mean; the module that implements a choice imports it from here
 (:mod:`swarm.nodes.models` resets outputs, :mod:`swarm.server.pruning` scopes a cut, :mod:`swarm.server.relevance`
 starts relevance at a target). They live apart from that code because the config schema
-(:mod:`swarm.settings`) lists them, and the process that composes and checks the config, the
+(:mod:`swarm.schema`) lists them, and the process that composes and checks the config, the
 caller of ``python -m swarm.simulate``, then waits through the whole fleet: without torch it holds
 about 700 MB less beside the simulated nodes.
 """

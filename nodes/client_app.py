@@ -5,7 +5,7 @@ Messages (Flower's Message API):
 * ``query.partition`` -> ``{"node": ConfigRecord{"partition": i}}``: the node's partition id, which
   identifies it in the fleet plan (Flower's own node ids are random).
 * ``train.adapt`` with ``{"config": ConfigRecord{"window": w, ...}, "task": ConfigRecord}`` (the
-  node's part of the plan, :class:`swarm.nodes.plan.NodeTask`) and, in the node's first window (or every
+  node's part of the plan, :class:`swarm.nodes.fleet_plan.NodeTask`) and, in the node's first window (or every
   window under FedAvg), ``{"arrays": ArrayRecord}`` with the model weights ->
   ``{"metrics": MetricRecord, "info": ConfigRecord{"profile", "status", "error"}}``; when asked for
   (``"evaluate_received"``, the node's first window) also ``{"received": MetricRecord}``, the model
@@ -43,9 +43,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from swarm.nodes.errors import SwarmError
+from swarm.nodes.fleet_plan import NodeTask
 from swarm.nodes.local_data import NodeData, load_node_data, simulated_folders
 from swarm.nodes.node import NodeRuntime
-from swarm.nodes.plan import NodeTask
 from swarm.nodes.protocol import NODE_ROOT, Status, WindowRow
 
 app = ClientApp()

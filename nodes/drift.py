@@ -86,7 +86,7 @@ P, F = 0, 1  # the roles of stream samples
 def node_stream(node: Any, *, rate: float, events: int, event_gap_s: float,
                 p_train_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Arrival time, role (``P`` or ``F``) and training-split position of every sample a node's
-    stream brings, in time order, from its plan entry ``node`` (a :class:`swarm.nodes.plan.NodePlan`:
+    stream brings, in time order, from its plan entry ``node`` (a :class:`swarm.nodes.fleet_plan.NodePlan`:
     drift time, share of F and its drift events, drawn from the node's own seed).
 
     P-like samples (positions drawn uniformly from P's training split) arrive from 0 until the

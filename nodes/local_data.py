@@ -38,8 +38,8 @@ from swarm.nodes import io
 from swarm.nodes.drift import F, P, node_stream
 from swarm.nodes.errors import SwarmError
 from swarm.nodes.evaluation import SETS, TestSets
+from swarm.nodes.fleet_plan import FleetPlan
 from swarm.nodes.images import LabeledImages, TensorImages
-from swarm.nodes.plan import FleetPlan
 
 FORMAT = 1
 MANIFEST = "manifest.json"

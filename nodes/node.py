@@ -1,6 +1,6 @@
 """One edge node's on-device adaptation, one window at a time, independent of Flower.
 
-A node knows its task (:class:`swarm.nodes.plan.NodeTask`, sent by the server), its own data
+A node knows its task (:class:`swarm.nodes.fleet_plan.NodeTask`, sent by the server), its own data
 (:class:`swarm.nodes.local_data.NodeData`, its data folder) and its state folder; nothing else of the run.
 Each call to :meth:`NodeRuntime.run_window`:
 
@@ -36,10 +36,10 @@ from swarm.nodes.device import (Budget, StreamCredit, WindowReport, memory_check
 from swarm.nodes.drift import F, P, node_stream
 from swarm.nodes.errors import SwarmError
 from swarm.nodes.evaluation import accuracies
+from swarm.nodes.fleet_plan import BatchNormMode, FleetPlan, Loss, NodeTask, Sampling, on_gpu
 from swarm.nodes.layout import batch_to, place
 from swarm.nodes.local_data import NodeData, load_node_data, simulated_folders
 from swarm.nodes.models import classifier
-from swarm.nodes.plan import BatchNormMode, FleetPlan, Loss, NodeTask, Sampling, on_gpu
 from swarm.nodes.protocol import RECEIVED_WINDOW, Status, WindowRow
 from swarm.nodes.replay import ReplayBuffer
 from swarm.nodes.shapes import count_macs_and_params

@@ -153,7 +153,7 @@ def cached(cfg: DictConfig) -> CoordinatorResult | None:
 
 def run(cfg: DictConfig, data: ScenarioData) -> CoordinatorResult:
     """Run (or resume, or reuse) Algorithm 1 for this configuration (its settings were checked
-    when it was composed: :mod:`swarm.settings`)."""
+    when it was composed: :mod:`swarm.schema`)."""
     with cache.entry(run_directory(cfg), f"the coordinator's {cfg.pruning.name} result"):
         return _run(cfg, data)
 

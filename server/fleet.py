@@ -24,9 +24,9 @@ from swarm.nodes import io
 from swarm.nodes.checkpoints import received_model
 from swarm.nodes.errors import SwarmError
 from swarm.nodes.evaluation import TestSets, accuracies
+from swarm.nodes.fleet_plan import FleetPlan, Loss
 from swarm.nodes.local_data import load_evaluation_set
 from swarm.nodes.models import classifier
-from swarm.nodes.plan import FleetPlan, Loss
 from swarm.nodes.protocol import (EVALUATION_DIR, NO_RESULT, NODES_CSV, RECEIVED_WINDOW, SHARED_MODEL, TIMING,
                                   TIMINGS_CSV, Status, WindowRow, append_timings, write_rows)
 from swarm.server.progress import plan_hash, resume, run_folder_lock

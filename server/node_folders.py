@@ -20,9 +20,9 @@ from torch.utils.data import ConcatDataset, Dataset, Subset
 from swarm.nodes import io
 from swarm.nodes.drift import F, P
 from swarm.nodes.evaluation import SETS
+from swarm.nodes.fleet_plan import FleetPlan
 from swarm.nodes.images import LabeledImages
 from swarm.nodes.local_data import FORMAT, MANIFEST, _digest, node_folder, stream_of
-from swarm.nodes.plan import FleetPlan
 from swarm.server.data.build import ScenarioData
 from swarm.server.data.evaluation_sets import test_sets
 
@@ -112,7 +112,7 @@ def write_evaluation_set(plan: FleetPlan, data: ScenarioData, folder: Path, like
     """The server's own copy of the test subsets every node is scored on (``folder/test.pt`` and its
     manifest, written last): what the shared model is scored on after every window, so its numbers
     compare with the nodes' and the reference's. A folder already written for this plan's test
-    subsets (:meth:`swarm.nodes.plan.FleetPlan.evaluation_id`) is kept; ``like``, such a folder written
+    subsets (:meth:`swarm.nodes.fleet_plan.FleetPlan.evaluation_id`) is kept; ``like``, such a folder written
     for another plan of the same run, is hard-linked instead of written again."""
     folder = Path(folder)
 

@@ -82,7 +82,7 @@ def _adapt(cfg: DictConfig, data: ScenarioData, result: CoordinatorResult, itera
     continual = cfg.scenario.mode == "continual"
     roles = "PF" if continual else "F"
     model, _, _ = checkpoints.load(checkpoint_path(result.directory, iteration))
-    if _new_class_outputs(cfg) == NewClassOutputs.reset:  # the same start as the fleet's (swarm.nodes.plan)
+    if _new_class_outputs(cfg) == NewClassOutputs.reset:  # the same start as the fleet's (swarm.nodes.fleet_plan)
         reset_outputs(model, data.untrained_outputs())
     settings = _settings(cfg)
     tests = test_sets(data, continual, int(cfg.fleet.eval_samples))

@@ -26,7 +26,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from swarm.nodes import io
-from swarm.nodes.plan import FleetPlan
+from swarm.nodes.fleet_plan import FleetPlan
 from swarm.nodes.protocol import CALLER_PID, DEVICE_FAULTS, FLEET_LOG, FLEET_STATUS, Status
 from swarm.server.fleet import run_fleet
 

@@ -3,7 +3,7 @@
 
 Exit codes: 0 success; 1 the fleet ran but nodes failed (:class:`swarm.nodes.errors.FleetFailure`);
 2 a user error: a setting Hydra rejects while composing the config (unknown key, group option,
-type or choice), a setting :func:`swarm.settings.check` rejects, missing data, ...; 3 nodes the
+type or choice), a setting :func:`swarm.schema.check` rejects, missing data, ...; 3 nodes the
 simulation engine never served (:class:`swarm.nodes.errors.FleetIncomplete`). Each user error is one
 line on stderr that starts with ``error:``; a bug is a traceback.
 """
@@ -25,7 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from swarm import settings
+from swarm import schema
 from swarm.nodes.errors import SwarmError
 from swarm.server.data.options import DataOptions
 from swarm.server.data.scenario import Scenario
@@ -38,10 +38,10 @@ def entry_point(config_name: str = "config") -> Callable[[Callable[[DictConfig],
     """Wrap a task as a Hydra main whose user errors print as one line and exit with code 2.
 
     The schema is registered first, so Hydra checks types and choices while composing; the task
-    starts only after :func:`swarm.settings.check` passed. Under ``--multirun`` a job's error is
+    starts only after :func:`swarm.schema.check` passed. Under ``--multirun`` a job's error is
     printed and re-raised instead: Hydra records the job as failed, runs the remaining points of
     the sweep, and the sweep exits non-zero at the end."""
-    settings.register()
+    schema.register()
 
     def decorate(task: Callable[[DictConfig], Any]) -> Callable[[], Any]:
         @hydra.main(config_path=CONFIG_PATH, config_name=config_name, version_base="1.3")
@@ -79,7 +79,7 @@ def prepare(cfg: DictConfig, searchpath: list[str] | None = None) -> None:
     into ``fleet.devices``."""
     if cfg.get("device") is not None:  # device=NAME: a fleet of that one device class
         cfg.fleet.profiles = [cfg.device.name]
-    settings.check(cfg)
+    schema.check(cfg)
     if searchpath is None:
         searchpath = list(HydraConfig.get().searchpath) if HydraConfig.initialized() else []
     cfg.fleet.devices = device_profiles(list(cfg.fleet.profiles), searchpath)
@@ -101,7 +101,7 @@ def device_profiles(names: list[str], searchpath: list[str] = ()) -> dict[str, d
             known = GlobalHydra.instance().config_loader().get_group_options("device")
             raise SwarmError(f"fleet.profiles: unknown device profile '{name}'; choose one of {', '.join(known)} "
                              f"(or add device/{name}.yaml to a --config-dir)") from None
-        profile = settings.plain(node)
+        profile = schema.plain(node)
         DeviceProfile.from_mapping(profile)  # every number checked
         profiles[name] = profile
     return profiles
@@ -118,7 +118,7 @@ def compose_config(overrides: list[str] = (), config_name: str = "config",
     for scripts and tests."""
     from hydra import compose, initialize_config_module
 
-    settings.register()
+    schema.register()
     searchpath = [f"file://{Path(config_dir).resolve()}"] if config_dir else []
     with initialize_config_module(config_module="swarm.scenarios", version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=[*overrides, *_searchpath_override(searchpath)])

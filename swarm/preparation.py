@@ -7,7 +7,7 @@ fleets from the cache, and write the nodes' own data folders.
 (:mod:`swarm.isolated`), which ends before the simulation engine starts: torch, the data and the
 coordinator's models are gone before the fleet's processes start, and the caller, which waits
 through the fleet, never imports torch. It sits with the entry points (it uses their config glue,
-:mod:`swarm.config` and :mod:`swarm.settings`, and ``server/`` and ``nodes/``) and is no entry point.
+:mod:`swarm.config` and :mod:`swarm.schema`, and ``server/`` and ``nodes/``) and is no entry point.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig
 
-from swarm import settings
+from swarm import schema
 from swarm.allocator import reuse_freed_memory
 from swarm.config import data_options, scenario_of
 from swarm.nodes import io
 from swarm.nodes.errors import SwarmError
+from swarm.nodes.fleet_plan import FleetPlan, on_gpu
 from swarm.nodes.local_data import DATA_DIR, MANIFEST, simulated_folders
-from swarm.nodes.plan import FleetPlan, on_gpu
 from swarm.nodes.protocol import COORDINATOR, EVALUATION_DIR, FLEET_STATUS, NODE_FOLDERS, FleetJob, PreparedFleet
 from swarm.server import cache
 from swarm.server import coordinator, reference
@@ -33,7 +33,7 @@ from swarm.server.criteria import check_pruning
 from swarm.server.data.build import ScenarioData, build
 from swarm.server.data.evaluation_sets import f_groups
 from swarm.server.node_folders import write_evaluation_set, write_fleet_data
-from swarm.server.planning import check_fleet_fits, plan_from_config
+from swarm.server.plan_drawing import check_fleet_fits, plan_from_config
 from swarm.server.strategies import check_strategy
 
 log = logging.getLogger("swarm.simulate")
@@ -43,7 +43,7 @@ def prepare_fleet(cfg: DictConfig, run_dir: Path) -> PreparedFleet:
     """The coordinator's result, the reference and every fleet plan of this run, written under
     ``run_dir``; the nodes' folders written for the plans that still have to run."""
     reuse_freed_memory()  # faster relevance; this process ends when the preparation does
-    check_pruning(settings.plain(cfg.pruning))
+    check_pruning(schema.plain(cfg.pruning))
     check_strategy(str(cfg.fleet.strategy))
     check_gpu_share(cfg.fleet)
     scenario = scenario_of(cfg)
@@ -58,7 +58,7 @@ def prepare_fleet(cfg: DictConfig, run_dir: Path) -> PreparedFleet:
     print(f"\ncoordinator: {scenario.name} · pretrain={scenario.pretrain} · pruning={cfg.pruning.name} · "
           f"{cfg.model.name}{' (from cache)' if result.cached else ''}\n{coordinator.table(record)}")
 
-    config = settings.plain(cfg)
+    config = schema.plain(cfg)
     cache_dir = Path(str(cfg.cache_dir))
     jobs = [FleetJob(it, run_dir if len(iterations) == 1 else run_dir / f"iteration_{it:02d}",
                      cache.fleet_key(coordinator.model_key(cfg, it), it, config["fleet"], int(cfg.seed)))

@@ -20,7 +20,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from swarm import settings
+from swarm import schema
 from swarm.allocator import reuse_freed_memory
 from swarm.config import data_options, entry_point, scenario_of
 from swarm.nodes import io
@@ -34,7 +34,7 @@ log = logging.getLogger("swarm.prune")
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    check_pruning(settings.plain(cfg.pruning))  # the registries, before any data is read
+    check_pruning(schema.plain(cfg.pruning))  # the registries, before any data is read
     reuse_freed_memory()  # faster relevance; this process ends with its task
     scenario = scenario_of(cfg)
     options = data_options(cfg)

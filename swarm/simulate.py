@@ -28,12 +28,12 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from swarm import isolated, settings
+from swarm import isolated, schema
 from swarm.config import entry_point
 from swarm.fleet_report import coverage_line, write_report
 from swarm.nodes import io
 from swarm.nodes.errors import FleetFailure, FleetIncomplete, SwarmError
-from swarm.nodes.plan import FleetPlan
+from swarm.nodes.fleet_plan import FleetPlan
 from swarm.nodes.protocol import FLEET_STATUS, RUN_RECORD, FleetJob, PreparedFleet
 from swarm.server import cache
 
@@ -42,7 +42,7 @@ PREPARE = "swarm.preparation:prepare_fleet"
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    # The settings were checked when composed (swarm.settings); what needs the data or the
+    # The settings were checked when composed (swarm.schema); what needs the data or the
     # registries of torch code, by the preparation before it reads or trains anything.
     prepared = _prepare(cfg, run_dir)
     jobs = prepared.jobs
@@ -162,7 +162,7 @@ def _status(directory: Path) -> dict[str, Any]:
 def _write_run_record(cfg: DictConfig, mode: str, record: dict[str, Any], job: FleetJob,
                       summary: dict[str, Any], status: dict[str, Any]) -> None:
     """``run.json``: what ``swarm.report`` needs to place this fleet result among others."""
-    fleet = settings.plain(cfg.fleet)
+    fleet = schema.plain(cfg.fleet)
     iterations = record["iterations"]
     run_record = {
         "scenario": cfg.scenario.name, "mode": mode, "pruning": cfg.pruning.name, "pretrain": cfg.pretrain.name,

@@ -149,12 +149,12 @@ def write_fleet_plan(cfg, workdir: Path, run_name: str, windows: int, pretrain_e
     for ``pretrain_epochs``: (plan path, data)."""
     import torch
 
-    from swarm import settings
+    from swarm import schema
     from swarm.config import data_options, scenario_of
     from swarm.nodes import checkpoints
     from swarm.nodes.models import build_model
     from swarm.server.data.build import build
-    from swarm.server.planning import plan_from_config
+    from swarm.server.plan_drawing import plan_from_config
 
     data = build(scenario_of(cfg), data_options(cfg))
     torch.manual_seed(0)
@@ -168,7 +168,7 @@ def write_fleet_plan(cfg, workdir: Path, run_name: str, windows: int, pretrain_e
     arch = checkpoints.architecture(model, cfg.model, data.num_outputs, data.channels, data.image_size)
     checkpoints.save(workdir / "start.pt", model, arch)
     run = workdir / run_name
-    config = settings.plain(cfg)
+    config = schema.plain(cfg)
     config["fleet"]["windows"] = windows
     plan = plan_from_config(config, data, checkpoint=workdir / "start.pt", run_dir=run)
     plan.save(run / "fleet_plan.json")

@@ -216,8 +216,8 @@ def test_the_shared_model_is_scored_after_every_window_on_the_nodes_test_subsets
     from swarm.nodes import io
     from swarm.nodes.checkpoints import received_model
     from swarm.nodes.evaluation import accuracies
+    from swarm.nodes.fleet_plan import FleetPlan
     from swarm.nodes.node import local_runtime
-    from swarm.nodes.plan import FleetPlan
 
     path = plan_file(2, "fleet.strategy=fedavg", windows=3)
     fleet.run_fleet(FakeGrid(2, root=nodes_of(path)), path, strategy="fedavg", join_timeout_s=5)
@@ -274,8 +274,8 @@ def test_the_server_does_not_wait_forever(plan_file):
 
 def test_nodes_hold_the_coordinator_s_labels(make_cfg, tmp_path, cifar10_root):
     """Label groups are ordered (vehicle = 0, animal = 1): a node's data must keep the coordinator's targets."""
+    from swarm.nodes.fleet_plan import FleetPlan
     from swarm.nodes.local_data import load_node_data, simulated_folders
-    from swarm.nodes.plan import FleetPlan
     from swarm.server.data.evaluation_sets import test_sets
 
     cfg = make_cfg("scenario=cifar10_new_subclasses", f"data.root={cifar10_root}", "data.verify_checksums=false", "fleet.nodes=2")

@@ -261,7 +261,7 @@ def test_simulate_says_loudly_when_nodes_were_not_simulated_and_exits_3(make_cfg
 # ---------------------------------------------------------------- fault injection (fleet.faults)
 
 def test_faults_are_drawn_from_the_seed_one_per_node():
-    from swarm.nodes.plan import NodePlan, check_faults, draw_faults
+    from swarm.nodes.fleet_plan import NodePlan, check_faults, draw_faults
 
     def draw(seed):
         nodes = [NodePlan(i, "smartphone", 0.0, 0.0, [], 0) for i in range(20)]
@@ -280,7 +280,7 @@ def test_faults_are_drawn_from_the_seed_one_per_node():
                                              ({"crash": 0.6, "late": 0.6}, "add up to 1.2")])
 def test_bad_fault_settings_are_one_clear_error(faults, message):
     from swarm.nodes.errors import SwarmError
-    from swarm.nodes.plan import check_faults
+    from swarm.nodes.fleet_plan import check_faults
 
     with pytest.raises(SwarmError, match=message):
         check_faults(faults)
@@ -289,7 +289,7 @@ def test_bad_fault_settings_are_one_clear_error(faults, message):
 @pytest.fixture(scope="module")
 def faulty_plan(tmp_path_factory):
     """Six nodes, three windows: one node of each fault kind, in its own window."""
-    from swarm.nodes.plan import FleetPlan
+    from swarm.nodes.fleet_plan import FleetPlan
 
     path = write_fleet_plan(compose_config(*TINY, "fleet.nodes=6"), tmp_path_factory.mktemp("injected"), "run",
                             windows=3)[0]
@@ -389,10 +389,10 @@ def test_a_bad_setting_is_one_line_naming_it(override, message):
     try:
         cfg = compose_config(["scenario.dataset.train_per_group=6", override])
         if override.startswith("pruning.composite"):
-            from swarm import settings
+            from swarm import schema
             from swarm.server.criteria import check_pruning
 
-            check_pruning(settings.plain(cfg.pruning))
+            check_pruning(schema.plain(cfg.pruning))
         if override.startswith("fleet.strategy"):
             from swarm.server.strategies import check_strategy
 
@@ -400,7 +400,7 @@ def test_a_bad_setting_is_one_line_naming_it(override, message):
         if override == "fleet.nodes=100000":
             from swarm.config import data_options, scenario_of
             from swarm.server.data.build import build
-            from swarm.server.planning import check_fleet_fits
+            from swarm.server.plan_drawing import check_fleet_fits
 
             check_fleet_fits(cfg.fleet, build(scenario_of(cfg), data_options(cfg)))
     except SwarmError as error:

@@ -12,8 +12,8 @@ from swarm import partition as partition_cli
 from swarm.nodes import io
 from swarm.nodes.drift import F, P
 from swarm.nodes.errors import SwarmError
+from swarm.nodes.fleet_plan import FleetPlan
 from swarm.nodes.local_data import load_node_data, simulated_folders, stream_of
-from swarm.nodes.plan import FleetPlan
 from swarm.server import fleet
 from tests.conftest import FLEET_TINY, FakeGrid, compose_config, nodes_of, write_fleet_plan
 

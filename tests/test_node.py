@@ -13,7 +13,7 @@ import torch
 from swarm.nodes import checkpoints
 from swarm.nodes.checkpoints import received_model
 from swarm.nodes.errors import SwarmError
-from swarm.nodes.plan import FleetPlan
+from swarm.nodes.fleet_plan import FleetPlan
 from tests.conftest import node_runtime, write_fleet_plan
 
 TINY = ["scenario.dataset.train_per_group=8", "scenario.dataset.test_per_group=3", "scenario.dataset.image_size=16",

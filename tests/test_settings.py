@@ -20,8 +20,8 @@ def _profile_dir(tmp_path, power_w: float):
 
 
 def test_a_profile_in_a_users_config_dir_is_used_by_name_and_keys_the_fleet_cache(tmp_path):
-    from swarm import settings
-    from swarm.nodes.plan import FleetPlan, NodeTask
+    from swarm import schema
+    from swarm.nodes.fleet_plan import FleetPlan, NodeTask
     from swarm.server import cache
 
     mine = _profile_dir(tmp_path, power_w=4.0)
@@ -41,12 +41,12 @@ def test_a_profile_in_a_users_config_dir_is_used_by_name_and_keys_the_fleet_cach
     assert runtime.profile.active_power_w == 4.0 and runtime.profile.name == "toaster"
 
     # Editing the profile changes the fleet's cache key; the same contents give the same key.
-    key = cache.fleet_key("m", 0, settings.plain(cfg.fleet), 0)
+    key = cache.fleet_key("m", 0, schema.plain(cfg.fleet), 0)
     same = compose_config([*FLEET_TINY, "fleet.nodes=2", "fleet.profiles=[toaster,jetson_nano]"], config_dir=mine)
-    assert cache.fleet_key("m", 0, settings.plain(same.fleet), 0) == key
+    assert cache.fleet_key("m", 0, schema.plain(same.fleet), 0) == key
     edited = compose_config([*FLEET_TINY, "fleet.nodes=2", "fleet.profiles=[toaster,jetson_nano]"],
                             config_dir=_profile_dir(tmp_path, power_w=6.0))
-    assert cache.fleet_key("m", 0, settings.plain(edited.fleet), 0) != key
+    assert cache.fleet_key("m", 0, schema.plain(edited.fleet), 0) != key
 
 
 def test_a_profile_with_a_bad_number_is_one_line(tmp_path):

@@ -1,4 +1,4 @@
-"""Drawing a fleet plan (:mod:`swarm.nodes.plan`) from the run config and the scenario's data, and the
+"""Drawing a fleet plan (:mod:`swarm.nodes.fleet_plan`) from the run config and the scenario's data, and the
 model the plan hands every node. The one place that turns configuration into a plan (simulation,
 tests and benchmarks); unlike the plan itself, it needs torch and the data.
 """
@@ -15,7 +15,7 @@ from swarm.nodes.choices import NewClassOutputs
 from swarm.nodes.device import DeviceProfile, available_seconds, profile_of
 from swarm.nodes.drift import dirichlet_partition, drift_times
 from swarm.nodes.errors import SwarmError
-from swarm.nodes.plan import FleetPlan, NodePlan, check_faults, draw_faults, split_tasks
+from swarm.nodes.fleet_plan import FleetPlan, NodePlan, check_faults, draw_faults, split_tasks
 from swarm.server.data.build import ScenarioData
 from swarm.server.data.evaluation_sets import f_groups
 

@@ -1,11 +1,11 @@
 """The fleet plan: what every node is, what data it will see, and when. Written once, read by all.
 
 The server side draws the plan from the seed (device profile, drift time, availability phase and
-non-IID share of F per node; :mod:`swarm.server.planning`) and writes it to ``<run dir>/fleet_plan.json``.
+non-IID share of F per node; :mod:`swarm.server.plan_drawing`) and writes it to ``<run dir>/fleet_plan.json``.
 Nodes never read it: ``swarm.partition`` writes each node's data folder from it
 (:mod:`swarm.nodes.local_data`), and the server sends each node its part (:class:`NodeTask`) with every
 message. This module is the plan's one definition and the fleet's enumerated settings; it imports
-no torch, so that the config schema (:mod:`swarm.settings`) and the simulation's caller, which
+no torch, so that the config schema (:mod:`swarm.schema`) and the simulation's caller, which
 reads plans for its report, stay without it.
 """
 

@@ -2,7 +2,7 @@
 
 ``scenarios/config.yaml`` holds the values and says what each one means; this module holds their
 types, the choices of every enumerated setting (each an enum in a module without torch:
-:class:`swarm.nodes.plan.Loss`, :class:`swarm.nodes.replay.ReplayPolicy`, :mod:`swarm.nodes.choices`, ...) and
+:class:`swarm.nodes.fleet_plan.Loss`, :class:`swarm.nodes.replay.ReplayPolicy`, :mod:`swarm.nodes.choices`, ...) and
 the bounds of every number. :func:`register` puts :class:`SwarmConfig` in Hydra's ConfigStore as
 ``swarm_schema``, which ``config.yaml`` lists first in its defaults, so that Hydra rejects a wrong
 type or an unknown choice while it composes the config, before anything runs. :func:`check` then
@@ -35,7 +35,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from swarm.nodes.choices import NewClassOutputs, Scope, Target
 from swarm.nodes.drift import DriftKind
 from swarm.nodes.errors import SwarmError
-from swarm.nodes.plan import BatchNormMode, Loss, Sampling, check_faults
+from swarm.nodes.fleet_plan import BatchNormMode, Loss, Sampling, check_faults
 from swarm.nodes.replay import ReplayPolicy
 
 SCHEMA = "swarm_schema"
