@@ -1,4 +1,6 @@
-"""The model zoo: torchvision ResNet-50 / ResNet-18 and a small CIFAR-style ResNet.
+"""The model zoo: torchvision ResNet-50 / ResNet-18 and a small CIFAR-style ResNet, by name
+(``model.name``): add one with a builder registered by ``@model("name")`` and its
+``scenarios/model/<name>.yaml``.
 
 Every model is built from torchvision's own ``BasicBlock`` / ``Bottleneck`` classes, so zennit's
 ``ResNetCanonizer`` (which matches those classes) and torch-pruning's dependency graph treat all of
@@ -8,7 +10,7 @@ them alike.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -16,9 +18,6 @@ from torchvision.models import resnet18, resnet50
 from torchvision.models.resnet import BasicBlock
 
 from swarm.nodes.errors import SwarmError
-
-MODELS = ("resnet50", "resnet18", "resnet_small")
-
 
 class Stem(StrEnum):
     """The first layers: auto (small for inputs of 64 px or less), imagenet (7x7 stride-2 conv + max-pool), small (3x3 stride-1)."""
@@ -90,19 +89,43 @@ class SmallResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+Builder = Callable[[Mapping[str, Any], int, int, str], nn.Module]  # (model config, outputs, in channels, stem)
+MODELS: dict[str, Builder] = {}
+
+
+def model(name: str) -> Callable[[Builder], Builder]:
+    """Register a model builder under ``name`` (``model.name``; ``scenarios/model/<name>.yaml``)."""
+    def register(builder: Builder) -> Builder:
+        MODELS[name] = builder
+        return builder
+    return register
+
+
 def build_model(model_cfg: Mapping[str, Any], num_outputs: int, in_channels: int, image_size: int) -> nn.Module:
     """Build the configured model, freshly initialised (no downloaded weights), for this task's shape."""
     name = str(model_cfg.get("name"))
     if name not in MODELS:
         raise SwarmError(f"unknown model '{name}'; models are {', '.join(MODELS)}")
-    stem = resolve_stem(str(model_cfg.get("stem", "auto")), image_size)
-    if name == "resnet_small":
-        return SmallResNet(num_outputs, in_channels, tuple(model_cfg.get("widths", (16, 32, 64))),
-                           tuple(model_cfg.get("blocks", (2, 2, 2))), stem)
-    model = (resnet50 if name == "resnet50" else resnet18)(weights=None, num_classes=num_outputs)
-    if stem == "small" or in_channels != 3:
-        model.conv1, model.maxpool = _stem(in_channels, model.conv1.out_channels, stem)
-    return model
+    return MODELS[name](model_cfg, num_outputs, in_channels, resolve_stem(str(model_cfg.get("stem", "auto")), image_size))
+
+
+def _torchvision_resnet(constructor: Callable[..., nn.Module]) -> Builder:
+    def build(model_cfg: Mapping[str, Any], num_outputs: int, in_channels: int, stem: str) -> nn.Module:
+        built = constructor(weights=None, num_classes=num_outputs)
+        if stem == "small" or in_channels != 3:
+            built.conv1, built.maxpool = _stem(in_channels, built.conv1.out_channels, stem)
+        return built
+    return build
+
+
+model("resnet50")(_torchvision_resnet(resnet50))
+model("resnet18")(_torchvision_resnet(resnet18))
+
+
+@model("resnet_small")
+def _small_resnet(model_cfg: Mapping[str, Any], num_outputs: int, in_channels: int, stem: str) -> nn.Module:
+    return SmallResNet(num_outputs, in_channels, tuple(model_cfg.get("widths", (16, 32, 64))),
+                       tuple(model_cfg.get("blocks", (2, 2, 2))), stem)
 
 
 def classifier(model: nn.Module) -> tuple[str, nn.Linear]:

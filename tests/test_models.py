@@ -62,3 +62,31 @@ def test_reset_outputs_start_neutral_and_leave_the_rest():
     reset_outputs(model, [])  # nothing to reset
     with pytest.raises(SwarmError, match="6-output"):
         reset_outputs(model, [6])
+
+
+def test_a_model_is_a_plug_in(monkeypatch):
+    """A builder registered with ``@model(name)`` is what ``model.name=name`` builds, with the task's
+    shape and the resolved stem; an unknown name lists the registered ones."""
+    from swarm.nodes import models
+
+    monkeypatch.setattr(models, "MODELS", dict(models.MODELS))  # registered for this test only
+    calls = []
+
+    @models.model("linear_probe")
+    def linear_probe(model_cfg, num_outputs, in_channels, stem):
+        calls.append((num_outputs, in_channels, stem))
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(num_outputs))
+
+    built = models.build_model({"name": "linear_probe"}, num_outputs=7, in_channels=1, image_size=28)
+    assert calls == [(7, 1, "small")] and isinstance(built, torch.nn.Sequential)
+    with pytest.raises(SwarmError, match="unknown model 'nope'; models are resnet50, resnet18, resnet_small, linear_probe"):
+        models.build_model({"name": "nope"}, num_outputs=7, in_channels=1, image_size=28)
+
+
+def test_every_data_source_module_registers_itself():
+    """The sources package imports its modules, and each registers its names (no central list)."""
+    from swarm.server.data import sources
+
+    assert set(sources.SOURCES) == {"cifar10", "cifar100", "domainnet", "fashion_mnist", "fashion_mnist_styles",
+                                    "folder", "synthetic"}
+    assert sources.source({"name": "fashion_mnist"}).channels == 1

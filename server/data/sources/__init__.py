@@ -1,54 +1,24 @@
 """Dataset sources by name (``scenario.dataset.name``). Each reduces its on-disk format to a
-:class:`~swarm.server.data.catalog.Catalog`.
-
-A :class:`Source` says how one name is read: its class and domain names where they are fixed
-(so ``swarm.splits`` works before anything is downloaded), how to load (or render) it, and its
-input geometry without reading it. Add a format with :func:`register_source`.
+:class:`~swarm.server.data.catalog.Catalog`, and registers itself
+(:mod:`swarm.server.data.sources.registry`): a new format is one new module here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+import importlib
+import pkgutil
+from typing import Any
 
 from swarm.nodes.errors import ScenarioError
 from swarm.server.data.catalog import Catalog
 from swarm.server.data.options import DataOptions
-from swarm.server.data.sources import cifar, domainnet, fashion_mnist, fashion_styles, folder, synthetic
+from swarm.server.data.sources.registry import SOURCES, Names, Source, register_source
 
-Names = tuple[list[str] | None, list[str] | None]
+__all__ = ["SOURCES", "Names", "Source", "register_source", "source", "known_names", "load", "geometry"]
 
-
-@dataclass(frozen=True)
-class Source:
-    known_names: Callable[[Any], Names]  # (classes, domains) from the dataset's config; None: read from data
-    load: Callable[[Any, DataOptions, list[str] | None], Catalog]  # (config, options, wanted domains)
-    channels: int
-    native_size: Callable[[Any], int]  # image side before data.image_size, from the dataset's config
-
-
-SOURCES: dict[str, Source] = {}
-
-
-def register_source(name: str, source: Source) -> None:
-    SOURCES[name] = source
-
-
-for _cifar in ("cifar10", "cifar100"):
-    register_source(_cifar, Source(known_names=lambda cfg, n=_cifar: cifar.known_names(n),
-                                   load=lambda cfg, options, wanted, n=_cifar: cifar.load(n, options),
-                                   channels=3, native_size=lambda cfg: 32))
-register_source("fashion_mnist", Source(known_names=lambda cfg: fashion_mnist.known_names(),
-                                        load=lambda cfg, options, wanted: fashion_mnist.load(options),
-                                        channels=1, native_size=lambda cfg: 28))
-register_source("fashion_mnist_styles", Source(known_names=lambda cfg: fashion_styles.known_names(),
-                                               load=fashion_styles.load, channels=1, native_size=lambda cfg: 28))
-register_source("domainnet", Source(known_names=lambda cfg: domainnet.known_names(), load=domainnet.load,
-                                    channels=3, native_size=lambda cfg: int(cfg.get("image_size", 224))))
-register_source("synthetic", Source(known_names=lambda cfg: synthetic.known_names(), load=synthetic.load,
-                                    channels=3, native_size=lambda cfg: int(cfg.get("image_size", 32))))
-register_source("folder", Source(known_names=folder.known_names, load=folder.load,
-                                 channels=3, native_size=lambda cfg: int(cfg.get("image_size", 64))))
+# Every module of this package registers its sources when imported (cifar, fashion_mnist, ...).
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def source(dataset_cfg: Any) -> Source:

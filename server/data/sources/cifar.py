@@ -21,6 +21,7 @@ from swarm.nodes.errors import CorruptDataError, DataNotFoundError
 from swarm.nodes.images import TensorImages
 from swarm.server.data.catalog import Catalog, SplitCatalog
 from swarm.server.data.options import DataOptions
+from swarm.server.data.sources.registry import Source, register_source
 
 CIFAR10_CLASSES = [
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -156,3 +157,9 @@ def load(name: str, options: DataOptions) -> Catalog:
         images, labels = _read_split(folder, layout[split], layout["labels"], len(classes), md5)
         splits[split] = SplitCatalog(labels, np.zeros_like(labels), TensorImages(images))
     return Catalog(name, classes, ["default"], channels=3, image_size=32, **splits)
+
+
+for _name in ("cifar10", "cifar100"):
+    register_source(_name, Source(known_names=lambda cfg, n=_name: known_names(n),
+                                  load=lambda cfg, options, wanted, n=_name: load(n, options),
+                                  channels=3, native_size=lambda cfg: 32))

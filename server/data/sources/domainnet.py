@@ -17,6 +17,7 @@ from swarm.nodes.errors import DataNotFoundError
 from swarm.server.data.catalog import Catalog, SplitCatalog
 from swarm.server.data.options import DataOptions
 from swarm.server.data.sources.files import FileImages
+from swarm.server.data.sources.registry import Source, register_source
 
 DOMAINS = ["clipart", "infograph", "painting", "quickdraw", "real", "sketch"]
 DOWNLOAD_PAGE = "http://ai.bu.edu/M3SDA/"
@@ -70,3 +71,7 @@ def load(dataset_cfg, options: DataOptions, wanted_domains: list[str] | None = N
             domain_ids += d
         splits[split] = SplitCatalog(np.array(class_ids), np.array(domain_ids), FileImages(root, paths, size))
     return Catalog("domainnet", names, list(DOMAINS), channels=3, image_size=size, **splits)
+
+
+register_source("domainnet", Source(known_names=lambda cfg: known_names(), load=load, channels=3,
+                                    native_size=lambda cfg: int(cfg.get("image_size", 224))))

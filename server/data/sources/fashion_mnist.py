@@ -17,6 +17,7 @@ from swarm.nodes.errors import DataNotFoundError
 from swarm.nodes.images import TensorImages
 from swarm.server.data.catalog import Catalog, SplitCatalog
 from swarm.server.data.options import DataOptions
+from swarm.server.data.sources.registry import Source, register_source
 
 CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -82,3 +83,8 @@ def load(options: DataOptions) -> Catalog:
         tensor = torch.from_numpy(images.copy()).unsqueeze(1)
         splits[split] = SplitCatalog(labels, np.zeros_like(labels), TensorImages(tensor))
     return Catalog("fashion_mnist", list(CLASSES), ["default"], channels=1, image_size=28, **splits)
+
+
+register_source("fashion_mnist", Source(known_names=lambda cfg: known_names(),
+                                        load=lambda cfg, options, wanted: load(options),
+                                        channels=1, native_size=lambda cfg: 28))

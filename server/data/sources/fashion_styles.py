@@ -27,6 +27,7 @@ from swarm.nodes.images import TensorImages
 from swarm.server.data.catalog import Catalog, SplitCatalog
 from swarm.server.data.options import DataOptions
 from swarm.server.data.sources import fashion_mnist
+from swarm.server.data.sources.registry import Source, register_source
 
 STYLES = ["original", "outline", "inverted", "noisy", "striped", "blurred"]
 
@@ -107,3 +108,7 @@ def load(dataset_cfg, options: DataOptions, wanted: list[str] | None = None) -> 
         splits[split] = SplitCatalog(part.class_idx, styles, TensorImages(images))
     return Catalog("fashion_mnist_styles", list(fashion_mnist.CLASSES), list(STYLES), channels=1, image_size=28,
                    **splits)
+
+
+register_source("fashion_mnist_styles", Source(known_names=lambda cfg: known_names(), load=load, channels=1,
+                                               native_size=lambda cfg: 28))

@@ -14,6 +14,7 @@ from swarm.nodes.errors import DataNotFoundError, ScenarioError
 from swarm.server.data.catalog import Catalog, SplitCatalog
 from swarm.server.data.options import DataOptions
 from swarm.server.data.sources.files import IMAGE_SUFFIXES, FileImages
+from swarm.server.data.sources.registry import Source, register_source
 
 
 def _subdirs(path: Path) -> list[Path]:
@@ -84,3 +85,7 @@ def load(dataset_cfg, options: DataOptions, wanted_domains: list[str] | None = N
         for name, mask in (("train", ~is_test), ("test", is_test))
     }
     return Catalog(f"folder:{root.name}", classes, domains, channels=3, image_size=size, **splits)
+
+
+register_source("folder", Source(known_names=known_names, load=load, channels=3,
+                                 native_size=lambda cfg: int(cfg.get("image_size", 64))))

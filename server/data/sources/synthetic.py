@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from swarm.nodes.images import TensorImages
 from swarm.server.data.catalog import Catalog, SplitCatalog
 from swarm.server.data.options import DataOptions
+from swarm.server.data.sources.registry import Source, register_source
 
 CLASSES = [
     "circle", "square", "triangle", "plus", "ring", "star",
@@ -267,3 +268,7 @@ def load(dataset_cfg, options: DataOptions, wanted_domains: list[str] | None = N
             np.concatenate(class_ids), np.concatenate(domain_ids), TensorImages(torch.cat(images))
         )
     return Catalog("synthetic", list(CLASSES), list(DOMAINS), channels=3, image_size=size, **splits)
+
+
+register_source("synthetic", Source(known_names=lambda cfg: known_names(), load=load, channels=3,
+                                    native_size=lambda cfg: int(cfg.get("image_size", 32))))
