@@ -105,6 +105,16 @@ def load_profile(name: str, directory: Path = PROFILE_DIR) -> DeviceProfile:
     return DeviceProfile.from_mapping(yaml.safe_load(path.read_text()))
 
 
+# The kinds of limit a window's training may have, defined once: each is a field of Budget and of
+# ``fleet.budget``, with the unit a report writes after a value and the label of a budget axis.
+BUDGET_KINDS: dict[str, tuple[str, str]] = {
+    "energy_j": ("J/window", "training energy per window (J)"),
+    "compute_s": ("s/window", "compute time per window (s)"),
+    "flops": ("FLOP/window", "training FLOPs per window"),
+    "duty_cycle": ("duty cycle", "training duty cycle (share of each window)"),
+}
+
+
 @dataclass(frozen=True)
 class Budget:
     """What one window may spend on training. None = unlimited; the window length always applies.
@@ -122,7 +132,7 @@ class Budget:
     def __post_init__(self) -> None:
         if self.window_s <= 0:
             raise SwarmError("the window length must be positive")
-        for name in ("energy_j", "compute_s", "flops", "duty_cycle"):
+        for name in BUDGET_KINDS:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise SwarmError(f"budget {name} must be >= 0, not {value}")
@@ -323,3 +333,10 @@ def memory_need(parameters: int, activation_bytes: int, batch_size: int, replay_
 
 def memory_check(profile: DeviceProfile, need: MemoryNeed) -> bool:
     return need.total_mb <= profile.ram_mb
+
+
+def budget_of(fleet: Mapping[str, Any], window_s: float) -> Budget:
+    """The window's budget from the fleet settings (``fleet.budget``; a missing or null kind: no limit)."""
+    budget = fleet.get("budget") or {}
+    return Budget(window_s=window_s, **{kind: None if budget.get(kind) is None else float(budget[kind])
+                                        for kind in BUDGET_KINDS})

@@ -31,7 +31,7 @@ from torch import nn
 
 from swarm.nodes import checkpoints, io
 from swarm.nodes.checkpoints import received_model
-from swarm.nodes.device import (Budget, StreamCredit, WindowReport, memory_check, profile_of, memory_need,
+from swarm.nodes.device import (StreamCredit, WindowReport, budget_of, memory_check, profile_of, memory_need,
                                 simulate_window, step_flops)
 from swarm.nodes.drift import F, P, node_stream
 from swarm.nodes.errors import SwarmError
@@ -89,13 +89,6 @@ def train_mode(model: nn.Module, *, frozen_batchnorm: bool) -> None:
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
-
-
-def _budget(fleet: Mapping[str, Any], window_s: float) -> Budget:
-    budget = fleet.get("budget") or {}
-    value = lambda key: None if budget.get(key) is None else float(budget[key])  # noqa: E731
-    return Budget(window_s=window_s, energy_j=value("energy_j"), compute_s=value("compute_s"),
-                  flops=value("flops"), duty_cycle=value("duty_cycle"))
 
 
 class NodeRuntime:
@@ -236,7 +229,7 @@ class NodeRuntime:
             stream_per_step = int(self.fleet["batch_size"]) - self._replayed_per_batch(replay)
             credit = (StreamCredit.unlimited(before) if passes is None else
                       StreamCredit(int(passes), stream_per_step, float(int(passes) * before - state["visits"])))
-            report = simulate_window(self.profile, _budget(self.fleet, self.task.window_s), cost, start_s=start,
+            report = simulate_window(self.profile, budget_of(self.fleet, self.task.window_s), cost, start_s=start,
                                      arrivals=self.times[arrived].tolist(), phase_s=self.me.phase_s, credit=credit)
             started = time.perf_counter()
             self._train(model, optimizer, replay, report.step_starts, window)

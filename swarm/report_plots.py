@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 
+from swarm.nodes.device import BUDGET_KINDS  # noqa: E402
 from swarm.results import FleetResult, estimate, pruning_curve  # noqa: E402
 
 COLOURS = {"lrp": "tab:blue", "imp": "tab:orange"}
@@ -158,9 +159,7 @@ def plot_budget(results: list[FleetResult], path: Path, title: str) -> None:
                              (estimate(r.reference() for r in group).mean, (0, (1, 3)))):
             if not math.isnan(value):
                 ax.axhline(value, color=colour, ls=style, lw=1, alpha=0.6)
-    unit = {"energy_j": "training energy per window (J)", "compute_s": "compute time per window (s)",
-            "flops": "training FLOPs per window", "duty_cycle": "training duty cycle (share of each window)"}
-    ax.set_xlabel(" / ".join(unit[k] for k in kinds) or "budget")
+    ax.set_xlabel(" / ".join(BUDGET_KINDS[k][1] for k in kinds) or "budget")
     budgets = sorted({r.budget_value for r in results if r.budget_value is not None})
     positive = [b for b in budgets if b > 0]
     if positive and budgets[0] == 0:  # "no training" sits at 0: linear near 0, logarithmic beyond

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from swarm.nodes.device import as_simulated
+from swarm.nodes.device import BUDGET_KINDS, as_simulated
 from swarm.nodes.errors import SwarmError
 from swarm.nodes.protocol import (DEVICE_FAULTS, NODES_CSV, NO_RESULT, RECEIVED_WINDOW, RUN_RECORD, SHARED_MODEL,
                                   Status, read_rows)
@@ -26,7 +26,6 @@ from swarm.nodes.protocol import (DEVICE_FAULTS, NODES_CSV, NO_RESULT, RECEIVED_
 # Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom; beyond, the normal 1.96.
 _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-BUDGET_KINDS = {"energy_j": "J/window", "compute_s": "s/window", "flops": "FLOP/window", "duty_cycle": "duty cycle"}
 
 
 @dataclass(frozen=True)
@@ -196,7 +195,7 @@ class FleetResult:
     def budget_label(self) -> str:
         if self.budget_value is None:
             return "unlimited"
-        return f"{self.budget_value:g} {BUDGET_KINDS[self.budget_kind]}"
+        return f"{self.budget_value:g} {BUDGET_KINDS[self.budget_kind][0]}"
 
 
 def _coordinator_accuracy(coordinator: list[dict[str, Any]], iteration: int) -> float:

@@ -126,3 +126,17 @@ def test_bad_profiles_and_budgets():
 def test_arrivals_are_counted_even_after_the_budget_ran_out():
     report = simulate_window(BOARD, Budget(window_s=60, energy_j=10), STEP, arrivals=[1.0, 20.0, 50.0])
     assert report.steps == 1 and report.samples_arrived == 3
+
+
+def test_the_budget_kinds_are_defined_once():
+    """Every budget kind is a field of the schema's fleet.budget, of Budget, and has its unit and
+    axis label for the reports: one list (nodes.device.BUDGET_KINDS), checked against the others."""
+    import dataclasses
+
+    from swarm.nodes.device import BUDGET_KINDS, Budget, budget_of
+    from swarm.schema import BudgetConfig
+
+    assert {f.name for f in dataclasses.fields(BudgetConfig)} == set(BUDGET_KINDS)
+    assert {f.name for f in dataclasses.fields(Budget)} == set(BUDGET_KINDS) | {"window_s"}
+    budget = budget_of({"budget": {"energy_j": 5, "duty_cycle": None}}, window_s=60)
+    assert budget.energy_j == 5.0 and budget.duty_cycle is None and budget.compute_s is None
