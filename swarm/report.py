@@ -5,13 +5,14 @@ Finds every fleet result under the given directories and writes, into ``--out`` 
 
 * ``results.csv``: one row per fleet result (setting, seed, size, accuracies, cost to target);
 * ``fig3_<scenario>.png``: the paper's Fig. 3, accuracy against parameters over the pruning
-  iterations, one curve per {LRP, IMP} x {extra, task_only}: on P after pruning and recovery, and
+  iterations, one curve per {criterion} x {extra, task_only}: on P after pruning and recovery, and
   after the fleet's adaptation (F, or P ∪ F for new classes); mean and 95% interval over seeds;
 * ``budget_<scenario>.png`` (when several budgets were swept): accuracy after adaptation against the
   compute budget, per pruning method and model size;
-* ``fleet_<scenario>.png``: per-node accuracy after adaptation, LRP and IMP side by side;
-* ``report.md``: the figures, the gaps the paper reports (extra − task_only and LRP − IMP at every
-  size, paired by seed), LRP − IMP per fleet, forgetting on P, and time and energy to a target.
+* ``fleet_<scenario>.png``: per-node accuracy after adaptation, the criteria side by side;
+* ``report.md``: the figures, the gaps the paper reports (extra − task_only, and each criterion −
+  the baseline, ``--baseline``, IMP by default: LRP − IMP in the paper, at every size, paired by
+  seed), each criterion − the baseline per fleet, forgetting on P, and time and energy to a target.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from swarm.nodes import io
 from swarm.nodes.errors import run_command
 from swarm.nodes.protocol import ACCURACIES, NO_RESULT, REPORT
 from swarm.report_plots import plot_budget, plot_fig3, plot_fleets
-from swarm.results import Estimate, FleetResult, collect, estimate, paired_difference, pruning_curve
+from swarm.results import (Estimate, FleetResult, collect, compared, criteria, estimate, paired_difference,
+                           pruning_curve)
 
 CSV_COLUMNS = ["scenario", "mode", "model", "pruning", "pretrain", "seed", "iteration", "params", "budget",
                "fleet_variant", "p_acc_after_pruning", "adapted_metric", "received_mean", "adapted_mean", "gain",
@@ -42,6 +44,9 @@ CSV_COLUMNS = ["scenario", "mode", "model", "pruning", "pretrain", "seed", "iter
                  for metric in ACCURACIES],
                "shared_gain", "reference_gain", "reference_epochs", "coordinator_epochs", "coordinator_best_epochs",
                "directory"]
+
+# The criterion the others are compared with, unless --baseline names another: the paper's (IMP).
+BASELINE = "imp"
 
 
 def _by(results: Iterable[FleetResult], *fields: str) -> dict[tuple, list[FleetResult]]:
@@ -105,16 +110,21 @@ def _seed_values(group: list[FleetResult], value) -> dict[int, float]:
     return {r.seed: value(r) for r in group}
 
 
-def gap_table(results: list[FleetResult]) -> list[str]:
-    """The paper's two gaps at every size, paired by seed: extra − task_only, and LRP − IMP."""
+def gap_table(results: list[FleetResult], baseline: str = BASELINE) -> list[str]:
+    """The paper's two gaps at every size, paired by seed: extra − task_only per criterion, and each
+    criterion − the baseline (LRP − IMP in the paper)."""
     lines = ["| size (params) | iteration | gap | after pruning, on P | reference adaptation (paper's) | "
              "fleet: shared model | fleet: nodes' mean |", "|---|---|---|---|---|---|---|"]
     cells = _by(results, "iteration", "pruning", "pretrain")
     prune_curves = {key: pruning_curve(group) for key, group in _by(results, "pruning", "pretrain").items()}
     iterations = sorted({it for curve in prune_curves.values() for it in curve})
     params = {it: next(p for curve in prune_curves.values() for s, (p, _) in curve.get(it, {}).items()) for it in iterations}
-    comparisons = [(f"extra − task_only ({m.upper()})", (m, "extra"), (m, "task_only")) for m in ("lrp", "imp")]
-    comparisons += [(f"LRP − IMP ({p})", ("lrp", p), ("imp", p)) for p in ("extra", "task_only")]
+    others = compared(results, baseline)
+    comparisons = [(f"extra − task_only ({m.upper()})", (m, "extra"), (m, "task_only"))
+                   for m in criteria(results, baseline)]
+    comparisons += [(f"{m.upper()} − {baseline.upper()} ({p})", (m, p), (baseline, p))
+                    for m in others for p in ("extra", "task_only")]
+
     def pruned(setting: tuple[str, str], it: int) -> dict[int, float]:
         return {s: acc for s, (_, acc) in prune_curves.get(setting, {}).get(it, {}).items()}
 
@@ -136,9 +146,10 @@ def gap_table(results: list[FleetResult]) -> list[str]:
         sources = (pruned, referenced, shared, adapted)
         rows = [(label, *(paired_difference(values(a, it), values(b, it)) for values in sources))
                 for label, a, b in comparisons]
-        # Claim (b): the pre-training gap under LRP minus the gap under IMP, paired by seed.
-        rows.append(("(extra − task_only): LRP − IMP",
-                     *(paired_difference(gap(values, "lrp", it), gap(values, "imp", it)) for values in sources)))
+        # Claim (b): the pre-training gap under a criterion minus the gap under the baseline, paired by seed.
+        rows += [(f"(extra − task_only): {m.upper()} − {baseline.upper()}",
+                  *(paired_difference(gap(values, m, it), gap(values, baseline, it)) for values in sources))
+                 for m in others]
         for label, *estimates in rows:
             if any(e.n for e in estimates):
                 lines.append(f"| {params[it] / 1e6:.3f}M | {it} | {label} | "
@@ -149,10 +160,11 @@ def gap_table(results: list[FleetResult]) -> list[str]:
 LAST_SIZES = 3  # the endpoints average over the smallest sizes a fleet adapted
 
 
-def endpoints(results: list[FleetResult]) -> list[tuple[str, str, str, Estimate]]:
+def endpoints(results: list[FleetResult], baseline: str = BASELINE) -> list[tuple[str, str, str, Estimate]]:
     """The claims the published results decide, paired by seed, each averaged per seed over the
     ``LAST_SIZES`` smallest sizes both sides adapted: (a) extra − task_only, per pruning method; (b)
-    (extra − task_only) under LRP minus the same under IMP. Each on the target metric and on F
+    (extra − task_only) under each criterion minus the same under the baseline (the paper: LRP and
+    IMP). Each on the target metric and on F
     alone, for the reference (the paper's central adaptation) and the fleet's shared model.
     Returns (claim, who, metric, estimate) rows."""
     iterations = sorted({r.iteration for r in results})[-LAST_SIZES:]
@@ -171,18 +183,19 @@ def endpoints(results: list[FleetResult]) -> list[tuple[str, str, str, Estimate]
     for who, value_of in (("reference", lambda r, m: r.reference(m)), ("shared model", lambda r, m: r.shared_final(m))):
         for metric in metrics:
             gaps = {}
-            for method in ("lrp", "imp"):
+            for method in criteria(results, baseline):
                 extra = averaged(method, "extra", lambda r: value_of(r, metric))
                 task = averaged(method, "task_only", lambda r: value_of(r, metric))
                 gaps[method] = {s: extra[s] - task[s] for s in set(extra) & set(task)}
                 out.append((f"(a) extra − task_only, {method.upper()}", who, metric, estimate(gaps[method].values())))
-            out.append(("(b) (extra − task_only): LRP − IMP", who, metric, paired_difference(gaps["lrp"], gaps["imp"])))
+            out += [(f"(b) (extra − task_only): {m.upper()} − {baseline.upper()}", who, metric,
+                     paired_difference(gaps[m], gaps[baseline])) for m in compared(results, baseline)]
     return out
 
 
-def endpoint_table(results: list[FleetResult]) -> list[str]:
+def endpoint_table(results: list[FleetResult], baseline: str = BASELINE) -> list[str]:
     iterations = sorted({r.iteration for r in results})[-LAST_SIZES:]
-    rows = [row for row in endpoints(results) if row[3].n]
+    rows = [row for row in endpoints(results, baseline) if row[3].n]
     if not rows:
         return []
     lines = [f"Endpoints (docs/results: decided before the sweep): averaged per seed over iterations "
@@ -242,19 +255,27 @@ def _cost(e: Estimate) -> str:
     return f"{e.mean:.0f}" + (f" ± {e.half_width:.0f}" if e.n > 1 else "")
 
 
-def fleet_table(results: list[FleetResult]) -> list[str]:
-    lines = ["| pretrain | iteration | LRP fleet mean | IMP fleet mean | LRP − IMP (paired by seed) |",
-             "|---|---|---|---|---|"]
-    for (pretrain, iteration), group in _by(results, "pretrain", "iteration").items():
-        lrp = _seed_values([r for r in group if r.pruning == "lrp"], lambda r: r.fleet_mean())
-        imp = _seed_values([r for r in group if r.pruning == "imp"], lambda r: r.fleet_mean())
-        if lrp and imp:
-            lines.append(f"| {pretrain} | {iteration} | {estimate(lrp.values())} | {estimate(imp.values())} | "
-                         f"{_signed(paired_difference(lrp, imp))} |")
-    return lines if len(lines) > 2 else []
+def fleet_table(results: list[FleetResult], baseline: str = BASELINE) -> list[str]:
+    """Each criterion's fleets against the baseline's, by pre-training and size (one table each)."""
+    lines: list[str] = []
+    base = baseline.upper()
+    for method in compared(results, baseline):
+        rows = []
+        for (pretrain, iteration), group in _by(results, "pretrain", "iteration").items():
+            ours = _seed_values([r for r in group if r.pruning == method], lambda r: r.fleet_mean())
+            theirs = _seed_values([r for r in group if r.pruning == baseline], lambda r: r.fleet_mean())
+            if ours and theirs:
+                rows.append(f"| {pretrain} | {iteration} | {estimate(ours.values())} | {estimate(theirs.values())} | "
+                            f"{_signed(paired_difference(ours, theirs))} |")
+        if rows:
+            lines += ([""] if lines else []) + [
+                f"| pretrain | iteration | {method.upper()} fleet mean | {base} fleet mean | "
+                f"{method.upper()} − {base} (paired by seed) |", "|---|---|---|---|---|", *rows]
+    return lines
 
 
-def write(directories: list[Path], out: Path, target: float | None = None) -> list[FleetResult]:
+def write(directories: list[Path], out: Path, target: float | None = None,
+          baseline: str = BASELINE) -> list[FleetResult]:
     results, problems = collect(directories)
     out.mkdir(parents=True, exist_ok=True)
     target_of = targets(results, target)
@@ -288,27 +309,30 @@ def write(directories: list[Path], out: Path, target: float | None = None) -> li
             suffix = "" if len(budgets) == 1 else "-" + label.split()[0].replace(".", "p")
             fig3, boxes = f"fig3_{stem}{suffix}.png", f"fleet_{stem}{suffix}.png"
             title = f"{scenario} · {model} · budget {label}"
-            plot_fig3(budget_group, out / fig3, title)
-            plot_fleets(budget_group, out / boxes, title)
-            lines += [f"### Budget {label}", "", f"![Fig. 3]({fig3})", "", f"![LRP vs IMP fleets]({boxes})", "",
+            plot_fig3(budget_group, out / fig3, title, baseline)
+            plot_fleets(budget_group, out / boxes, title, baseline)
+            names = criteria(budget_group, baseline)
+            lines += [f"### Budget {label}", "", f"![Fig. 3]({fig3})", "",
+                      f"![{' vs '.join(n.upper() for n in names)} fleets]({boxes})", "",
                       "Per setting and size (forgetting: P accuracy of the received model minus the fleet's after "
                       f"adaptation; cost to reach the target {target_of[scenario]:.3f} on {metric}, per node, "
                       "over the seeds that reached it):", "", *setting_table(budget_group, target_of[scenario]), "",
                       "Gaps the paper reports, 95% interval over seeds: (a) extra − task_only > 0 at every "
-                      "size; (b) LRP keeps that gap at high compression better than IMP, i.e. "
-                      "(extra − task_only): LRP − IMP > 0 at the small sizes:", "", *gap_table(budget_group), ""]
+                      f"size; (b) a criterion keeps that gap at high compression better than the baseline "
+                      f"({baseline.upper()}), i.e. (extra − task_only): criterion − {baseline.upper()} > 0 at the "
+                      "small sizes (the paper: LRP − IMP):", "", *gap_table(budget_group, baseline), ""]
             alone = alone_table(budget_group)
             if alone:
                 lines += ["F alone (the new classes) and P alone (the old), the parts of P ∪ F:", "", *alone, ""]
-            ends = endpoint_table(budget_group)
+            ends = endpoint_table(budget_group, baseline)
             if ends:
                 lines += [*ends, ""]
-            comparison = fleet_table(budget_group)
+            comparison = fleet_table(budget_group, baseline)
             if comparison:
                 lines += ["Fleet comparison, mean accuracy after adaptation:", "", *comparison, ""]
         if len(budgets) > 1:
             name = f"budget_{stem}.png"
-            plot_budget(group, out / name, f"{scenario} · {model}: accuracy after adaptation vs budget")
+            plot_budget(group, out / name, f"{scenario} · {model}: accuracy after adaptation vs budget", baseline)
             lines += ["### Accuracy against budget", "", f"![budget curves]({name})", ""]
     io.write_text(out / REPORT, "\n".join(lines) + "\n")
     return results
@@ -321,12 +345,15 @@ def main(argv: list[str] | None = None) -> int:
                                                  "(default: <first directory>/report)")
     parser.add_argument("--target", type=float, help="accuracy for time- and energy-to-accuracy "
                                                      "(default: 90%% of the best fleet mean per scenario)")
+    parser.add_argument("--baseline", default=BASELINE,
+                        help="the pruning criterion every other one is compared with (default: %(default)s, the "
+                             "paper's baseline)")
     args = parser.parse_args(argv)
     if args.target is not None and not 0 < args.target <= 1:
         print(f"error: --target {args.target} is not an accuracy in (0, 1]", file=sys.stderr)
         return 2
     out = args.out or args.directories[0] / "report"
-    return run_command(lambda: f"{len(write(args.directories, out, args.target))} fleet results -> "
+    return run_command(lambda: f"{len(write(args.directories, out, args.target, args.baseline))} fleet results -> "
                                f"{out / REPORT}, {out / 'results.csv'}")
 
 

@@ -260,6 +260,19 @@ def collect(directories: Sequence[Path]) -> tuple[list[FleetResult], list[str]]:
     return results, problems
 
 
+def criteria(results: Iterable[FleetResult], baseline: str) -> list[str]:
+    """The pruning criteria the runs used, in the order reports list them: the others by name,
+    then ``baseline`` (the one each other is compared with), where the runs used it."""
+    used = sorted({r.pruning for r in results})
+    return [c for c in used if c != baseline] + ([baseline] if baseline in used else [])
+
+
+def compared(results: Iterable[FleetResult], baseline: str) -> list[str]:
+    """The criteria compared with ``baseline``: none when the runs did not use it."""
+    names = criteria(list(results), baseline)
+    return names[:-1] if names and names[-1] == baseline else []
+
+
 def paired_difference(a: dict[int, float], b: dict[int, float]) -> Estimate:
     """Mean of a − b over the seeds both have, with its 95% interval."""
     seeds = sorted(set(a) & set(b))

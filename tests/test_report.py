@@ -234,3 +234,24 @@ def test_archive_keeps_the_small_files_a_report_is_built_from(tmp_path, capsys):
     assert report.main([str(kept), "--out", str(tmp_path / "report")]) == 0
     assert read_csv(tmp_path / "report" / "results.csv")[0]["shared_acc_F"] == "0.7"
     assert archive.main([str(tmp_path / "missing"), str(kept)]) == 2
+
+
+def test_reports_compare_whatever_criteria_the_runs_used_with_the_baseline(tmp_path):
+    """A third criterion (``taylor``, say) appears beside LRP and IMP: each is compared with the
+    baseline (``--baseline``, IMP by default), none is left out, and the baseline can be another."""
+    for pruning, final in (("lrp", 0.8), ("imp", 0.6), ("taylor", 0.7)):
+        for pretrain in ("extra", "task_only"):
+            for seed in (0, 1):
+                fake_run(tmp_path / "runs", pruning=pruning, pretrain=pretrain, seed=seed,
+                         finals=(final + 0.05 * (pretrain == "extra"), final), reference=0.7)
+    results, _ = collect([tmp_path / "runs"])
+    labels = [line.split(" | ")[2] for line in report.gap_table(results)[2:]]
+    assert "LRP − IMP (extra)" in labels and "TAYLOR − IMP (extra)" in labels
+    assert "(extra − task_only): TAYLOR − IMP" in labels and "extra − task_only (TAYLOR)" in labels
+    fleets = "\n".join(report.fleet_table(results))
+    assert "| LRP − IMP (paired by seed) |" in fleets and "| TAYLOR − IMP (paired by seed) |" in fleets
+    assert "| extra | 0 | 0.825 ± 0.000 (n=2) | 0.625 ± 0.000 (n=2) | +0.200 [+0.200, +0.200] (n=2) |" in fleets
+    other = [line.split(" | ")[2] for line in report.gap_table(results, baseline="taylor")[2:]]
+    assert "LRP − TAYLOR (extra)" in other and "IMP − TAYLOR (extra)" in other and "LRP − IMP (extra)" not in other
+    assert report.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--baseline", "taylor"]) == 0
+    assert "TAYLOR" in (tmp_path / "out" / "report.md").read_text()
