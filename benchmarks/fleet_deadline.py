@@ -49,7 +49,8 @@ def fleet_windows(log: Path) -> tuple[list[str], float, float]:
 def time_split(run_dir: Path, fleet_s: float, node_windows: int, actors: int) -> dict[str, float]:
     """Seconds per node-window on one actor: the nodes' training, evaluation and other work
     (``timings.csv``), and the engine's own share of the actors' time."""
-    from swarm.nodes.protocol import TIMINGS_CSV, read_timings
+    from swarm.nodes.protocol import read_timings
+    from swarm.nodes.run_folder import TIMINGS_CSV
 
     rows = read_timings(run_dir / TIMINGS_CSV)
     total = {key: sum(r[key] for r in rows) / max(node_windows, 1) for key in ("train_s", "eval_s", "node_s")}

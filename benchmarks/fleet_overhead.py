@@ -57,7 +57,7 @@ def make_plan(nodes: int, windows: int, workdir: Path, name: str):
     from swarm.nodes import checkpoints
     from swarm.nodes.local_data import DATA_DIR
     from swarm.nodes.models import build_model
-    from swarm.nodes.protocol import EVALUATION_DIR
+    from swarm.nodes.run_folder import EVALUATION_DIR
     from swarm.server.data.build import build
     from swarm.server.node_folders import write_evaluation_set, write_fleet_data
     from swarm.server.plan_drawing import plan_from_config

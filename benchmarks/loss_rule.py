@@ -27,7 +27,7 @@ from swarm.nodes.checkpoints import received_model
 from swarm.nodes.evaluation import _predict
 from swarm.nodes.fleet_plan import FleetPlan
 from swarm.nodes.local_data import load_evaluation_set
-from swarm.nodes.protocol import EVALUATION_DIR, FLEET_PLAN
+from swarm.nodes.run_folder import EVALUATION_DIR, FLEET_PLAN
 from swarm.results import collect, estimate, paired_difference
 
 

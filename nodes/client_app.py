@@ -46,7 +46,8 @@ from swarm.nodes.errors import SwarmError
 from swarm.nodes.fleet_plan import NodeTask
 from swarm.nodes.local_data import NodeData, load_node_data, simulated_folders
 from swarm.nodes.node import NodeRuntime
-from swarm.nodes.protocol import NODE_ROOT, Status, WindowRow
+from swarm.nodes.protocol import Status, WindowRow
+from swarm.nodes.run_folder import NODE_ROOT
 
 app = ClientApp()
 

@@ -31,7 +31,7 @@ from typing import Any, Mapping
 from swarm.nodes import io
 from swarm.nodes.device import as_simulated
 from swarm.nodes.fleet_plan import on_gpu
-from swarm.nodes.protocol import NODES_CSV, SHARED_MODEL
+from swarm.nodes.run_folder import NODES_CSV, SHARED_MODEL
 from swarm.server.locks import held
 
 VERSIONS = {

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from swarm.nodes import checkpoints, io
 from swarm.nodes.models import build_model
-from swarm.nodes.protocol import COORDINATOR
+from swarm.nodes.run_folder import COORDINATOR
 from swarm.nodes.shapes import count_macs_and_params
 from swarm.nodes.training import TrainSettings, evaluate, fit, make_loader, progress_bar, resolve_device
 from swarm.server import cache

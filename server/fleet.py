@@ -27,8 +27,8 @@ from swarm.nodes.evaluation import TestSets, accuracies
 from swarm.nodes.fleet_plan import FleetPlan, Loss
 from swarm.nodes.local_data import load_evaluation_set
 from swarm.nodes.models import classifier
-from swarm.nodes.protocol import (EVALUATION_DIR, NO_RESULT, NODES_CSV, RECEIVED_WINDOW, SHARED_MODEL, TIMING,
-                                  TIMINGS_CSV, Status, WindowRow, append_timings, write_rows)
+from swarm.nodes.protocol import NO_RESULT, RECEIVED_WINDOW, TIMING, Status, WindowRow, append_timings, write_rows
+from swarm.nodes.run_folder import EVALUATION_DIR, NODES_CSV, SHARED_MODEL, TIMINGS_CSV
 from swarm.server.progress import plan_hash, resume, run_folder_lock
 from swarm.server.replies import InvalidReply, check_reply, safe_text
 from swarm.server.strategies import check_strategy, make_strategy

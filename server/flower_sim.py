@@ -41,7 +41,7 @@ from pathlib import Path
 import httpx
 
 from swarm.nodes.errors import SwarmError
-from swarm.nodes.protocol import CALLER_PID, FLEET_LOG, FLEET_STATUS, NODE_ROOT
+from swarm.nodes.run_folder import CALLER_PID, FLEET_LOG, FLEET_STATUS, NODE_ROOT
 
 APP_DIR = Path(__file__).resolve().parents[1]  # this repository: pyproject.toml's [tool.flwr.app]
 # What the Flower app is made of: its pyproject.toml and the package its apps import (with

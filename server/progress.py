@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from swarm.nodes import io
-from swarm.nodes.protocol import FLEET_LOCK, FLEET_PROGRESS
+from swarm.nodes.run_folder import FLEET_LOCK, FLEET_PROGRESS
 from swarm.server.locks import held
 
 log = logging.getLogger("swarm.fleet")

@@ -27,7 +27,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from swarm.nodes import io
 from swarm.nodes.fleet_plan import FleetPlan
-from swarm.nodes.protocol import CALLER_PID, DEVICE_FAULTS, FLEET_LOG, FLEET_STATUS, Status
+from swarm.nodes.protocol import DEVICE_FAULTS, Status
+from swarm.nodes.run_folder import CALLER_PID, FLEET_LOG, FLEET_STATUS
 from swarm.server.fleet import run_fleet
 
 app = ServerApp()

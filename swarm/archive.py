@@ -17,7 +17,7 @@ from pathlib import Path
 
 from swarm.nodes import io
 from swarm.nodes.errors import SwarmError, run_command
-from swarm.nodes.protocol import NODES_CSV, RUN_RECORD, SHARED_MODEL, SUMMARY
+from swarm.nodes.run_folder import NODES_CSV, RUN_RECORD, SHARED_MODEL, SUMMARY
 
 KEPT = (RUN_RECORD, NODES_CSV, SHARED_MODEL, SUMMARY)
 

@@ -29,7 +29,7 @@ import torch
 
 from swarm.nodes import checkpoints, io
 from swarm.nodes.errors import SwarmError, run_command
-from swarm.nodes.protocol import COORDINATOR
+from swarm.nodes.run_folder import COORDINATOR
 from swarm.server.coordinator import checkpoint_path
 
 TOLERANCE = 1e-4

@@ -14,8 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from swarm.nodes import io  # noqa: E402
-from swarm.nodes.protocol import (ACCURACIES, METRICS, NO_RESULT, NODES_CSV, RECEIVED_WINDOW,  # noqa: E402
-                                  REPORT, SHARED_MODEL, SUMMARY, Status, read_rows)
+from swarm.nodes.protocol import ACCURACIES, METRICS, NO_RESULT, RECEIVED_WINDOW, Status, read_rows  # noqa: E402
+from swarm.nodes.run_folder import NODES_CSV, REPORT, SHARED_MODEL, SUMMARY  # noqa: E402
 
 # Why a node that never trained did not, by the statuses of its windows (the first that applies).
 IDLE_REASONS = {

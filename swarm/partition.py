@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from swarm.config import data_options, scenario_of
 from swarm.nodes.errors import SwarmError, run_command
 from swarm.nodes.fleet_plan import FleetPlan
-from swarm.nodes.protocol import EVALUATION_DIR, FLEET_PLAN
+from swarm.nodes.run_folder import EVALUATION_DIR, FLEET_PLAN
 from swarm.server.data.build import build
 from swarm.server.node_folders import write_evaluation_set, write_fleet_data
 

@@ -22,11 +22,12 @@ from omegaconf import DictConfig, ListConfig
 from swarm import schema
 from swarm.allocator import reuse_freed_memory
 from swarm.config import data_options, scenario_of
+from swarm.jobs import FleetJob, PreparedFleet
 from swarm.nodes import io
 from swarm.nodes.errors import SwarmError
 from swarm.nodes.fleet_plan import FleetPlan, on_gpu
 from swarm.nodes.local_data import DATA_DIR, MANIFEST, simulated_folders
-from swarm.nodes.protocol import COORDINATOR, EVALUATION_DIR, FLEET_STATUS, NODE_FOLDERS, FleetJob, PreparedFleet
+from swarm.nodes.run_folder import COORDINATOR, EVALUATION_DIR, FLEET_STATUS, NODE_FOLDERS
 from swarm.server import cache
 from swarm.server import coordinator, reference
 from swarm.server.criteria import check_pruning

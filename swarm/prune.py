@@ -24,7 +24,7 @@ from swarm import schema
 from swarm.allocator import reuse_freed_memory
 from swarm.config import data_options, entry_point, scenario_of
 from swarm.nodes import io
-from swarm.nodes.protocol import COORDINATOR
+from swarm.nodes.run_folder import COORDINATOR
 from swarm.server import coordinator, reference
 from swarm.server.criteria import check_pruning
 from swarm.server.data import sources

@@ -28,7 +28,8 @@ from typing import Iterable
 
 from swarm.nodes import io
 from swarm.nodes.errors import run_command
-from swarm.nodes.protocol import ACCURACIES, NO_RESULT, REPORT
+from swarm.nodes.protocol import ACCURACIES, NO_RESULT
+from swarm.nodes.run_folder import REPORT
 from swarm.report_plots import plot_budget, plot_fig3, plot_fleets
 from swarm.results import (Estimate, FleetResult, collect, compared, criteria, estimate, paired_difference,
                            pruning_curve)

@@ -20,8 +20,8 @@ from typing import Any, Iterable, Sequence
 
 from swarm.nodes.device import BUDGET_KINDS, as_simulated
 from swarm.nodes.errors import SwarmError
-from swarm.nodes.protocol import (DEVICE_FAULTS, NODES_CSV, NO_RESULT, RECEIVED_WINDOW, RUN_RECORD, SHARED_MODEL,
-                                  Status, read_rows)
+from swarm.nodes.protocol import DEVICE_FAULTS, NO_RESULT, RECEIVED_WINDOW, Status, read_rows
+from swarm.nodes.run_folder import NODES_CSV, RUN_RECORD, SHARED_MODEL
 
 # Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom; beyond, the normal 1.96.
 _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,

@@ -31,10 +31,11 @@ from omegaconf import DictConfig, OmegaConf
 from swarm import isolated, schema
 from swarm.config import entry_point
 from swarm.fleet_report import coverage_line, write_report
+from swarm.jobs import FleetJob, PreparedFleet
 from swarm.nodes import io
 from swarm.nodes.errors import FleetFailure, FleetIncomplete, SwarmError
 from swarm.nodes.fleet_plan import FleetPlan
-from swarm.nodes.protocol import FLEET_STATUS, RUN_RECORD, FleetJob, PreparedFleet
+from swarm.nodes.run_folder import FLEET_STATUS, RUN_RECORD
 from swarm.server import cache
 
 # Steps 1-2 (and the nodes' folders), run in a process of their own: this one never imports torch.

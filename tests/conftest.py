@@ -173,7 +173,7 @@ def write_fleet_plan(cfg, workdir: Path, run_name: str, windows: int, pretrain_e
     plan = plan_from_config(config, data, checkpoint=workdir / "start.pt", run_dir=run)
     plan.save(run / "fleet_plan.json")
     from swarm.nodes.local_data import DATA_DIR
-    from swarm.nodes.protocol import EVALUATION_DIR
+    from swarm.nodes.run_folder import EVALUATION_DIR
     from swarm.server.node_folders import write_evaluation_set, write_fleet_data
 
     write_fleet_data(plan, data, run / "nodes", inner=DATA_DIR)  # each node's own folder, as in simulation
