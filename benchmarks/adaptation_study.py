@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import torch
-from swarm import schema
 from swarm.config import compose_config
 
 # The node training of the landed code before issue 9, then one change at a time.
@@ -57,7 +56,7 @@ def run_variant(name: str, overrides: list[str], workdir: Path) -> list[dict]:
     run_dir = workdir / name
     shutil.rmtree(run_dir, ignore_errors=True)
     checkpoint = result.checkpoint(-1)
-    plan_from_config(schema.plain(cfg), data, checkpoint=checkpoint,
+    plan_from_config(cfg, data, checkpoint=checkpoint,
                      run_dir=run_dir).save(run_dir / "fleet_plan.json")
     plan = FleetPlan.load(run_dir / "fleet_plan.json")
     received_model = checkpoints.load(checkpoint)[0]

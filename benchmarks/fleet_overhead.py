@@ -29,7 +29,6 @@ from pathlib import Path
 
 import torch
 from process_tree import tree_rss_mb
-from swarm import schema
 from swarm.config import compose_config
 
 
@@ -74,7 +73,7 @@ def make_plan(nodes: int, windows: int, workdir: Path, name: str):
     checkpoints.save(workdir / "start.pt", model, arch)
     run = workdir / name
     shutil.rmtree(run, ignore_errors=True)
-    plan = plan_from_config(schema.plain(cfg), data, checkpoint=workdir / "start.pt",
+    plan = plan_from_config(cfg, data, checkpoint=workdir / "start.pt",
                             run_dir=run)
     plan.save(run / "fleet_plan.json")
     write_fleet_data(plan, data, run / "nodes", inner=DATA_DIR)  # each node's own folder, as swarm.simulate writes it

@@ -42,7 +42,6 @@ def make_plan(workdir: Path, overrides: list[str]) -> Path:
     """The default config's fleet plan, from resnet_small cut as the default run cuts it."""
     import torch
 
-    from swarm import schema
     from swarm.config import compose_config, data_options, scenario_of
     from swarm.nodes import checkpoints
     from swarm.nodes.local_data import DATA_DIR
@@ -64,7 +63,7 @@ def make_plan(workdir: Path, overrides: list[str]) -> Path:
                    scope=scope)
     arch = checkpoints.architecture(model, cfg.model, data.num_outputs, data.channels, data.image_size)
     checkpoints.save(workdir / "start.pt", model, arch)
-    plan = plan_from_config(schema.plain(cfg), data, checkpoint=workdir / "start.pt", run_dir=workdir / "run")
+    plan = plan_from_config(cfg, data, checkpoint=workdir / "start.pt", run_dir=workdir / "run")
     path = workdir / "run" / "fleet_plan.json"
     plan.save(path)
     write_fleet_data(plan, data, workdir / "run" / "nodes", inner=DATA_DIR)
@@ -81,7 +80,7 @@ def _step_flops(plan_path: Path) -> tuple[float, int, int]:
 
     plan = FleetPlan.load(plan_path)
     macs, _ = count_macs_and_params(received_model(plan), checkpoints.example_inputs(plan.architecture))
-    batch = int(plan.config["fleet"]["batch_size"])
+    batch = plan.fleet.batch_size
     return step_flops(2.0 * macs, batch), macs, batch
 
 
@@ -166,7 +165,7 @@ def optimizer_steps(plan_path: str, repeats: int = 60) -> dict[str, tuple[float,
 
     torch.set_num_threads(1)
     plan = FleetPlan.load(Path(plan_path))
-    arch, batch = plan.architecture, int(plan.config["fleet"]["batch_size"])
+    arch, batch = plan.architecture, plan.fleet.batch_size
     x = batch_to(torch.randn(batch, arch["in_channels"], arch["image_size"], arch["image_size"]), "cpu")
     y = torch.randint(0, int(arch["num_outputs"]), (batch,))
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -219,7 +218,7 @@ def grouped_steps(plan_path: str, ks: list[int], repeats: int = 40) -> dict[int,
 
     torch.set_num_threads(1)
     plan = FleetPlan.load(Path(plan_path))
-    arch, batch = plan.architecture, int(plan.config["fleet"]["batch_size"])
+    arch, batch = plan.architecture, plan.fleet.batch_size
     size, channels, outputs = int(arch["image_size"]), int(arch["in_channels"]), int(arch["num_outputs"])
     loss_fn = torch.nn.CrossEntropyLoss()
     out = {}

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from swarm.nodes import io
@@ -29,8 +28,7 @@ def architecture(model: nn.Module, model_cfg: Mapping[str, Any], num_outputs: in
                  image_size: int) -> dict[str, Any]:
     """Everything needed to rebuild ``model``'s shape, as plain JSON-able values."""
     return {
-        "model": OmegaConf.to_container(model_cfg, resolve=True, enum_to_str=True) if isinstance(model_cfg, DictConfig)
-        else dict(model_cfg),
+        "model": dict(model_cfg),
         "num_outputs": int(num_outputs),
         "in_channels": int(in_channels),
         "image_size": int(image_size),

@@ -13,6 +13,21 @@ from __future__ import annotations
 from enum import StrEnum
 
 
+class Pretrain(StrEnum):
+    """What the coordinator pre-trains on: the extra knowledge T and the task P, or P alone (the baseline)."""
+
+    extra = "extra"
+    task_only = "task_only"
+
+
+class DriftKind(StrEnum):
+    """How nodes' drift times are drawn: one value for all, uniform in [low, high], or exponential with a mean."""
+
+    fixed = "fixed"
+    uniform = "uniform"
+    exponential = "exponential"
+
+
 class NewClassOutputs(StrEnum):
     """How adaptation treats the outputs of classes the model was never trained on
     (:func:`swarm.nodes.models.reset_outputs`)."""
@@ -33,3 +48,14 @@ class Target(StrEnum):
 
     label = "label"
     prediction = "prediction"
+
+
+# On-device loss, cross-entropy over: the classes a batch holds and every output outside the
+# deployed task (masked: a class a node lacks is not pushed down, T's outputs are, as in the paper's
+# adaptation); the batch's classes alone (batch: T's outputs are never pushed down -- the rule
+# before masked counted them; docs/adaptation.md, section 10); every output (full).
+Loss = StrEnum("Loss", ["masked", "batch", "full"])
+# How a batch draws from the local stream: a label, then a sample of it (balanced), or uniformly.
+Sampling = StrEnum("Sampling", ["balanced", "uniform"])
+# BatchNorm on a device: re-estimate the statistics on local data (track), or keep the received (frozen).
+BatchNormMode = StrEnum("BatchNormMode", ["track", "frozen"])

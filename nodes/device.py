@@ -28,6 +28,7 @@ import yaml
 
 from swarm.nodes.errors import SwarmError
 from swarm.nodes.protocol import Status
+from swarm.nodes.settings import FleetConfig
 
 # Profiles ship in the installed config tree (Hydra group `device`).
 PROFILE_DIR = Path(str(resources.files("swarm.scenarios") / "device"))
@@ -82,10 +83,10 @@ def as_simulated(fleet: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def profile_of(fleet: Mapping[str, Any], name: str) -> DeviceProfile:
+def profile_of(fleet: FleetConfig, name: str) -> DeviceProfile:
     """A profile from a plan's fleet settings (``fleet.devices``: the contents the entry point
     loaded from the ``device`` config group), so a node never looks a profile up by itself."""
-    devices = fleet.get("devices") or {}
+    devices = fleet.devices
     if name not in devices:
         raise SwarmError(f"the fleet plan has no device profile '{name}' in fleet.devices "
                          f"(it has {', '.join(sorted(devices)) or 'none'}); draw the plan again")
@@ -335,8 +336,6 @@ def memory_check(profile: DeviceProfile, need: MemoryNeed) -> bool:
     return need.total_mb <= profile.ram_mb
 
 
-def budget_of(fleet: Mapping[str, Any], window_s: float) -> Budget:
-    """The window's budget from the fleet settings (``fleet.budget``; a missing or null kind: no limit)."""
-    budget = fleet.get("budget") or {}
-    return Budget(window_s=window_s, **{kind: None if budget.get(kind) is None else float(budget[kind])
-                                        for kind in BUDGET_KINDS})
+def budget_of(fleet: FleetConfig, window_s: float) -> Budget:
+    """The window's budget from the fleet settings (``fleet.budget``; a null kind: no limit)."""
+    return Budget(window_s=window_s, **{kind: getattr(fleet.budget, kind) for kind in BUDGET_KINDS})

@@ -9,19 +9,13 @@ few groups, large α an even mix.
 
 from __future__ import annotations
 
-from enum import StrEnum
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
+from swarm.nodes.choices import DriftKind
 from swarm.nodes.errors import SwarmError
-
-class DriftKind(StrEnum):
-    """How nodes' drift times are drawn: one value for all, uniform in [low, high], or exponential with a mean."""
-
-    fixed = "fixed"
-    uniform = "uniform"
-    exponential = "exponential"
+from swarm.nodes.settings import DriftConfig
 
 
 def dirichlet_partition(groups: np.ndarray, num_nodes: int, alpha: float, rng: np.random.Generator,
@@ -58,19 +52,14 @@ def dirichlet_partition(groups: np.ndarray, num_nodes: int, alpha: float, rng: n
     return [np.sort(np.asarray(s, dtype=np.int64)) for s in shares]
 
 
-def drift_times(num_nodes: int, spec: Mapping[str, Any], rng: np.random.Generator) -> np.ndarray:
-    """Each node's drift time (simulated seconds) from ``{"kind": fixed|uniform|exponential, ...}``."""
-    kind = spec.get("kind", "uniform")
-    if kind == "fixed":
-        return np.full(num_nodes, float(spec["value"]))
-    if kind == "uniform":
-        low, high = float(spec["low"]), float(spec["high"])
-        if high < low:
-            raise SwarmError(f"drift uniform: high ({high}) < low ({low})")
-        return rng.uniform(low, high, num_nodes)
-    if kind == "exponential":
-        return rng.exponential(float(spec["mean"]), num_nodes)
-    raise SwarmError(f"fleet.drift.kind must be one of {', '.join(DriftKind)}, not '{kind}'")
+def drift_times(num_nodes: int, drift: DriftConfig, rng: np.random.Generator) -> np.ndarray:
+    """Each node's drift time (simulated seconds) under ``fleet.drift`` (its kind's parameters
+    checked with the config: :func:`swarm.schema.check`)."""
+    if drift.kind == DriftKind.fixed:
+        return np.full(num_nodes, drift.value)
+    if drift.kind == DriftKind.uniform:
+        return rng.uniform(drift.low, drift.high, num_nodes)
+    return rng.exponential(drift.mean, num_nodes)
 
 
 def arrival_times(start_s: float, count: int, rate_per_s: float, rng: np.random.Generator) -> np.ndarray:

@@ -11,18 +11,20 @@ reads plans for its report, stay without it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
-from enum import StrEnum
 from typing import Any, Mapping
 
 import numpy as np
 
 from swarm.nodes import io
 from swarm.nodes.errors import SwarmError
+from swarm.nodes.settings import FaultsConfig, FleetConfig, from_plain, to_plain
 
 
 @dataclass
@@ -60,7 +62,7 @@ class NodeTask:
     opens a file the server names."""
 
     node: NodePlan
-    fleet: dict[str, Any]
+    fleet: FleetConfig
     continual: bool
     window_s: float
     windows: int
@@ -70,9 +72,11 @@ class NodeTask:
     plan_id: str  # names the node's state for this plan (hex digits only)
     data_id: str  # the data folder this node must hold (:meth:`FleetPlan.data_id`)
     undeployed_outputs: list[int] = field(default_factory=list)  # :attr:`FleetPlan.undeployed_outputs`
+    # ``fleet`` as JSON, when the plan has it already (typing to and from JSON takes tens of ms).
+    fleet_json: str = field(default="", repr=False, compare=False)
 
     def to_config(self) -> dict[str, str]:
-        return {"node": json.dumps(asdict(self.node)), "fleet": json.dumps(self.fleet),
+        return {"node": json.dumps(asdict(self.node)), "fleet": self.fleet_json or json.dumps(to_plain(self.fleet)),
                 "run": json.dumps({"continual": self.continual, "window_s": self.window_s, "windows": self.windows,
                                    "events": self.events, "event_gap_s": self.event_gap_s,
                                    "plan_id": self.plan_id, "data_id": self.data_id,
@@ -85,7 +89,7 @@ class NodeTask:
         try:
             node = NodePlan(**json.loads(config["node"]))
             run = json.loads(config["run"])
-            task = cls(node=node, fleet=dict(json.loads(config["fleet"])), continual=bool(run["continual"]),
+            task = cls(node=node, fleet=_typed_fleet(str(config["fleet"])), continual=bool(run["continual"]),
                        window_s=float(run["window_s"]), windows=int(run["windows"]), events=int(run["events"]),
                        event_gap_s=float(run["event_gap_s"]), architecture=dict(json.loads(config["architecture"])),
                        plan_id=str(run["plan_id"]), data_id=str(run["data_id"]),
@@ -97,10 +101,16 @@ class NodeTask:
         return task
 
 
+@functools.lru_cache(maxsize=8)
+def _typed_fleet(text: str) -> FleetConfig:
+    """A message's ``fleet`` settings, typed (once per text: every message of a plan carries the same)."""
+    return from_plain(FleetConfig, json.loads(text))
+
+
 @dataclass
 class FleetPlan:
     run_dir: str
-    config: dict[str, Any]  # the resolved run config (scenario, data, fleet, ...)
+    config: dict[str, Any]  # the run's settings as recorded (scenario, data, fleet, ...): read as :attr:`fleet`
     checkpoint: str  # the coordinator checkpoint the fleet starts from
     architecture: dict[str, Any]  # its shape, so nodes can build it and take the weights by message
     window_s: float
@@ -112,6 +122,20 @@ class FleetPlan:
     # Outputs no class of the deployed task (P ∪ F) maps to: T's classes, kept as the paper keeps
     # every output. Under ``fleet.loss=masked`` they always compete, as in the paper's adaptation.
     undeployed_outputs: list[int] = field(default_factory=list)
+    continual: bool = False  # the scenario's mode: continual (P ∪ F with replay of P), or finetune (F)
+
+    @cached_property
+    def fleet(self) -> FleetConfig:
+        """The fleet's settings, typed again from the plan file."""
+        return from_plain(FleetConfig, self.config["fleet"])
+
+    @cached_property
+    def _fleet_plain(self) -> dict[str, Any]:
+        return to_plain(self.fleet)
+
+    @cached_property
+    def _fleet_json(self) -> str:
+        return json.dumps(self._fleet_plain)
 
     def node(self, partition: int) -> NodePlan:
         return self.nodes[partition]
@@ -120,25 +144,21 @@ class FleetPlan:
         """A digest of what decides node ``partition``'s data: a data folder written for another
         plan, seed or scenario is refused by the node with this, rather than silently used."""
         node = {k: v for k, v in asdict(self.node(partition)).items() if k not in ("fault", "fault_window")}
+        fleet = self._fleet_plain
         blob = {"config": {k: self.config.get(k) for k in DATA_CONFIG},
-                "fleet": {k: self.config["fleet"].get(k) for k in DATA_FLEET}, "node": node,
+                "fleet": {k: fleet[k] for k in DATA_FLEET}, "node": node,
                 "events": max(len(self.f_tasks), 1), "event_gap_s": self.event_gap_s}
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
     def evaluation_id(self) -> str:
         """A digest of what decides the test subsets (the scenario, its data, ``fleet.eval_samples``):
         the server's evaluation folder must carry it (:func:`swarm.nodes.local_data.load_evaluation_set`)."""
-        blob = {"config": {k: self.config.get(k) for k in DATA_CONFIG},
-                "eval_samples": self.config["fleet"].get("eval_samples")}
+        blob = {"config": {k: self.config.get(k) for k in DATA_CONFIG}, "eval_samples": self.fleet.eval_samples}
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
-
-    @property
-    def continual(self) -> bool:
-        return self.config["scenario"]["mode"] == "continual"
 
     def task(self, partition: int, plan_id: str) -> NodeTask:
         """What the server sends node ``partition`` (``plan_id``: the digest of the plan file)."""
-        return NodeTask(node=self.node(partition), fleet=dict(self.config["fleet"]), continual=self.continual,
+        return NodeTask(node=self.node(partition), fleet=self.fleet, fleet_json=self._fleet_json, continual=self.continual,
                         window_s=self.window_s, windows=self.windows, events=max(len(self.f_tasks), 1),
                         event_gap_s=self.event_gap_s, architecture=dict(self.architecture), plan_id=plan_id,
                         data_id=self.data_id(partition), undeployed_outputs=list(self.undeployed_outputs))
@@ -156,33 +176,10 @@ class FleetPlan:
 FAULTS = ("crash", "late", "corrupt")
 
 
-# On-device loss, cross-entropy over: the classes a batch holds and every output outside the
-# deployed task (masked: a class a node lacks is not pushed down, T's outputs are, as in the paper's
-# adaptation); the batch's classes alone (batch: T's outputs are never pushed down -- the rule
-# before masked counted them; docs/adaptation.md, section 10); every output (full).
-Loss = StrEnum("Loss", ["masked", "batch", "full"])
-# How a batch draws from the local stream: a label, then a sample of it (balanced), or uniformly.
-Sampling = StrEnum("Sampling", ["balanced", "uniform"])
-# BatchNorm on a device: re-estimate the statistics on local data (track), or keep the received (frozen).
-BatchNormMode = StrEnum("BatchNormMode", ["track", "frozen"])
-
-
-def on_gpu(fleet: Mapping[str, Any]) -> bool:
-    """Whether the fleet's nodes train on a GPU (``fleet.ray.gpus_per_node`` > 0)."""
-    return float((fleet.get("ray") or {}).get("gpus_per_node") or 0) > 0
-
-
-def check_faults(faults: Mapping[str, Any] | None) -> dict[str, float]:
-    """``fleet.faults`` as shares of the fleet per kind; an unknown kind or a share outside [0, 1]
-    (or shares that add up to more than the fleet) is an error naming it."""
-    shares = {}
-    for kind, value in (faults or {}).items():
-        if kind not in FAULTS:
-            raise SwarmError(f"fleet.faults.{kind} is not a fault; the kinds are {', '.join(FAULTS)}")
-        share = 0.0 if value is None else float(value)
-        if not 0.0 <= share <= 1.0:
-            raise SwarmError(f"fleet.faults.{kind}={value}: a share of the fleet, between 0 and 1")
-        shares[kind] = share
+def check_faults(faults: FaultsConfig) -> dict[str, float]:
+    """``fleet.faults`` as shares of the fleet per kind (each in [0, 1], checked with the config);
+    shares that add up to more than the fleet are an error."""
+    shares = to_plain(faults)
     if sum(shares.values()) > 1.0 + 1e-9:
         raise SwarmError(f"fleet.faults add up to {sum(shares.values()):g} of the fleet; at most 1 (one fault per node)")
     return shares

@@ -102,7 +102,7 @@ class NodeData:
 
 def stream_of(plan: FleetPlan, partition: int, p_train_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Node ``partition``'s stream (:func:`swarm.nodes.drift.node_stream`) from the plan."""
-    return node_stream(plan.node(partition), rate=float(plan.config["fleet"]["stream_rate"]),
+    return node_stream(plan.node(partition), rate=plan.fleet.stream_rate,
                        events=max(len(plan.f_tasks), 1), event_gap_s=plan.event_gap_s, p_train_size=p_train_size)
 
 

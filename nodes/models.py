@@ -101,9 +101,15 @@ def model(name: str) -> Callable[[Builder], Builder]:
     return register
 
 
+def model_name(model_cfg: Mapping[str, Any]) -> str:
+    """The registered model a ``model`` config chooses. The group is free-form (each model takes
+    options of its own), so the registry is its one reader."""
+    return str(model_cfg.get("name"))
+
+
 def build_model(model_cfg: Mapping[str, Any], num_outputs: int, in_channels: int, image_size: int) -> nn.Module:
     """Build the configured model, freshly initialised (no downloaded weights), for this task's shape."""
-    name = str(model_cfg.get("name"))
+    name = model_name(model_cfg)
     if name not in MODELS:
         raise SwarmError(f"unknown model '{name}'; models are {', '.join(MODELS)}")
     return MODELS[name](model_cfg, num_outputs, in_channels, resolve_stem(str(model_cfg.get("stem", "auto")), image_size))

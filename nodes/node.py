@@ -36,7 +36,8 @@ from swarm.nodes.device import (StreamCredit, WindowReport, budget_of, memory_ch
 from swarm.nodes.drift import F, P, node_stream
 from swarm.nodes.errors import SwarmError
 from swarm.nodes.evaluation import accuracies
-from swarm.nodes.fleet_plan import BatchNormMode, FleetPlan, Loss, NodeTask, Sampling, on_gpu
+from swarm.nodes.choices import BatchNormMode, Loss, Sampling
+from swarm.nodes.fleet_plan import FleetPlan, NodeTask
 from swarm.nodes.layout import batch_to, place
 from swarm.nodes.local_data import NodeData, load_node_data, simulated_folders
 from swarm.nodes.models import classifier
@@ -109,13 +110,13 @@ class NodeRuntime:
         self.continual = task.continual
         # Where it trains and evaluates: the share of a GPU its actor was given (fleet.ray.gpus_per_node;
         # Ray makes that GPU the actor's only visible one), else the host's CPU.
-        self.device = torch.device("cuda") if on_gpu(self.fleet) and torch.cuda.is_available() else CPU
+        self.device = torch.device("cuda") if self.fleet.on_gpu and torch.cuda.is_available() else CPU
         self.state_dir = Path(state_dir) / task.plan_id
         self.trained_per_output = np.zeros(0, dtype=np.int64)  # of the last window run (run_window)
         # Wall seconds this runtime spent training and evaluating (what a fleet's timings split out).
         self.train_s = self.eval_s = 0.0
         self.times, self.roles, self.indices = node_stream(
-            self.me, rate=float(self.fleet["stream_rate"]), events=task.events, event_gap_s=task.event_gap_s,
+            self.me, rate=self.fleet.stream_rate, events=task.events, event_gap_s=task.event_gap_s,
             p_train_size=data.p_train_size)
         # The label of every stream sample (balanced batches draw by label); built once per runtime.
         self.labels = np.empty(len(self.indices), dtype=np.int64)
@@ -137,7 +138,7 @@ class NodeRuntime:
     def _fresh_state(self, weights: Mapping[str, torch.Tensor] | None) -> dict[str, Any]:
         """The state before the first window: the model the server sent."""
         model, arch = self._model(weights), self.task.architecture
-        replay = ReplayBuffer(self._replay_capacity(model, arch), str(self.fleet["replay"]["policy"]),
+        replay = ReplayBuffer(self._replay_capacity(model, arch), str(self.fleet.replay.policy),
                               seed=self.me.seed)
         if self.continual:  # the device ships with (a sample of) P for replay
             order = np.random.default_rng(self.me.seed + 1).permutation(self.data.p_train_size)
@@ -145,7 +146,7 @@ class NodeRuntime:
         return {"model": model, "arch": arch, "optimizer": None, "replay": replay, "window": 0, "visits": 0}
 
     def _replay_capacity(self, model: nn.Module, arch: Mapping[str, Any]) -> int | None:
-        setting = self.fleet["replay"]["capacity"]
+        setting = self.fleet.replay.capacity
         if setting in (None, "all"):
             return None
         if setting != "auto":
@@ -160,7 +161,7 @@ class NodeRuntime:
     def _memory(self, model: nn.Module, arch: Mapping[str, Any], replay_samples: int):
         _, activations = model_costs(model, arch)
         return memory_need(sum(p.numel() for p in model.parameters()), activations,
-                           int(self.fleet["batch_size"]), replay_samples, self._sample_bytes())
+                           self.fleet.batch_size, replay_samples, self._sample_bytes())
 
     def state_path(self, window: int) -> Path:
         """The node's state at the start of ``window`` (after every window before it)."""
@@ -212,7 +213,7 @@ class NodeRuntime:
         # output row of this node by (swarm.server.strategies.RunningFedAvg); with the masked loss, a class a node
         # did not train has the row it was sent.
         self.trained_per_output = np.zeros(classifier(model)[1].out_features, dtype=np.int64)
-        optimizer = torch.optim.Adam(model.parameters(), lr=float(self.fleet["lr"]))
+        optimizer = torch.optim.Adam(model.parameters(), lr=self.fleet.lr)
         if state["optimizer"] is not None:
             optimizer.load_state_dict(state["optimizer"])
         start, end = window * self.task.window_s, (window + 1) * self.task.window_s
@@ -224,9 +225,9 @@ class NodeRuntime:
             report = WindowReport(status=Status.does_not_fit, samples_arrived=int(arrived.sum()))
         else:
             macs, _ = model_costs(model, state["arch"])
-            cost = step_flops(2.0 * macs, int(self.fleet["batch_size"]))
-            passes = self.fleet.get("passes")
-            stream_per_step = int(self.fleet["batch_size"]) - self._replayed_per_batch(replay)
+            cost = step_flops(2.0 * macs, self.fleet.batch_size)
+            passes = self.fleet.passes
+            stream_per_step = self.fleet.batch_size - self._replayed_per_batch(replay)
             credit = (StreamCredit.unlimited(before) if passes is None else
                       StreamCredit(int(passes), stream_per_step, float(int(passes) * before - state["visits"])))
             report = simulate_window(self.profile, budget_of(self.fleet, self.task.window_s), cost, start_s=start,
@@ -259,20 +260,20 @@ class NodeRuntime:
         (docs/adaptation.md)."""
         if not step_starts:
             return
-        batch_size = int(self.fleet["batch_size"])
-        recent = self.fleet.get("recent_samples")
+        batch_size = self.fleet.batch_size
+        recent = self.fleet.recent_samples
         rng = np.random.default_rng((self.me.seed, window))
         loss_fn = nn.CrossEntropyLoss()
         place(model, self.device)
-        train_mode(model, frozen_batchnorm=self.fleet.get("batchnorm", BatchNormMode.track) == BatchNormMode.frozen)
-        loss = self.fleet.get("loss", Loss.full)
+        train_mode(model, frozen_batchnorm=self.fleet.batchnorm == BatchNormMode.frozen)
+        loss = self.fleet.loss
         # Outputs that compete in every batch besides its own classes: under ``masked`` those outside
         # the deployed task (T's), which the paper's adaptation pushes down with every example.
         always = torch.zeros(len(self.trained_per_output), dtype=torch.bool)
         if loss == Loss.masked:
             always[self.task.undeployed_outputs] = True
         always_here = always.to(self.device)
-        balanced = self.fleet.get("sampling", Sampling.uniform) == Sampling.balanced
+        balanced = self.fleet.sampling == Sampling.balanced
         for t in step_starts:
             seen = int(np.searchsorted(self.times, t, side="right"))  # the stream is in time order
             n_replay = self._replayed_per_batch(replay)
@@ -316,9 +317,9 @@ class NodeRuntime:
 
     def _replayed_per_batch(self, replay: ReplayBuffer) -> int:
         """How many samples of each batch come from the replay buffer of P (continual scenarios)."""
-        replay_cfg = self.fleet["replay"]
-        share = float(replay_cfg["fraction"]) if (self.continual or replay_cfg.get("finetune")) else 0.0
-        return int(round(int(self.fleet["batch_size"]) * share)) if len(replay) else 0
+        settings = self.fleet.replay
+        share = settings.fraction if (self.continual or settings.finetune) else 0.0
+        return int(round(self.fleet.batch_size * share)) if len(replay) else 0
 
     def _sample(self, role: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.data.sample(role, index)

@@ -12,7 +12,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from swarm.nodes.errors import SwarmError
 from swarm.nodes.layout import batch_to, place
+from swarm.nodes.settings import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -33,12 +34,9 @@ class TrainSettings:
     num_workers: int = 0
 
     @classmethod
-    def from_config(cls, train_cfg: Mapping[str, Any], num_workers: int = 0) -> TrainSettings:
-        settings = cls(float(train_cfg["lr"]), int(train_cfg["batch_size"]), int(train_cfg["patience"]),
-                       int(train_cfg["max_epochs"]), str(train_cfg.get("device", "auto")), int(num_workers))
-        if settings.lr <= 0 or settings.batch_size < 1 or settings.patience < 1 or settings.max_epochs < 1:
-            raise SwarmError(f"train settings must be positive: lr, batch_size, patience, max_epochs ({settings})")
-        return settings
+    def from_config(cls, train: TrainConfig, num_workers: int = 0) -> TrainSettings:
+        """The ``train`` settings (bounds checked with the config) and the data's loader workers."""
+        return cls(train.lr, train.batch_size, train.patience, train.max_epochs, train.device, num_workers)
 
 
 @dataclass

@@ -30,7 +30,7 @@ from typing import Any, Mapping
 
 from swarm.nodes import io
 from swarm.nodes.device import as_simulated
-from swarm.nodes.fleet_plan import on_gpu
+from swarm.nodes.settings import FleetConfig, to_plain
 from swarm.nodes.run_folder import NODES_CSV, SHARED_MODEL
 from swarm.server.locks import held
 
@@ -71,13 +71,13 @@ def entry(directory: Path, what: str) -> AbstractContextManager[None]:
     return held(directory / LOCK, f"another job that computes {what} ({directory})")
 
 
-def fleet_key(model_key: str, iteration: int, fleet: Mapping[str, Any], seed: int) -> str:
-    settings = {k: v for k, v in as_simulated(fleet).items() if k not in NOT_IN_FLEET_KEY}
-    if not any((settings.get("faults") or {}).values()):  # no fault injected: as before faults existed
-        settings.pop("faults", None)
-    if on_gpu(fleet):  # where it runs changes float rounding only there; CPU keys stay as they were
-        settings["device"] = "cuda"
-    return key("fleet", {"coordinator": model_key, "iteration": int(iteration), "fleet": settings,
+def fleet_key(model_key: str, iteration: int, fleet: FleetConfig, seed: int) -> str:
+    keyed = {k: v for k, v in as_simulated(to_plain(fleet)).items() if k not in NOT_IN_FLEET_KEY}
+    if not any(to_plain(fleet.faults).values()):  # no fault injected: as before faults existed
+        keyed.pop("faults")
+    if fleet.on_gpu:  # where it runs changes float rounding only there; CPU keys stay as they were
+        keyed["device"] = "cuda"
+    return key("fleet", {"coordinator": model_key, "iteration": int(iteration), "fleet": keyed,
                          "seed": int(seed)})
 
 

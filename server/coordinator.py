@@ -22,70 +22,74 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from swarm.nodes import checkpoints, io
-from swarm.nodes.models import build_model
+from swarm.nodes.choices import Pretrain
+from swarm.nodes.models import build_model, model_name
+from swarm.nodes.settings import to_plain
 from swarm.nodes.run_folder import COORDINATOR
 from swarm.nodes.shapes import count_macs_and_params
 from swarm.nodes.training import TrainSettings, evaluate, fit, make_loader, progress_bar, resolve_device
 from swarm.server import cache
 from swarm.server.criteria import CRITERIA, REVISIONS, ScoringContext
 from swarm.server.data.build import ScenarioData
+from swarm.server.data.scenario import Scenario
 from swarm.server.pruning import prunable_layers, prune_step
 from swarm.server.relevance import filter_l1
+from swarm.server.settings import SwarmConfig
 
 log = logging.getLogger("swarm.coordinator")
 
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True, enum_to_str=True) if isinstance(node, DictConfig) else node
 
-
-def _key_parts(cfg: DictConfig) -> dict[str, Any]:
+def _key_parts(cfg: SwarmConfig) -> dict[str, Any]:
     """What pre-training depends on (not where data lives, not the device)."""
-    data = {k: v for k, v in _plain(cfg.data).items() if k not in ("root", "download", "num_workers")}
-    train = {k: v for k, v in _plain(cfg.train).items() if k != "device"}
-    return {"scenario": _plain(cfg.scenario), "pretrain": _plain(cfg.pretrain),
-            "model": _plain(cfg.model), "train": train, "data": data, "seed": int(cfg.seed)}
+    data = {k: v for k, v in to_plain(cfg.data).items() if k not in ("root", "download", "num_workers")}
+    train = {k: v for k, v in to_plain(cfg.train).items() if k != "device"}
+    return {"scenario": dict(cfg.scenario), "pretrain": to_plain(cfg.pretrain),
+            "model": dict(cfg.model), "train": train, "data": data, "seed": cfg.seed}
 
 
-def pretrain_key(cfg: DictConfig) -> str:
+def _scenario_name(cfg: SwarmConfig) -> str:
+    return Scenario.from_config(cfg.scenario, cfg.pretrain.name).name
+
+
+def pretrain_key(cfg: SwarmConfig) -> str:
     """A hash of what iteration 0 depends on: LRP and IMP runs of one setting share their pre-training."""
     return cache.key("pretrain", _key_parts(cfg))
 
 
-def cache_key(cfg: DictConfig) -> str:
+def cache_key(cfg: SwarmConfig) -> str:
     """A hash of everything the coordinator's results depend on (not where data lives, not the device).
 
     Relevance batching is left in: it does not change the scores' meaning, but it changes their
     floating-point sums, and cached results must be exactly reproducible."""
     # Not the number of iterations: iteration i does not depend on how many follow it, so a longer
     # run extends a shorter one and a shorter one reuses a longer one's prefix.
-    prune = {k: v for k, v in _plain(cfg.prune).items() if k not in ("dry_run", "iterations")}
+    prune = {k: v for k, v in to_plain(cfg.prune).items() if k not in ("dry_run", "iterations")}
     # A criterion's unused settings (IMP has no LRP composite) are left out, as their absence always was.
-    pruning = {k: v for k, v in _plain(cfg.pruning).items() if v is not None}
-    revision = REVISIONS[str(cfg.pruning.name)]
+    pruning = {k: v for k, v in to_plain(cfg.pruning).items() if v is not None}
+    revision = REVISIONS[cfg.pruning.name]
     if revision > 1:  # revision 1 stays out of the key, so that keys from before revisions stay valid
         pruning["revision"] = revision
     return cache.key("coordinator", {**_key_parts(cfg), "pruning": pruning, "prune": prune})
 
 
-def model_key(cfg: DictConfig, iteration: int) -> str:
+def model_key(cfg: SwarmConfig, iteration: int) -> str:
     """The key of the model a pruning iteration produced: iteration 0 is the pre-trained model, the
     same for LRP and IMP, so whatever is computed from it (the reference, a fleet's adaptation) is
     computed once for both."""
     return pretrain_key(cfg) if iteration == 0 else cache_key(cfg)
 
 
-def run_directory(cfg: DictConfig) -> Path:
+def run_directory(cfg: SwarmConfig) -> Path:
     """Where this configuration's coordinator results are (or will be) cached."""
     return cache.folder(cfg.cache_dir, "coordinator",
-                        f"{cfg.scenario.name}-{cfg.pretrain.name}-{cfg.pruning.name}-{cache_key(cfg)}")
+                        f"{_scenario_name(cfg)}-{cfg.pretrain.name}-{cfg.pruning.name}-{cache_key(cfg)}")
 
 
-def pretrain_directory(cfg: DictConfig) -> Path:
+def pretrain_directory(cfg: SwarmConfig) -> Path:
     """Where the pre-trained model (iteration 0) of this setting is cached, shared by LRP and IMP."""
-    return cache.folder(cfg.cache_dir, "pretrain", f"{cfg.scenario.name}-{cfg.pretrain.name}-{pretrain_key(cfg)}")
+    return cache.folder(cfg.cache_dir, "pretrain", f"{_scenario_name(cfg)}-{cfg.pretrain.name}-{pretrain_key(cfg)}")
 
 
 def checkpoint_path(directory: Path, iteration: int) -> Path:
@@ -118,19 +122,19 @@ def _read_record(directory: Path) -> dict[str, Any] | None:
     return record
 
 
-def _scores(cfg: DictConfig, model: torch.nn.Module, data: ScenarioData, settings: TrainSettings,
+def _scores(cfg: SwarmConfig, model: torch.nn.Module, data: ScenarioData, settings: TrainSettings,
             layers: list[str]) -> dict[str, torch.Tensor]:
     """Channel scores by the chosen criterion (:mod:`swarm.server.criteria`)."""
     def p_batches():
         p_train = data.datasets["P"]["train"]
         if cfg.prune.relevance_samples:
-            p_train = torch.utils.data.Subset(p_train, range(min(len(p_train), int(cfg.prune.relevance_samples))))
-        loader = make_loader(p_train, int(cfg.prune.relevance_batch_size), shuffle=False,
+            p_train = torch.utils.data.Subset(p_train, range(min(len(p_train), cfg.prune.relevance_samples)))
+        loader = make_loader(p_train, cfg.prune.relevance_batch_size, shuffle=False,
                              num_workers=settings.num_workers)
         return progress_bar(loader, desc="relevance on P", unit="batch")
 
-    context = ScoringContext(p_batches, resolve_device(settings.device), _plain(cfg.pruning))
-    return CRITERIA[str(cfg.pruning.name)](model, layers, context)
+    context = ScoringContext(p_batches, resolve_device(settings.device), cfg.pruning)
+    return CRITERIA[cfg.pruning.name](model, layers, context)
 
 
 def _p_accuracy(model: torch.nn.Module, data: ScenarioData, settings: TrainSettings) -> dict[str, float]:
@@ -140,9 +144,9 @@ def _p_accuracy(model: torch.nn.Module, data: ScenarioData, settings: TrainSetti
             for split in ("val", "test")}
 
 
-def cached(cfg: DictConfig) -> CoordinatorResult | None:
+def cached(cfg: SwarmConfig) -> CoordinatorResult | None:
     """The finished result of this configuration, if the cache has it (no data is read)."""
-    iterations = int(cfg.prune.iterations)
+    iterations = cfg.prune.iterations
     directory = run_directory(cfg)
     record = _read_record(directory)
     if record is None or len(record["iterations"]) < iterations + 1:
@@ -151,15 +155,15 @@ def cached(cfg: DictConfig) -> CoordinatorResult | None:
     return CoordinatorResult(directory, record, cached=True)
 
 
-def run(cfg: DictConfig, data: ScenarioData) -> CoordinatorResult:
+def run(cfg: SwarmConfig, data: ScenarioData) -> CoordinatorResult:
     """Run (or resume, or reuse) Algorithm 1 for this configuration (its settings were checked
     when it was composed: :mod:`swarm.schema`)."""
     with cache.entry(run_directory(cfg), f"the coordinator's {cfg.pruning.name} result"):
         return _run(cfg, data)
 
 
-def _run(cfg: DictConfig, data: ScenarioData) -> CoordinatorResult:
-    iterations, ratio, scope = int(cfg.prune.iterations), float(cfg.prune.ratio), str(cfg.prune.scope)
+def _run(cfg: SwarmConfig, data: ScenarioData) -> CoordinatorResult:
+    iterations, ratio, scope = cfg.prune.iterations, cfg.prune.ratio, cfg.prune.scope
     hit = cached(cfg)
     if hit is not None:
         log.info("coordinator: cached result in %s", hit.directory)
@@ -168,11 +172,11 @@ def _run(cfg: DictConfig, data: ScenarioData) -> CoordinatorResult:
     record = _read_record(directory)
 
     settings = TrainSettings.from_config(cfg.train, cfg.data.num_workers)
-    seed = int(cfg.seed)
+    seed = cfg.seed
     if record is None or not record["iterations"]:
-        record = {"key": cache_key(cfg), "scenario": cfg.scenario.name, "pretrain": cfg.pretrain.name,
-                  "pruning": cfg.pruning.name, "model": cfg.model.name, "seed": seed, "ratio": ratio,
-                  "scope": scope, "iterations": []}
+        record = {"key": cache_key(cfg), "scenario": data.scenario.name, "pretrain": str(cfg.pretrain.name),
+                  "pruning": cfg.pruning.name, "model": model_name(cfg.model), "seed": seed, "ratio": ratio,
+                  "scope": str(scope), "iterations": []}
         log.info("coordinator: computing the %s result %s in %s", cfg.pruning.name, record["key"], directory)
         model, fitted, seconds = _pretrained(cfg, data, settings)
         _finish_iteration(directory, record, model, data, settings, cfg, iteration=0, fitted=fitted,
@@ -205,14 +209,14 @@ class FitSummary:
     best_epoch: int
 
 
-def _pretrained(cfg: DictConfig, data: ScenarioData, settings: TrainSettings) -> tuple[torch.nn.Module, Any, float]:
+def _pretrained(cfg: SwarmConfig, data: ScenarioData, settings: TrainSettings) -> tuple[torch.nn.Module, Any, float]:
     """Pre-train on T ∪ P (or P), or load the result another pruning criterion already paid for."""
     shared = pretrain_directory(cfg)
     with cache.entry(shared, "the pre-training"):
         return _pretrain(cfg, data, settings, shared)
 
 
-def _pretrain(cfg: DictConfig, data: ScenarioData, settings: TrainSettings,
+def _pretrain(cfg: SwarmConfig, data: ScenarioData, settings: TrainSettings,
               shared: Path) -> tuple[torch.nn.Module, Any, float]:
     path, record_path = shared / "model.pt", shared / "pretrain.json"
     if path.exists() and record_path.exists():
@@ -220,25 +224,25 @@ def _pretrain(cfg: DictConfig, data: ScenarioData, settings: TrainSettings,
         model, _, _ = checkpoints.load(path)
         info = json.loads(record_path.read_text())
         return model, FitSummary(info["epochs"], info["best_epoch"]), float(info["seconds"])
-    seed = int(cfg.seed)
+    seed = cfg.seed
     log.info("coordinator: pre-training %s in %s", pretrain_key(cfg), shared)
     torch.manual_seed(seed)
     model = build_model(cfg.model, data.num_outputs, data.channels, data.image_size)
-    roles = "TP" if cfg.pretrain.name == "extra" else "P"
+    roles = "TP" if cfg.pretrain.name == Pretrain.extra else "P"
     start = time.perf_counter()
     fitted = fit(model, data.union(roles, "train"), data.union(roles, "val"), settings, seed=seed,
                  desc=f"pre-train on {'∪'.join(roles)}")
     seconds = time.perf_counter() - start
     model.cpu()
     arch = checkpoints.architecture(model, cfg.model, data.num_outputs, data.channels, data.image_size)
-    checkpoints.save(path, model, arch, iteration=0, scenario=cfg.scenario.name, label_names=list(data.label_names))
+    checkpoints.save(path, model, arch, iteration=0, scenario=data.scenario.name, label_names=list(data.label_names))
     io.write_json(record_path, {"key": pretrain_key(cfg), "roles": roles, "epochs": fitted.epochs,
                                 "best_epoch": fitted.best_epoch, "seconds": round(seconds, 2)})
     return model, fitted, seconds
 
 
 def _finish_iteration(directory: Path, record: dict[str, Any], model: torch.nn.Module, data: ScenarioData,
-                      settings: TrainSettings, cfg: DictConfig, *, iteration: int, fitted, seconds: float,
+                      settings: TrainSettings, cfg: SwarmConfig, *, iteration: int, fitted, seconds: float,
                       timings: dict[str, float]) -> None:
     """Evaluate, checkpoint, then announce the iteration in coordinator.json (in that order)."""
     model.cpu()
@@ -249,24 +253,24 @@ def _finish_iteration(directory: Path, record: dict[str, Any], model: torch.nn.M
              **{k: round(v, 3) for k, v in timings.items()}}
     arch = checkpoints.architecture(model, cfg.model, data.num_outputs, data.channels, data.image_size)
     checkpoints.save(checkpoint_path(directory, iteration), model, arch, iteration=iteration,
-                     scenario=cfg.scenario.name, label_names=list(data.label_names))
+                     scenario=data.scenario.name, label_names=list(data.label_names))
     record["iterations"].append(entry)
     io.write_json(directory / COORDINATOR, record)
     log.info("iteration %d: %.2fM params, %.1fM MACs, P val %.3f test %.3f (%d epochs, %.0f s)", iteration,
              params / 1e6, macs / 1e6, entry["val_acc"], entry["test_acc"], fitted.epochs, seconds)
 
 
-def dry_run(cfg: DictConfig, num_outputs: int, in_channels: int, image_size: int) -> dict[str, Any]:
+def dry_run(cfg: SwarmConfig, num_outputs: int, in_channels: int, image_size: int) -> dict[str, Any]:
     """Apply the pruning schedule to an untrained model, scoring channels by weight magnitude.
 
     Needs no data and no training: it answers "how big is the model after each cut?".
     """
-    iterations, ratio, scope = int(cfg.prune.iterations), float(cfg.prune.ratio), str(cfg.prune.scope)
-    torch.manual_seed(int(cfg.seed))
+    iterations, ratio, scope = cfg.prune.iterations, cfg.prune.ratio, cfg.prune.scope
+    torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, num_outputs, in_channels, image_size)
     example = torch.randn(1, in_channels, image_size, image_size)
-    record = {"scenario": cfg.scenario.name, "model": cfg.model.name, "dry_run": True, "ratio": ratio,
-              "scope": scope, "iterations": []}
+    record = {"scenario": _scenario_name(cfg), "model": model_name(cfg.model), "dry_run": True, "ratio": ratio,
+              "scope": str(scope), "iterations": []}
     for iteration in progress_bar(range(iterations + 1), desc="dry run", unit="cut"):
         start = time.perf_counter()
         if iteration > 0:

@@ -10,7 +10,7 @@ they read any data; the config schema cannot list the registry, as it imports no
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from typing import Callable, Iterable, Protocol
 
 import torch
 from torch import nn
@@ -18,6 +18,7 @@ from torch import nn
 from swarm.nodes.errors import SwarmError
 from swarm.nodes.layout import place
 from swarm.server.relevance import channel_relevance, composite_names, filter_l1
+from swarm.server.settings import PruningConfig
 
 
 @dataclass
@@ -27,7 +28,7 @@ class ScoringContext:
 
     p_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
     device: torch.device
-    settings: Mapping[str, Any]
+    settings: PruningConfig
 
 
 class Criterion(Protocol):
@@ -48,14 +49,14 @@ def criterion(name: str, revision: int = 1) -> Callable[[Criterion], Criterion]:
     return register
 
 
-def check_pruning(pruning: Mapping[str, Any]) -> None:
+def check_pruning(pruning: PruningConfig) -> None:
     """The ``pruning`` settings name a registered criterion and, where they name one, a composite
     in zennit's registry (ours, ``epsilon``, included): one :class:`SwarmError` line otherwise."""
-    name = str(pruning["name"])
+    name = pruning.name
     if name not in CRITERIA:
         raise SwarmError(f"pruning.name={name}: choose one of {', '.join(sorted(CRITERIA))}")
-    composite = pruning.get("composite")
-    if composite is not None and str(composite) not in composite_names():
+    composite = pruning.composite
+    if composite is not None and composite not in composite_names():
         raise SwarmError(f"pruning.composite={composite}: choose one of {', '.join(composite_names())}")
 
 
@@ -72,6 +73,6 @@ def relevance(model: nn.Module, layers: list[str], context: ScoringContext) -> d
     """The paper's criterion: LRP relevance of each channel, summed over P."""
     settings = context.settings
     place(model, context.device)
-    return channel_relevance(model, context.p_batches(), composite=str(settings["composite"]),
-                             target=str(settings["target"]), epsilon=float(settings["epsilon"]), layers=layers,
+    return channel_relevance(model, context.p_batches(), composite=settings.composite,
+                             target=str(settings.target), epsilon=settings.epsilon, layers=layers,
                              device=context.device)

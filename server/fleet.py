@@ -24,7 +24,8 @@ from swarm.nodes import io
 from swarm.nodes.checkpoints import received_model
 from swarm.nodes.errors import SwarmError
 from swarm.nodes.evaluation import TestSets, accuracies
-from swarm.nodes.fleet_plan import FleetPlan, Loss
+from swarm.nodes.choices import Loss
+from swarm.nodes.fleet_plan import FleetPlan
 from swarm.nodes.local_data import load_evaluation_set
 from swarm.nodes.models import classifier
 from swarm.nodes.protocol import NO_RESULT, RECEIVED_WINDOW, TIMING, Status, WindowRow, append_timings, write_rows
@@ -207,7 +208,7 @@ class FleetWindows:
         self.head, output_layer = classifier(self.model)
         self.outputs = output_layer.out_features
         self.sent = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        masked_loss = plan.config["fleet"].get("loss", Loss.full) != Loss.full  # rows some nodes leave as sent
+        masked_loss = plan.fleet.loss != Loss.full  # rows some nodes leave as sent
         self.strategy = make_strategy(strategy, head=self.head if masked_loss else None)
         # A shared model is scored after every window on the nodes' test subsets (the server's
         # copy, beside the plan), like Flower's server-side evaluation.
@@ -217,7 +218,7 @@ class FleetWindows:
         plan_id = plan_hash(plan_path)[:16]  # names the nodes' state of this plan
         self.tasks = {p: ConfigRecord(plan.task(p, plan_id).to_config()) for p in range(self.count)}
         self.shared = self.saved.shared if self.saved.shared is not None else self.sent
-        self.batch_size = int(plan.config["fleet"]["batch_size"])
+        self.batch_size = plan.fleet.batch_size
         self.rows, self.failed = self.saved.rows, self.saved.failed
         self.has_model = self.saved.has_model  # nodes that adapted at least one window (they hold the model)
         if self.saved.windows_done == 0:

@@ -100,7 +100,7 @@ def write_fleet_data(plan: FleetPlan, data: ScenarioData, root: Path, *, inner: 
 
 def _test_blob(plan: FleetPlan, data: ScenarioData) -> dict[str, Any]:
     """The test subsets of the plan (:func:`swarm.server.data.evaluation_sets.test_sets`) as raw samples: test.pt."""
-    tests = test_sets(data, plan.continual, int(plan.config["fleet"]["eval_samples"]))
+    tests = test_sets(data, plan.continual, plan.fleet.eval_samples)
     blob: dict[str, Any] = {name: _samples(tests.sets[name], np.arange(len(tests.sets[name])))
                             for name in SETS if name in tests.sets}
     blob["f_groups"] = torch.as_tensor(np.asarray(tests.f_groups, dtype=np.int64))

@@ -6,7 +6,7 @@ tests and benchmarks); unlike the plan itself, it needs torch and the data.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -16,8 +16,10 @@ from swarm.nodes.device import DeviceProfile, available_seconds, profile_of
 from swarm.nodes.drift import dirichlet_partition, drift_times
 from swarm.nodes.errors import SwarmError
 from swarm.nodes.fleet_plan import FleetPlan, NodePlan, check_faults, draw_faults, split_tasks
+from swarm.nodes.settings import FleetConfig, to_plain
 from swarm.server.data.build import ScenarioData
 from swarm.server.data.evaluation_sets import f_groups
+from swarm.server.settings import SwarmConfig
 
 
 def availability_phase(profile: DeviceProfile, span_s: float, rng: np.random.Generator, tries: int = 1000) -> float:
@@ -39,59 +41,54 @@ def availability_phase(profile: DeviceProfile, span_s: float, rng: np.random.Gen
     return phase
 
 
-def check_fleet_fits(fleet: Mapping[str, Any], data: ScenarioData) -> None:
+def check_fleet_fits(fleet: FleetConfig, data: ScenarioData) -> None:
     """What needs the data: every node gets at least one sample of F."""
     supply = len(data.datasets["F"]["train"])
-    if int(fleet["nodes"]) > supply:
-        raise SwarmError(f"fleet.nodes={fleet['nodes']}: F has {supply} training samples, so at most {supply} "
+    if fleet.nodes > supply:
+        raise SwarmError(f"fleet.nodes={fleet.nodes}: F has {supply} training samples, so at most {supply} "
                          "nodes get a share of it; lower fleet.nodes")
 
 
-def draw_plan(*, run_dir: Path, config: dict[str, Any], checkpoint: Path, architecture: dict[str, Any],
-              f_groups: np.ndarray,
-              num_nodes: int, profiles: list[str], alpha: float, drift: dict[str, Any], window_s: float,
-              windows: int, seed: int, min_f_per_node: int = 1, reset_outputs: list[int] | None = None,
-              undeployed_outputs: list[int] | None = None, faults: Mapping[str, Any] | None = None) -> FleetPlan:
+def draw_plan(*, run_dir: Path, config: dict[str, Any], fleet: FleetConfig, checkpoint: Path,
+              architecture: dict[str, Any], f_groups: np.ndarray, seed: int, continual: bool, min_f_per_node: int = 1,
+              reset_outputs: list[int] | None = None, undeployed_outputs: list[int] | None = None) -> FleetPlan:
     """Draw every node's profile, drift time, availability phase (one that meets the run, see
-    :func:`availability_phase`) and share of F, from ``seed``.
+    :func:`availability_phase`) and share of F, from ``seed``; ``config`` is the run's settings as
+    the plan records them (:attr:`FleetPlan.config`).
 
-    ``f_groups`` gives the group (class or domain) of each F training sample; ``profiles`` are
-    assigned round-robin, so a fleet of mixed devices is reproducible and balanced. With
-    ``drift["events"] > 1`` F's groups arrive as that many tasks, ``drift["event_gap_s"]`` apart.
+    ``f_groups`` gives the group (class or domain) of each F training sample; ``fleet.profiles``
+    are assigned round-robin, so a fleet of mixed devices is reproducible and balanced. With
+    ``fleet.drift.events > 1`` F's groups arrive as that many tasks, ``fleet.drift.event_gap_s`` apart.
     """
-    devices = {name: profile_of(config["fleet"], name) for name in profiles}  # a missing one fails here
+    profiles, num_nodes = list(fleet.profiles), fleet.nodes
+    devices = {name: profile_of(fleet, name) for name in profiles}  # a missing one fails here
     f_groups = np.asarray(f_groups)
-    tasks = split_tasks(len(np.unique(f_groups)), int(drift.get("events", 1)))
+    tasks = split_tasks(len(np.unique(f_groups)), fleet.drift.events)
     event_of_group = {g: k for k, task in enumerate(tasks) for g in task}
     rng = np.random.default_rng(seed)
-    shares = dirichlet_partition(f_groups, num_nodes, alpha, rng, min_per_node=min_f_per_node)
-    drifts = drift_times(num_nodes, drift, rng)
+    shares = dirichlet_partition(f_groups, num_nodes, fleet.alpha, rng, min_per_node=min_f_per_node)
+    drifts = drift_times(num_nodes, fleet.drift, rng)
     nodes = []
     for i in range(num_nodes):
         profile = profiles[i % len(profiles)]
         events = [event_of_group[int(g)] for g in f_groups[shares[i]]] if len(tasks) > 1 else []
         nodes.append(NodePlan(partition=i, profile=profile, drift_s=float(drifts[i]),
-                              phase_s=availability_phase(devices[profile], window_s * windows, rng),
+                              phase_s=availability_phase(devices[profile], fleet.window_s * fleet.windows, rng),
                               f_indices=shares[i].tolist(), seed=int(rng.integers(0, 2**31 - 1)), f_events=events))
-    draw_faults(nodes, check_faults(faults), int(windows), seed)
-    return FleetPlan(str(run_dir), config, str(checkpoint), dict(architecture), float(window_s), int(windows), nodes,
-                     f_tasks=tasks, event_gap_s=float(drift.get("event_gap_s", 0.0)),
+    draw_faults(nodes, check_faults(fleet.faults), fleet.windows, seed)
+    return FleetPlan(str(run_dir), config, str(checkpoint), dict(architecture), fleet.window_s, fleet.windows, nodes,
+                     f_tasks=tasks, event_gap_s=fleet.drift.event_gap_s,
                      reset_outputs=[int(o) for o in reset_outputs or []],
-                     undeployed_outputs=[int(o) for o in undeployed_outputs or []])
+                     undeployed_outputs=[int(o) for o in undeployed_outputs or []], continual=continual)
 
 
-def plan_from_config(config: Mapping[str, Any], data: ScenarioData, *, checkpoint: Path, run_dir: Path) -> FleetPlan:
-    """The fleet plan of a resolved run config (``fleet``, ``seed``, ...) for the model in ``checkpoint``:
-    the one place that turns configuration into a plan (simulation, tests and benchmarks)."""
-    fleet = config["fleet"]
+def plan_from_config(settings: SwarmConfig, data: ScenarioData, *, checkpoint: Path, run_dir: Path) -> FleetPlan:
+    """The fleet plan of a run's settings for the model in ``checkpoint``: the one place that
+    turns configuration into a plan (simulation, tests and benchmarks)."""
     _, arch, _ = checkpoints.load(Path(checkpoint))
-    choice = str(fleet.get("new_class_outputs", "reset"))
-    if choice not in tuple(NewClassOutputs):
-        raise SwarmError(f"fleet.new_class_outputs must be one of {', '.join(NewClassOutputs)}, not '{choice}'")
-    return draw_plan(run_dir=run_dir, config=dict(config), checkpoint=checkpoint, architecture=arch,
-                     f_groups=f_groups(data, "train")[0], num_nodes=int(fleet["nodes"]), profiles=list(fleet["profiles"]),
-                     alpha=float(fleet["alpha"]), drift=dict(fleet["drift"]), window_s=float(fleet["window_s"]),
-                     windows=int(fleet["windows"]), seed=int(config["seed"]),
-                     reset_outputs=data.untrained_outputs() if choice == "reset" else [],
-                     undeployed_outputs=data.undeployed_outputs(),
-                     faults=fleet.get("faults"))
+    reset = settings.fleet.new_class_outputs == NewClassOutputs.reset
+    return draw_plan(run_dir=run_dir, config=to_plain(settings), fleet=settings.fleet, checkpoint=checkpoint,
+                     architecture=arch, f_groups=f_groups(data, "train")[0], seed=settings.seed,
+                     continual=data.scenario.mode == "continual",
+                     reset_outputs=data.untrained_outputs() if reset else [],
+                     undeployed_outputs=data.undeployed_outputs())

@@ -41,13 +41,12 @@ def _classifier(model: nn.Module) -> nn.Module:
     return linears[-1]
 
 
-def prunable_layers(model: nn.Module, scope: str = "inner") -> list[str]:
-    """Names of the conv layers whose output channels a cut removes."""
-    if scope not in tuple(Scope):
-        raise SwarmError(f"prune.scope must be one of {', '.join(Scope)}, not '{scope}'")
+def prunable_layers(model: nn.Module, scope: Scope = Scope.inner) -> list[str]:
+    """Names of the conv layers whose output channels a cut removes (``scope``, a choice Hydra
+    checked while composing the config)."""
     names = {m: n for n, m in model.named_modules()}
     blocks = [m for m in model.modules() if isinstance(m, (BasicBlock, Bottleneck))]
-    if scope == "inner" and blocks:
+    if scope == Scope.inner and blocks:
         inner = []
         for block in blocks:
             convs = [block.conv1] if isinstance(block, BasicBlock) else [block.conv1, block.conv2]
@@ -56,7 +55,7 @@ def prunable_layers(model: nn.Module, scope: str = "inner") -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
 
 
-def ignored_layers(model: nn.Module, scope: str) -> list[nn.Module]:
+def ignored_layers(model: nn.Module, scope: Scope) -> list[nn.Module]:
     """Layers whose outputs must keep their width: torch-pruning skips every group that touches them."""
     keep = set(prunable_layers(model, scope))
     ignored = [m for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and n not in keep]
@@ -89,7 +88,7 @@ class ChannelScores(tp.importance.Importance):
 
 
 def prune_step(model: nn.Module, scores: Mapping[str, torch.Tensor], example_inputs: torch.Tensor,
-               ratio: float = 0.2, scope: str = "inner") -> dict[str, tuple[int, int]]:
+               ratio: float = 0.2, scope: Scope = Scope.inner) -> dict[str, tuple[int, int]]:
     """Remove ``ratio`` of the current channels of every prunable layer, lowest score first.
 
     ``scores`` maps conv layer names to one score per output channel; every prunable layer needs

@@ -14,17 +14,15 @@ checkpoints, keyed by everything it depends on, so sweeps compute it once per ch
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
 from swarm.nodes import checkpoints, io
 from swarm.nodes.choices import NewClassOutputs
-from swarm.nodes.errors import SwarmError
 from swarm.nodes.evaluation import accuracies
 from swarm.nodes.layout import place
 from swarm.nodes.models import reset_outputs
@@ -33,6 +31,7 @@ from swarm.server import cache
 from swarm.server.coordinator import CoordinatorResult, checkpoint_path, model_key, pretrain_directory
 from swarm.server.data.build import ScenarioData
 from swarm.server.data.evaluation_sets import test_sets
+from swarm.server.settings import SwarmConfig
 
 log = logging.getLogger("swarm.reference")
 
@@ -40,35 +39,28 @@ log = logging.getLogger("swarm.reference")
 SEED_OFFSET = 10_000
 
 
-def _settings(cfg: DictConfig) -> TrainSettings:
-    train = OmegaConf.to_container(cfg.train, resolve=True, enum_to_str=True)
-    train["max_epochs"] = int(cfg.reference.max_epochs)
+def _settings(cfg: SwarmConfig) -> TrainSettings:
+    """The coordinator's training recipe, capped at the reference's own ``max_epochs``."""
+    train = dataclasses.replace(cfg.train, max_epochs=cfg.reference.max_epochs)
     return TrainSettings.from_config(train, cfg.data.num_workers)
 
 
-def _new_class_outputs(cfg: DictConfig) -> str:
-    choice = str(cfg.reference.new_class_outputs)
-    if choice not in tuple(NewClassOutputs):
-        raise SwarmError(f"reference.new_class_outputs must be one of {', '.join(NewClassOutputs)}, not '{choice}'")
-    return choice
-
-
-def reference_key(cfg: DictConfig, iteration: int) -> str:
+def reference_key(cfg: SwarmConfig, mode: str, iteration: int) -> str:
     settings = _settings(cfg)
     return cache.key("reference", {
             "coordinator": model_key(cfg, iteration), "iteration": iteration,
             "train": [settings.lr, settings.batch_size, settings.patience, settings.max_epochs],
-            "eval_samples": int(cfg.fleet.eval_samples), "mode": str(cfg.scenario.mode),
-            "new_class_outputs": _new_class_outputs(cfg)})
+            "eval_samples": cfg.fleet.eval_samples, "mode": mode,
+            "new_class_outputs": str(cfg.reference.new_class_outputs)})
 
 
 def _round(accs: dict[str, Any]) -> dict[str, float]:
     return {k: round(float(v), 4) for k, v in accs.items() if k != "acc_F_groups" and not math.isnan(float(v))}
 
 
-def adapt(cfg: DictConfig, data: ScenarioData, result: CoordinatorResult, iteration: int) -> dict[str, Any]:
+def adapt(cfg: SwarmConfig, data: ScenarioData, result: CoordinatorResult, iteration: int) -> dict[str, Any]:
     """The reference record of one coordinator iteration: from the cache, or trained now."""
-    key = reference_key(cfg, iteration)
+    key = reference_key(cfg, data.scenario.mode, iteration)
     # The pre-trained model's reference is shared by LRP and IMP: it lives with the pre-training.
     directory = pretrain_directory(cfg) if iteration == 0 else result.directory
     path = directory / f"reference_{iteration:02d}-{key}.json"
@@ -78,19 +70,20 @@ def adapt(cfg: DictConfig, data: ScenarioData, result: CoordinatorResult, iterat
         return _adapt(cfg, data, result, iteration, path)
 
 
-def _adapt(cfg: DictConfig, data: ScenarioData, result: CoordinatorResult, iteration: int, path: Path) -> dict[str, Any]:
-    continual = cfg.scenario.mode == "continual"
+def _adapt(cfg: SwarmConfig, data: ScenarioData, result: CoordinatorResult, iteration: int,
+           path: Path) -> dict[str, Any]:
+    continual = data.scenario.mode == "continual"
     roles = "PF" if continual else "F"
     model, _, _ = checkpoints.load(checkpoint_path(result.directory, iteration))
-    if _new_class_outputs(cfg) == NewClassOutputs.reset:  # the same start as the fleet's (swarm.nodes.fleet_plan)
+    if cfg.reference.new_class_outputs == NewClassOutputs.reset:  # the same start as the fleet's (swarm.nodes.fleet_plan)
         reset_outputs(model, data.untrained_outputs())
     settings = _settings(cfg)
-    tests = test_sets(data, continual, int(cfg.fleet.eval_samples))
+    tests = test_sets(data, continual, cfg.fleet.eval_samples)
     device = resolve_device(settings.device)
     place(model, device)
     before = accuracies(model, tests, device)
     fitted = fit(model, data.union(roles, "train"), data.union(roles, "val"), settings,
-                 seed=int(cfg.seed) + SEED_OFFSET + iteration,
+                 seed=cfg.seed + SEED_OFFSET + iteration,
                  desc=f"reference: iteration {iteration} adapted centrally on {'∪'.join(roles)}")
     after = accuracies(model, tests, device)
     record = {"before": _round(before), "after": _round(after), "epochs": fitted.epochs}
@@ -100,11 +93,11 @@ def _adapt(cfg: DictConfig, data: ScenarioData, result: CoordinatorResult, itera
     return record
 
 
-def annotate(cfg: DictConfig, data: ScenarioData, result: CoordinatorResult, iterations: list[int]) -> dict[str, Any]:
+def annotate(cfg: SwarmConfig, data: ScenarioData, result: CoordinatorResult, iterations: list[int]) -> dict[str, Any]:
     """A copy of the coordinator's record whose chosen iterations carry their ``reference``
     (all of them unchanged when ``reference.adapt`` is false)."""
     record = json.loads(json.dumps(result.record))
-    if not bool(cfg.reference.adapt):
+    if not cfg.reference.adapt:
         return record
     for entry in record["iterations"]:
         if entry["iteration"] in iterations:

@@ -131,10 +131,10 @@ def run_plan(grid: Grid, path: Path, label: str = "") -> None:
 
 def _run_plan(grid: Grid, path: Path, status_file: Path) -> None:
     try:
-        fleet = FleetPlan.load(path).config["fleet"]
+        fleet = FleetPlan.load(path).fleet
         simulated = is_simulation(grid)
-        rows = run_fleet(grid, path, strategy=str(fleet["strategy"]), join_timeout_s=float(fleet["join_timeout_s"]),
-                         window_timeout_s=float(fleet["window_timeout_s"]), simulated=simulated,
+        rows = run_fleet(grid, path, strategy=fleet.strategy, join_timeout_s=fleet.join_timeout_s,
+                         window_timeout_s=fleet.window_timeout_s, simulated=simulated,
                          in_flight=simulated_in_flight() if simulated else None)
         failed = sorted({r["node"] for r in rows if r["status"] in DEVICE_FAULTS})
         not_simulated = sorted({r["node"] for r in rows if r["status"] == Status.not_simulated})

@@ -29,27 +29,29 @@ from swarm import schema
 from swarm.nodes.errors import SwarmError
 from swarm.server.data.options import DataOptions
 from swarm.server.data.scenario import Scenario
+from swarm.server.settings import SwarmConfig
 
 # The config tree is the installed `swarm.scenarios` package, so entry points work from any directory.
 CONFIG_PATH = "pkg://swarm.scenarios"
 
 
-def entry_point(config_name: str = "config") -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
+def entry_point(config_name: str = "config") -> Callable[[Callable[[SwarmConfig], Any]], Callable[[], Any]]:
     """Wrap a task as a Hydra main whose user errors print as one line and exit with code 2.
 
     The schema is registered first, so Hydra checks types and choices while composing; the task
-    starts only after :func:`swarm.schema.check` passed. Under ``--multirun`` a job's error is
+    starts only after :func:`swarm.schema.check` passed, and gets the config typed
+    (:func:`swarm.schema.typed`): the one place a composed config becomes settings. Under ``--multirun`` a job's error is
     printed and re-raised instead: Hydra records the job as failed, runs the remaining points of
     the sweep, and the sweep exits non-zero at the end."""
     schema.register()
 
-    def decorate(task: Callable[[DictConfig], Any]) -> Callable[[], Any]:
+    def decorate(task: Callable[[SwarmConfig], Any]) -> Callable[[], Any]:
         @hydra.main(config_path=CONFIG_PATH, config_name=config_name, version_base="1.3")
         @functools.wraps(task)
         def main(cfg: DictConfig) -> Any:
             try:
                 prepare(cfg)
-                return task(cfg)
+                return task(schema.typed(cfg))
             except SwarmError as error:
                 print(f"error: {error}", file=sys.stderr)
                 if HydraConfig.get().mode == RunMode.MULTIRUN:
@@ -113,9 +115,9 @@ def _searchpath_override(searchpath: list[str]) -> list[str]:
 
 
 def compose_config(overrides: list[str] = (), config_name: str = "config",
-                   config_dir: Path | None = None) -> DictConfig:
-    """The config an entry point would get for these overrides (and ``--config-dir``), prepared:
-    for scripts and tests."""
+                   config_dir: Path | None = None) -> SwarmConfig:
+    """The settings an entry point's task would get for these overrides (and ``--config-dir``),
+    checked and typed: for scripts and tests."""
     from hydra import compose, initialize_config_module
 
     schema.register()
@@ -123,7 +125,7 @@ def compose_config(overrides: list[str] = (), config_name: str = "config",
     with initialize_config_module(config_module="swarm.scenarios", version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=[*overrides, *_searchpath_override(searchpath)])
         prepare(cfg, searchpath)
-    return cfg
+    return schema.typed(cfg)
 
 
 def composition_error(error: BaseException) -> str:
@@ -152,18 +154,12 @@ def _override_of(error: BaseException) -> str:
     return first.removeprefix(prefix) if first.startswith(prefix) else ""
 
 
-def data_options(cfg: DictConfig) -> DataOptions:
+def data_options(cfg: SwarmConfig) -> DataOptions:
     data = cfg.data
-    return DataOptions(
-        root=Path(str(data.root)).expanduser(),
-        download=bool(data.download),
-        image_size=None if data.image_size is None else int(data.image_size),
-        max_per_class=None if data.max_per_class is None else int(data.max_per_class),
-        val_fraction=float(data.val_fraction),
-        seed=int(cfg.seed),
-        verify_checksums=bool(data.get("verify_checksums", True)),
-    )
+    return DataOptions(root=Path(data.root).expanduser(), download=data.download, image_size=data.image_size,
+                       max_per_class=data.max_per_class, val_fraction=data.val_fraction, seed=cfg.seed,
+                       verify_checksums=data.verify_checksums)
 
 
-def scenario_of(cfg: DictConfig) -> Scenario:
-    return Scenario.from_config(cfg.scenario, cfg.pretrain)
+def scenario_of(cfg: SwarmConfig) -> Scenario:
+    return Scenario.from_config(cfg.scenario, cfg.pretrain.name)

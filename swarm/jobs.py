@@ -37,6 +37,7 @@ class PreparedFleet:
 
     record: dict[str, Any]  # the coordinator's record, with the reference of every chosen iteration
     jobs: list[FleetJob]
+    scenario: str  # the scenario's name
     mode: str  # the scenario's: continual (new classes) or finetune (new subclasses or domains)
     f_group_names: list[str]  # F's groups (classes or domains) in the test split, as reports name them
     node_root: Path | None  # where the pending jobs' nodes find their folders (None: every job from the cache)

@@ -19,14 +19,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from swarm.config import data_options, scenario_of
 from swarm.nodes.errors import SwarmError, run_command
 from swarm.nodes.fleet_plan import FleetPlan
 from swarm.nodes.run_folder import EVALUATION_DIR, FLEET_PLAN
+from swarm.nodes.settings import from_plain
 from swarm.server.data.build import build
 from swarm.server.node_folders import write_evaluation_set, write_fleet_data
+from swarm.server.settings import SwarmConfig
 
 
 def plan_path(value: str) -> Path:
@@ -45,7 +45,10 @@ def partition(plan_file: Path, out: Path) -> list[Path]:
         plan = FleetPlan.load(plan_file)
     except (OSError, ValueError, TypeError, KeyError) as error:
         raise SwarmError(f"{plan_file} is not a fleet plan ({type(error).__name__}: {error})") from None
-    cfg = OmegaConf.create(plan.config)
+    try:
+        cfg = from_plain(SwarmConfig, plan.config)
+    except ValueError as error:
+        raise SwarmError(f"{plan_file} holds settings this version cannot read ({error})") from None
     data = build(scenario_of(cfg), data_options(cfg))
 
     def progress(done: int, total: int) -> None:

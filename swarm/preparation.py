@@ -17,15 +17,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig
-
-from swarm import schema
 from swarm.allocator import reuse_freed_memory
 from swarm.config import data_options, scenario_of
 from swarm.jobs import FleetJob, PreparedFleet
 from swarm.nodes import io
 from swarm.nodes.errors import SwarmError
-from swarm.nodes.fleet_plan import FleetPlan, on_gpu
+from swarm.nodes.fleet_plan import FleetPlan
+from swarm.nodes.settings import FleetConfig
 from swarm.nodes.local_data import DATA_DIR, MANIFEST, simulated_folders
 from swarm.nodes.run_folder import COORDINATOR, EVALUATION_DIR, FLEET_STATUS, NODE_FOLDERS
 from swarm.server import cache
@@ -35,17 +33,18 @@ from swarm.server.data.build import ScenarioData, build
 from swarm.server.data.evaluation_sets import f_groups
 from swarm.server.node_folders import write_evaluation_set, write_fleet_data
 from swarm.server.plan_drawing import check_fleet_fits, plan_from_config
+from swarm.server.settings import SwarmConfig
 from swarm.server.strategies import check_strategy
 
 log = logging.getLogger("swarm.simulate")
 
 
-def prepare_fleet(cfg: DictConfig, run_dir: Path) -> PreparedFleet:
+def prepare_fleet(cfg: SwarmConfig, run_dir: Path) -> PreparedFleet:
     """The coordinator's result, the reference and every fleet plan of this run, written under
     ``run_dir``; the nodes' folders written for the plans that still have to run."""
     reuse_freed_memory()  # faster relevance; this process ends when the preparation does
-    check_pruning(schema.plain(cfg.pruning))
-    check_strategy(str(cfg.fleet.strategy))
+    check_pruning(cfg.pruning)
+    check_strategy(cfg.fleet.strategy)
     check_gpu_share(cfg.fleet)
     scenario = scenario_of(cfg)
     data = build(scenario, data_options(cfg))
@@ -57,12 +56,11 @@ def prepare_fleet(cfg: DictConfig, run_dir: Path) -> PreparedFleet:
     record = reference.annotate(cfg, data, result, iterations)
     io.write_json(run_dir / COORDINATOR, {**record, "cache_dir": str(result.directory)})
     print(f"\ncoordinator: {scenario.name} · pretrain={scenario.pretrain} · pruning={cfg.pruning.name} · "
-          f"{cfg.model.name}{' (from cache)' if result.cached else ''}\n{coordinator.table(record)}")
+          f"{record['model']}{' (from cache)' if result.cached else ''}\n{coordinator.table(record)}")
 
-    config = schema.plain(cfg)
-    cache_dir = Path(str(cfg.cache_dir))
+    cache_dir = Path(cfg.cache_dir)
     jobs = [FleetJob(it, run_dir if len(iterations) == 1 else run_dir / f"iteration_{it:02d}",
-                     cache.fleet_key(coordinator.model_key(cfg, it), it, config["fleet"], int(cfg.seed)))
+                     cache.fleet_key(coordinator.model_key(cfg, it), it, cfg.fleet, cfg.seed))
             for it in iterations]
     for job in jobs:
         job.directory.mkdir(parents=True, exist_ok=True)
@@ -70,7 +68,7 @@ def prepare_fleet(cfg: DictConfig, run_dir: Path) -> PreparedFleet:
         job.from_cache = cache.restore_fleet(cache_dir, job.key, job.directory)
         checkpoint = coordinator.checkpoint_path(result.directory, job.iteration)
         # also for a cached result: its report reads the plan
-        plan_from_config(config, data, checkpoint=checkpoint, run_dir=job.directory).save(job.plan_path)
+        plan_from_config(cfg, data, checkpoint=checkpoint, run_dir=job.directory).save(job.plan_path)
     pending = [job for job in jobs if not job.from_cache]
     sizes = ", ".join(f"{result.iterations[j.iteration]['params'] / 1e6:.2f}M" for j in jobs)
     print(f"\nfleet: {cfg.fleet.nodes} nodes ({', '.join(cfg.fleet.profiles)}), {cfg.fleet.windows} windows of "
@@ -85,16 +83,16 @@ def prepare_fleet(cfg: DictConfig, run_dir: Path) -> PreparedFleet:
         first = pending[0].directory / EVALUATION_DIR
         for job in pending:  # the server scores the shared model on them (one copy, hard-linked)
             write_evaluation_set(FleetPlan.load(job.plan_path), data, job.directory / EVALUATION_DIR, like=first)
-    return PreparedFleet(record=record, jobs=jobs, mode=scenario.mode, f_group_names=list(f_groups(data, "test")[1]),
+    return PreparedFleet(record=record, jobs=jobs, scenario=scenario.name, mode=scenario.mode, f_group_names=list(f_groups(data, "test")[1]),
                          node_root=node_root)
 
 
-def check_gpu_share(fleet: DictConfig) -> None:
+def check_gpu_share(fleet: FleetConfig) -> None:
     """``fleet.ray.gpus_per_node`` > 0 on a machine whose torch sees no CUDA GPU is an error (a Ray
     cluster's GPUs may be elsewhere: not checked then)."""
     import torch
 
-    if on_gpu(fleet) and fleet.ray.address is None and not torch.cuda.is_available():
+    if fleet.on_gpu and fleet.ray.address is None and not torch.cuda.is_available():
         raise SwarmError(f"fleet.ray.gpus_per_node={fleet.ray.gpus_per_node} gives each node a share of a GPU, "
                          "and torch sees no CUDA GPU here; leave it at 0 to simulate the nodes on the CPU")
 
@@ -106,7 +104,7 @@ def chosen_iterations(choice: Any, result: coordinator.CoordinatorResult) -> lis
         return numbers[-1:]
     if choice == "all":
         return numbers
-    wanted = list(choice) if isinstance(choice, (list, tuple, ListConfig)) else [choice]
+    wanted = list(choice) if isinstance(choice, (list, tuple)) else [choice]
     try:
         wanted = [int(w) for w in wanted]
     except (TypeError, ValueError):

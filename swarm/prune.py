@@ -18,23 +18,22 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
-
-from swarm import schema
 from swarm.allocator import reuse_freed_memory
 from swarm.config import data_options, entry_point, scenario_of
 from swarm.nodes import io
+from swarm.nodes.models import model_name
 from swarm.nodes.run_folder import COORDINATOR
 from swarm.server import coordinator, reference
 from swarm.server.criteria import check_pruning
 from swarm.server.data import sources
 from swarm.server.data.build import build
+from swarm.server.settings import SwarmConfig
 
 log = logging.getLogger("swarm.prune")
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    check_pruning(schema.plain(cfg.pruning))  # the registries, before any data is read
+def run(cfg: SwarmConfig, run_dir: Path) -> dict[str, Any]:
+    check_pruning(cfg.pruning)  # the registries, before any data is read
     reuse_freed_memory()  # faster relevance; this process ends with its task
     scenario = scenario_of(cfg)
     options = data_options(cfg)
@@ -55,14 +54,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         record = {**record, "cache_dir": str(result.directory), "cached": result.cached}
     io.write_json(run_dir / COORDINATOR, record)
     criterion = "scores: weight magnitude" if cfg.prune.dry_run else f"pruning={cfg.pruning.name}"
-    title = (f"{scenario.name} · pretrain={scenario.pretrain} · {criterion} · {cfg.model.name} · "
+    title = (f"{scenario.name} · pretrain={scenario.pretrain} · {criterion} · {model_name(cfg.model)} · "
              f"{cfg.prune.iterations} x {cfg.prune.ratio:.0%} ({cfg.prune.scope})" + (" · dry run" if cfg.prune.dry_run else ""))
     print(f"\n{title}\n{coordinator.table(record)}\nwrote {run_dir / COORDINATOR}")
     return record
 
 
 @entry_point("config")
-def main(cfg: DictConfig) -> None:
+def main(cfg: SwarmConfig) -> None:
     run(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from swarm import isolated, schema
+from swarm import isolated
 from swarm.config import entry_point
 from swarm.fleet_report import coverage_line, write_report
 from swarm.jobs import FleetJob, PreparedFleet
@@ -36,24 +36,26 @@ from swarm.nodes import io
 from swarm.nodes.errors import FleetFailure, FleetIncomplete, SwarmError
 from swarm.nodes.fleet_plan import FleetPlan
 from swarm.nodes.run_folder import FLEET_STATUS, RUN_RECORD
+from swarm.nodes.settings import RayConfig, to_plain
 from swarm.server import cache
+from swarm.server.settings import SwarmConfig
 
 # Steps 1-2 (and the nodes' folders), run in a process of their own: this one never imports torch.
 PREPARE = "swarm.preparation:prepare_fleet"
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def run(cfg: SwarmConfig, run_dir: Path) -> dict[str, Any]:
     # The settings were checked when composed (swarm.schema); what needs the data or the
     # registries of torch code, by the preparation before it reads or trains anything.
     prepared = _prepare(cfg, run_dir)
     jobs = prepared.jobs
     pending = [job for job in jobs if not job.from_cache]
     if pending:
-        _run_flower([job.plan_path for job in pending], int(cfg.fleet.nodes), Path(prepared.node_root), cfg.fleet.ray)
+        _run_flower([job.plan_path for job in pending], cfg.fleet.nodes, Path(prepared.node_root), cfg.fleet.ray)
 
     errors, failed_nodes, unserved, finals = [], {}, {}, []
     target = "acc_PF" if prepared.mode == "continual" else "acc_F"
-    cache_dir = Path(str(cfg.cache_dir))
+    cache_dir = Path(cfg.cache_dir)
     record = prepared.record
     for job in jobs:
         status = ({"error": "", "failed_nodes": [], "not_simulated_nodes": []} if job.from_cache
@@ -61,7 +63,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if status["error"]:
             errors.append(f"iteration {job.iteration}: {status['error']}")
             continue
-        title = (f"{cfg.scenario.name} · {cfg.pruning.name} · {cfg.pretrain.name} · seed {cfg.seed} · "
+        title = (f"{prepared.scenario} · {cfg.pruning.name} · {cfg.pretrain.name} · seed {cfg.seed} · "
                  f"iteration {job.iteration}")
         entry = record["iterations"][job.iteration]
         summary = write_report(job.directory, title, target=target, f_group_names=prepared.f_group_names,
@@ -73,7 +75,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             unserved[job.iteration] = status["not_simulated_nodes"]
         if not job.from_cache and not status["failed_nodes"] and not status["not_simulated_nodes"]:
             cache.store_fleet(cache_dir, job.key, job.directory)
-        _write_run_record(cfg, prepared.mode, record, job, summary, status)
+        _write_run_record(cfg, prepared, job, summary, status)
         finals.append((job, summary))
     for job, summary in finals:
         print(f"\niteration {job.iteration}{' (from cache)' if job.from_cache else ''}: {_outcome(summary)}")
@@ -92,7 +94,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return {"jobs": [(job.iteration, summary) for job, summary in finals]}
 
 
-def _prepare(cfg: DictConfig, run_dir: Path) -> PreparedFleet:
+def _prepare(cfg: SwarmConfig, run_dir: Path) -> PreparedFleet:
     """:data:`PREPARE` in a process of its own (:mod:`swarm.isolated`), logging as this job does."""
     logging_config = None
     if HydraConfig.initialized():
@@ -142,14 +144,13 @@ def _outcome(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _run_flower(plans: list[Path], num_nodes: int, node_root: Path, ray: DictConfig) -> None:
+def _run_flower(plans: list[Path], num_nodes: int, node_root: Path, ray: RayConfig) -> None:
     """One Flower simulation for every pending plan: the engine starts once. The simulated nodes
     find their folders under ``node_root`` (their ``node_config`` holds only a partition id)."""
     from swarm.server import flower_sim
 
-    flower_sim.run(plans, num_nodes, node_root, cpus_per_node=float(ray.cpus_per_node),
-                   gpus_per_node=float(ray.gpus_per_node),
-                   ray_address=None if ray.address is None else str(ray.address))
+    flower_sim.run(plans, num_nodes, node_root, cpus_per_node=ray.cpus_per_node, gpus_per_node=ray.gpus_per_node,
+                   ray_address=ray.address)
 
 
 def _status(directory: Path) -> dict[str, Any]:
@@ -160,14 +161,15 @@ def _status(directory: Path) -> dict[str, Any]:
     return {"not_simulated_nodes": [], **json.loads(path.read_text())}
 
 
-def _write_run_record(cfg: DictConfig, mode: str, record: dict[str, Any], job: FleetJob,
+def _write_run_record(cfg: SwarmConfig, prepared: PreparedFleet, job: FleetJob,
                       summary: dict[str, Any], status: dict[str, Any]) -> None:
     """``run.json``: what ``swarm.report`` needs to place this fleet result among others."""
-    fleet = schema.plain(cfg.fleet)
+    fleet = to_plain(cfg.fleet)
+    record = prepared.record
     iterations = record["iterations"]
     run_record = {
-        "scenario": cfg.scenario.name, "mode": mode, "pruning": cfg.pruning.name, "pretrain": cfg.pretrain.name,
-        "model": cfg.model.name, "seed": int(cfg.seed), "iteration": job.iteration,
+        "scenario": prepared.scenario, "mode": prepared.mode, "pruning": cfg.pruning.name,
+        "pretrain": str(cfg.pretrain.name), "model": record["model"], "seed": cfg.seed, "iteration": job.iteration,
         "params": iterations[job.iteration]["params"], "macs": iterations[job.iteration]["macs"],
         "coordinator_key": record["key"], "coordinator": iterations, "fleet_key": job.key,
         "fleet": {k: v for k, v in fleet.items() if k not in cache.NOT_IN_FLEET_KEY},
@@ -179,7 +181,7 @@ def _write_run_record(cfg: DictConfig, mode: str, record: dict[str, Any], job: F
 
 
 @entry_point("config")
-def main(cfg: DictConfig) -> None:
+def main(cfg: SwarmConfig) -> None:
     run(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 

@@ -10,16 +10,16 @@ import json
 import sys
 from typing import Any
 
-from omegaconf import DictConfig
 
 from swarm.config import data_options, entry_point, scenario_of
 from swarm.nodes.errors import DataNotFoundError
 from swarm.server.data import sources
 from swarm.server.data.build import build
 from swarm.server.data.scenario import ROLES
+from swarm.server.settings import SwarmConfig
 
 
-def describe(cfg: DictConfig) -> dict[str, Any]:
+def describe(cfg: SwarmConfig) -> dict[str, Any]:
     """The JSON-able description of the configured scenario."""
     scenario = scenario_of(cfg)
     classes, domains = sources.known_names(scenario.dataset)
@@ -50,7 +50,7 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
 
 
 @entry_point("splits")
-def main(cfg: DictConfig) -> None:
+def main(cfg: SwarmConfig) -> None:
     print(json.dumps(describe(cfg), indent=2))
 
 

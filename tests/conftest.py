@@ -147,9 +147,10 @@ def domainnet_root(tmp_path: Path) -> Path:
 def write_fleet_plan(cfg, workdir: Path, run_name: str, windows: int, pretrain_epochs: int = 0):
     """A fleet plan for ``cfg`` starting from an untrained model (no coordinator), or one trained on P
     for ``pretrain_epochs``: (plan path, data)."""
+    import dataclasses
+
     import torch
 
-    from swarm import schema
     from swarm.config import data_options, scenario_of
     from swarm.nodes import checkpoints
     from swarm.nodes.models import build_model
@@ -168,9 +169,8 @@ def write_fleet_plan(cfg, workdir: Path, run_name: str, windows: int, pretrain_e
     arch = checkpoints.architecture(model, cfg.model, data.num_outputs, data.channels, data.image_size)
     checkpoints.save(workdir / "start.pt", model, arch)
     run = workdir / run_name
-    config = schema.plain(cfg)
-    config["fleet"]["windows"] = windows
-    plan = plan_from_config(config, data, checkpoint=workdir / "start.pt", run_dir=run)
+    cfg = dataclasses.replace(cfg, fleet=dataclasses.replace(cfg.fleet, windows=windows))
+    plan = plan_from_config(cfg, data, checkpoint=workdir / "start.pt", run_dir=run)
     plan.save(run / "fleet_plan.json")
     from swarm.nodes.local_data import DATA_DIR
     from swarm.nodes.run_folder import EVALUATION_DIR

@@ -134,9 +134,10 @@ def test_the_budget_kinds_are_defined_once():
     import dataclasses
 
     from swarm.nodes.device import BUDGET_KINDS, Budget, budget_of
-    from swarm.schema import BudgetConfig
+    from swarm.nodes.settings import BudgetConfig, FleetConfig
 
     assert {f.name for f in dataclasses.fields(BudgetConfig)} == set(BUDGET_KINDS)
     assert {f.name for f in dataclasses.fields(Budget)} == set(BUDGET_KINDS) | {"window_s"}
-    budget = budget_of({"budget": {"energy_j": 5, "duty_cycle": None}}, window_s=60)
+    budget = budget_of(FleetConfig(budget=BudgetConfig(energy_j=5.0, duty_cycle=None, compute_s=None, flops=None)),
+                       window_s=60)
     assert budget.energy_j == 5.0 and budget.duty_cycle is None and budget.compute_s is None

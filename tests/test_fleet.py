@@ -282,7 +282,7 @@ def test_nodes_hold_the_coordinator_s_labels(make_cfg, tmp_path, cifar10_root):
     path, coordinator_data = write_fleet_plan(cfg, tmp_path, "run", windows=1)
     plan = FleetPlan.load(path)
     assert coordinator_data.label_names == ["vehicle", "animal"]
-    expected = test_sets(coordinator_data, plan.continual, int(plan.config["fleet"]["eval_samples"]))
+    expected = test_sets(coordinator_data, plan.continual, plan.fleet.eval_samples)
     for partition in range(2):
         mine = load_node_data(simulated_folders(nodes_of(path), partition)[0], partition=partition,
                               data_id=plan.data_id(partition))

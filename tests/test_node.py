@@ -114,8 +114,12 @@ NEW_SUBCLASSES = ["scenario.split_by=class", "scenario.T=[]", "scenario.P=[circl
 def test_a_node_with_enough_budget_learns_f(fleet):
     """The guard against node training that stops learning: a model trained on P's subclasses, on a
     node that sees all of F (new subclasses of the same two labels), must end far above the model
-    it received (0.43 as received, 0.67 after, when this test was written)."""
-    plan, data = fleet(*LEARNABLE, *NEW_SUBCLASSES, profiles=("jetson_nano",), pretrain_epochs=4)
+    it received, scored on all 160 of F's test images (0.50 as received, 0.72 after, on an AVX2
+    CPU on 2026-12-07). Floating-point results differ between CPUs' instruction sets (AVX2,
+    AVX-512), so the margin is kept wide: at the fleet's default rate (5e-4) and on 60 test images
+    the gain was +0.24 when this test was written and +0.13 on that AVX2 CPU."""
+    plan, data = fleet(*LEARNABLE, *NEW_SUBCLASSES, "fleet.eval_samples=0", "scenario.dataset.test_per_group=40",
+                       "fleet.lr=2e-3", profiles=("jetson_nano",), pretrain_epochs=4)
     node = node_runtime(plan, 0)
     received = node.received()
     rows = [node.run_window(w)[0] for w in range(2)]
@@ -208,7 +212,7 @@ def test_the_masked_loss_pushes_down_the_outputs_outside_the_deployed_task(fleet
     if pushed_down:
         assert (after[t_outputs] < before[t_outputs]).all(), (before, after)
         # FedAvg mixes those rows over every example the node trained on (they all pushed them).
-        assert (node.trained_per_output[t_outputs] == row.steps * int(plan.config["fleet"]["batch_size"])).all()
+        assert (node.trained_per_output[t_outputs] == row.steps * plan.fleet.batch_size).all()
     else:
         assert torch.equal(after[t_outputs], before[t_outputs])
         assert not node.trained_per_output[t_outputs].any()

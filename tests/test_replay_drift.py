@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from swarm.nodes.choices import DriftKind
 from swarm.nodes.drift import arrival_times, dirichlet_partition, drift_times
 from swarm.nodes.errors import SwarmError
 from swarm.nodes.replay import ReplayBuffer
+from swarm.nodes.settings import DriftConfig
 
 
 def test_reservoir_is_a_uniform_sample():
@@ -72,12 +74,13 @@ def test_partition_is_seeded_and_says_how_many_nodes_fit():
 
 def test_drift_and_arrival_times():
     rng = np.random.default_rng(0)
-    assert np.array_equal(drift_times(3, {"kind": "fixed", "value": 5}, rng), [5, 5, 5])
-    uniform = drift_times(1000, {"kind": "uniform", "low": 10, "high": 20}, rng)
+    def drift(kind: str, **values: float) -> DriftConfig:
+        return DriftConfig(kind=DriftKind(kind), events=1, event_gap_s=0.0, **values)
+
+    assert np.array_equal(drift_times(3, drift("fixed", value=5.0), rng), [5, 5, 5])
+    uniform = drift_times(1000, drift("uniform", low=10.0, high=20.0), rng)
     assert uniform.min() >= 10 and uniform.max() <= 20
-    assert abs(drift_times(5000, {"kind": "exponential", "mean": 30}, rng).mean() - 30) < 2
+    assert abs(drift_times(5000, drift("exponential", mean=30.0), rng).mean() - 30) < 2
     times = arrival_times(100.0, 2000, rate_per_s=4.0, rng=rng)
     assert times[0] > 100 and np.all(np.diff(times) > 0)
     assert abs((times[-1] - 100) / 2000 - 0.25) < 0.02  # mean gap 1 / rate
-    with pytest.raises(SwarmError, match="fleet.drift.kind"):
-        drift_times(2, {"kind": "gamma"}, rng)

@@ -20,13 +20,12 @@ def _profile_dir(tmp_path, power_w: float):
 
 
 def test_a_profile_in_a_users_config_dir_is_used_by_name_and_keys_the_fleet_cache(tmp_path):
-    from swarm import schema
     from swarm.nodes.fleet_plan import FleetPlan, NodeTask
     from swarm.server import cache
 
     mine = _profile_dir(tmp_path, power_w=4.0)
     cfg = compose_config([*FLEET_TINY, "fleet.nodes=2", "fleet.profiles=[toaster,jetson_nano]"], config_dir=mine)
-    assert cfg.fleet.devices.toaster.active_power_w == 4.0 and cfg.fleet.devices.jetson_nano.name == "jetson_nano"
+    assert cfg.fleet.devices["toaster"]["active_power_w"] == 4.0 and cfg.fleet.devices["jetson_nano"]["name"] == "jetson_nano"
     # device=NAME selects the group's option: a one-class fleet.
     assert list(compose_config(["device=toaster"], config_dir=mine).fleet.profiles) == ["toaster"]
 
@@ -34,19 +33,19 @@ def test_a_profile_in_a_users_config_dir_is_used_by_name_and_keys_the_fleet_cach
     path, _ = write_fleet_plan(cfg, tmp_path, "run", windows=1)
     plan = FleetPlan.load(path)
     task = plan.task(0, "ab" * 8)
-    assert task.node.profile == "toaster" and NodeTask.from_config(task.to_config()).fleet["devices"]["toaster"]["active_power_w"] == 4.0
+    assert task.node.profile == "toaster" and NodeTask.from_config(task.to_config()).fleet.devices["toaster"]["active_power_w"] == 4.0
     from swarm.nodes.node import local_runtime
 
     runtime = local_runtime(plan, 0, path.parent / "nodes")
     assert runtime.profile.active_power_w == 4.0 and runtime.profile.name == "toaster"
 
     # Editing the profile changes the fleet's cache key; the same contents give the same key.
-    key = cache.fleet_key("m", 0, schema.plain(cfg.fleet), 0)
+    key = cache.fleet_key("m", 0, cfg.fleet, 0)
     same = compose_config([*FLEET_TINY, "fleet.nodes=2", "fleet.profiles=[toaster,jetson_nano]"], config_dir=mine)
-    assert cache.fleet_key("m", 0, schema.plain(same.fleet), 0) == key
+    assert cache.fleet_key("m", 0, same.fleet, 0) == key
     edited = compose_config([*FLEET_TINY, "fleet.nodes=2", "fleet.profiles=[toaster,jetson_nano]"],
                             config_dir=_profile_dir(tmp_path, power_w=6.0))
-    assert cache.fleet_key("m", 0, schema.plain(edited.fleet), 0) != key
+    assert cache.fleet_key("m", 0, edited.fleet, 0) != key
 
 
 def test_a_profile_with_a_bad_number_is_one_line(tmp_path):
