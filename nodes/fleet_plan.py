@@ -123,6 +123,7 @@ class FleetPlan:
     # every output. Under ``fleet.loss=masked`` they always compete, as in the paper's adaptation.
     undeployed_outputs: list[int] = field(default_factory=list)
     continual: bool = False  # the scenario's mode: continual (P ∪ F with replay of P), or finetune (F)
+    seed: int = 0  # the run's seed, which every draw of the plan and the fleet starts from
 
     @cached_property
     def fleet(self) -> FleetConfig:

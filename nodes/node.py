@@ -178,9 +178,9 @@ class NodeRuntime:
         for that (:meth:`_save`), so the window is re-run from the same state, not from a newer one."""
         saved = self._saved_windows()
         usable = [w for w in saved if w <= window]
-        if saved and not usable:  # only the window being resumed and its successor are kept
+        if not usable and any(w > window + 1 for w in saved):  # only the window being resumed and its successor are kept
             raise SwarmError(f"node {self.me.partition} is at window {saved[-1]}, asked for window {window}")
-        if not usable:
+        if not usable:  # its first window (or, resumed, the first again: what it saved after is dropped)
             return self._fresh_state(weights)
         blob = io.load_tensors(self.state_path(usable[-1]))
         model = checkpoints.build_from_architecture(blob["arch"])
@@ -190,13 +190,15 @@ class NodeRuntime:
                 "visits": int(blob["visits"])}
 
     def _save(self, state: dict[str, Any], optimizer: torch.optim.Optimizer, window: int) -> None:
-        """Write the state after ``window``; keep the one it started from, drop older ones."""
+        """Write the state after ``window``; keep the one it started from (the newest at or before
+        ``window``: a node that sat windows out started from an older one), drop older ones."""
         io.save_tensors(self.state_path(window + 1), {
             "model": state["model"].state_dict(), "arch": state["arch"], "optimizer": optimizer.state_dict(),
             "replay": _to_tensors(state["replay"].state()), "window": state["window"],
             "visits": state["visits"]})
+        started_from = max((w for w in self._saved_windows() if w <= window), default=None)
         for old in self._saved_windows():
-            if old < window:
+            if started_from is not None and old < started_from:
                 self.state_path(old).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ one window

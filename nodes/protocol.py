@@ -41,13 +41,14 @@ class Status(StrEnum):
     late = "late"
     received = "received"
     not_simulated = "not_simulated"
+    not_selected = "not_selected"  # not drawn to take part in the window (fleet.participation)
 
 
 RECEIVED_WINDOW = -1  # the row of the model as received, before any window
 NODE_STATUSES = (Status.ok, Status.budget_exhausted, Status.data_exhausted, Status.does_not_fit,
                  Status.unavailable, Status.failed, Status.late)  # what a node may report
 DEVICE_FAULTS = (Status.failed, Status.late)
-NO_RESULT = (Status.failed, Status.late, Status.not_simulated)
+NO_RESULT = (Status.failed, Status.late, Status.not_simulated, Status.not_selected)
 
 # The measurement columns, by what they may hold (the server checks replies by these groups).
 ACCURACIES = ("acc_P", "acc_F", "acc_PF")  # in [0, 1], or NaN where not measured

@@ -71,10 +71,20 @@ def entry(directory: Path, what: str) -> AbstractContextManager[None]:
     return held(directory / LOCK, f"another job that computes {what} ({directory})")
 
 
+def fleet_identity(record: Mapping[str, Any]) -> dict[str, Any]:
+    """What of a fleet's settings (their plain form: a plan's, or a run record's) decides its
+    result: the fleet cache's key, and what groups results in a report. A setting added later is
+    left out at its default, so results from before it keep their key and their group."""
+    keyed = {k: v for k, v in as_simulated(record).items() if k not in NOT_IN_FLEET_KEY}
+    if not any((keyed.get("faults") or {}).values()):  # no fault injected: as before faults existed
+        keyed.pop("faults", None)
+    if isinstance(keyed.get("participation"), float) and keyed["participation"] == 1.0:  # every node takes part
+        keyed.pop("participation")
+    return keyed
+
+
 def fleet_key(model_key: str, iteration: int, fleet: FleetConfig, seed: int) -> str:
-    keyed = {k: v for k, v in as_simulated(to_plain(fleet)).items() if k not in NOT_IN_FLEET_KEY}
-    if not any(to_plain(fleet.faults).values()):  # no fault injected: as before faults existed
-        keyed.pop("faults")
+    keyed = fleet_identity(to_plain(fleet))
     if fleet.on_gpu:  # where it runs changes float rounding only there; CPU keys stay as they were
         keyed["device"] = "cuda"
     return key("fleet", {"coordinator": model_key, "iteration": int(iteration), "fleet": keyed,

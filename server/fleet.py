@@ -30,6 +30,7 @@ from swarm.nodes.local_data import load_evaluation_set
 from swarm.nodes.models import classifier
 from swarm.nodes.protocol import NO_RESULT, RECEIVED_WINDOW, TIMING, Status, WindowRow, append_timings, write_rows
 from swarm.nodes.run_folder import EVALUATION_DIR, NODES_CSV, SHARED_MODEL, TIMINGS_CSV
+from swarm.server.participation import draw_participants
 from swarm.server.progress import plan_hash, resume, run_folder_lock
 from swarm.server.replies import InvalidReply, check_reply, safe_text
 from swarm.server.strategies import check_strategy, make_strategy
@@ -221,12 +222,16 @@ class FleetWindows:
         self.batch_size = plan.fleet.batch_size
         self.rows, self.failed = self.saved.rows, self.saved.failed
         self.has_model = self.saved.has_model  # nodes that adapted at least one window (they hold the model)
+        self.left_out: dict[int, str] = {}  # this window's nodes that do not take part, and why
         if self.saved.windows_done == 0:
             (self.run_dir / TIMINGS_CSV).unlink(missing_ok=True)  # a run started afresh in a used folder
 
     def run(self, window: int) -> list[dict[str, Any]]:
         """One window: send, take the replies in partition order as they come, save; its rows."""
         failed_before = dict(self.failed)  # this window's replies may add to `failed`; its messages follow this
+        # Who sits this window out (fleet.participation), and why; failed nodes are not drawn.
+        self.left_out = {p: why for p, why in draw_participants(
+            self.plan, window, (p for p in range(self.count) if p not in failed_before)).items() if why}
         self.strategy.begin(self.shared)
         timings: list[dict[str, Any]] = []  # the window's node timings, in partition order
         # Replies are taken in partition order as soon as every earlier partition's is in (nodes.csv's
@@ -238,7 +243,8 @@ class FleetWindows:
         def on_reply(node_id: int, reply: Message) -> None:
             nonlocal next_partition
             arrived[self.partition_of[node_id]] = reply
-            while next_partition < self.count and (next_partition in arrived or next_partition in failed_before):
+            while next_partition < self.count and (next_partition in arrived or next_partition in failed_before
+                                                   or next_partition in self.left_out):
                 self.take(window, next_partition, arrived.pop(next_partition, None), failed_before, timings)
                 next_partition += 1
 
@@ -255,7 +261,7 @@ class FleetWindows:
         """The window's messages, each built as it is sent (with its copy of the weights)."""
         shares = self.strategy.shares_model
         for partition in range(self.count):
-            if partition in failed_before:
+            if partition in failed_before or partition in self.left_out:
                 continue
             first = partition not in self.has_model
             content = RecordDict({"config": ConfigRecord({"window": window, "return_weights": shares,
@@ -272,6 +278,9 @@ class FleetWindows:
         if partition in failed_before:
             self.rows.append(_missing_row(partition, window, profile, Status.failed,
                                           f"failed earlier: {failed_before[partition]}"))
+            return
+        if partition in self.left_out:
+            self.rows.append(_missing_row(partition, window, profile, Status.not_selected, self.left_out[partition]))
             return
         if reply is None:
             self.rows.append(_missing_row(partition, window, profile, *self.deadline.missed()))

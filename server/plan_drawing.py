@@ -79,7 +79,7 @@ def draw_plan(*, run_dir: Path, config: dict[str, Any], fleet: FleetConfig, chec
     return FleetPlan(str(run_dir), config, str(checkpoint), dict(architecture), fleet.window_s, fleet.windows, nodes,
                      f_tasks=tasks, event_gap_s=fleet.drift.event_gap_s,
                      reset_outputs=[int(o) for o in reset_outputs or []],
-                     undeployed_outputs=[int(o) for o in undeployed_outputs or []], continual=continual)
+                     undeployed_outputs=[int(o) for o in undeployed_outputs or []], continual=continual, seed=seed)
 
 
 def plan_from_config(settings: SwarmConfig, data: ScenarioData, *, checkpoint: Path, run_dir: Path) -> FleetPlan:

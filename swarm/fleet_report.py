@@ -26,6 +26,7 @@ IDLE_REASONS = {
     Status.unavailable: "never available while the run lasted (its availability cycle)",
     Status.budget_exhausted: "the budget of a window does not cover one training step",
     Status.data_exhausted: "it never had enough local data for a step",
+    Status.not_selected: "it was never drawn to take part (fleet.participation)",
     Status.ok: "no data arrived to train on",
 }
 

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from swarm.nodes.device import BUDGET_KINDS, as_simulated
+from swarm.nodes.device import BUDGET_KINDS
 from swarm.nodes.errors import SwarmError
 from swarm.nodes.protocol import DEVICE_FAULTS, NO_RESULT, RECEIVED_WINDOW, Status, read_rows
 from swarm.nodes.run_folder import NODES_CSV, RUN_RECORD, SHARED_MODEL
+from swarm.server.cache import fleet_identity
 
 # Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom; beyond, the normal 1.96.
 _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
@@ -217,7 +218,7 @@ def load(run_json: Path) -> FleetResult:
     record = json.loads(run_json.read_text())
     fleet = dict(record["fleet"])
     kind, value = _budget(fleet)
-    variant = {k: v for k, v in as_simulated(fleet).items() if k != "budget"}
+    variant = {k: v for k, v in fleet_identity(fleet).items() if k != "budget"}
     rows = read_rows(run_json.parent / NODES_CSV)
     shared_path = run_json.parent / SHARED_MODEL
     shared = json.loads(shared_path.read_text()) if shared_path.exists() else []

@@ -103,6 +103,10 @@ def check(cfg: DictConfig) -> None:
     capacity = fleet.replay.capacity
     if capacity not in ("all", "auto") and (isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0):
         raise SwarmError(f"fleet.replay.capacity={capacity}: all, auto, or a whole number >= 0")
+    participation = fleet.participation
+    if isinstance(participation, bool) or not (
+            (isinstance(participation, float) and 0 < participation <= 1) or (isinstance(participation, int) and participation >= 1)):
+        raise SwarmError(f"fleet.participation={participation}: a fraction in (0, 1] (0.25), or a whole number of nodes >= 1")
     drift = fleet.drift
     needs = {DriftKind.fixed: ("value",), DriftKind.uniform: ("low", "high"), DriftKind.exponential: ("mean",)}
     for key in needs[DriftKind(drift.kind)]:

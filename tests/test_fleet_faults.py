@@ -388,6 +388,8 @@ BAD_SETTINGS = [
     ("reference.new_class_outputs=zero", "reference.new_class_outputs=zero: choose one of reset, keep"),
     ("pretrain=nope", "Could not find 'pretrain/nope'; choose one of extra, task_only"),
     ("train.patience=0", "train.patience=0: a whole number >= 1"),
+    ("fleet.participation=0", "fleet.participation=0: a fraction in (0, 1] (0.25), or a whole number of nodes >= 1"),
+    ("fleet.participation=1.5", "fleet.participation=1.5: a fraction in (0, 1]"),
 ]
 
 
