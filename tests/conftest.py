@@ -275,3 +275,17 @@ class FakeGrid:
 
     def pull_messages(self, message_ids):
         return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs in the server (not even ``except Exception``)."""
+
+
+class DiesInWindow2(FakeGrid):
+    """The server dies after the nodes ran window 2 (index 1) but before it saw their replies."""
+
+    def pull_messages(self, message_ids):
+        replies = list(super().pull_messages(message_ids))
+        if any(r.content["metrics"]["window"] == 1 for r in replies if "metrics" in r.content):
+            raise Killed()
+        return replies
+
+

@@ -15,7 +15,7 @@ from swarm.nodes.errors import SwarmError
 from swarm.nodes.node import NodeRuntime
 from swarm.nodes.protocol import COLUMNS, read_timings
 from swarm.server import fleet, strategies
-from tests.conftest import FLEET_TINY as TINY, FakeGrid, nodes_of, use_fake_engine, write_fleet_plan
+from tests.conftest import FLEET_TINY as TINY, DiesInWindow2, FakeGrid, Killed, nodes_of, use_fake_engine, write_fleet_plan
 
 
 
@@ -74,26 +74,15 @@ def test_same_seed_same_nodes_csv(plan_file, tmp_path):
     assert read_rows(first.parent / "nodes.csv") == rows
 
 
-class Killed(BaseException):
-    """Stands for SIGKILL: nothing after it runs in the server (not even ``except Exception``)."""
-
-
-def test_a_killed_fleet_resumes_after_its_last_finished_window(plan_file, tmp_path):
-    path = plan_file(3, "fleet.strategy=fedavg", windows=3)
+@pytest.mark.parametrize("participation", ["fleet.participation=1.0", "fleet.participation=0.5"])
+def test_a_killed_fleet_resumes_after_its_last_finished_window(plan_file, tmp_path, participation):
+    """Also with partial participation: the resumed windows draw the same nodes (issue 27)."""
+    path = plan_file(3, "fleet.strategy=fedavg", participation, windows=3)
     whole = fleet.run_fleet(FakeGrid(3, root=nodes_of(path)), path, strategy="fedavg", join_timeout_s=5)
     expected = (path.parent / "nodes.csv").read_text()
     for state in nodes_of(path).glob("node_*/state"):
         shutil.rmtree(state)
     (path.parent / "fleet_progress.json").unlink()
-
-    class DiesInWindow2(FakeGrid):
-        """The server dies after the nodes ran window 2 (index 1) but before it saw their replies."""
-
-        def pull_messages(self, message_ids):
-            replies = list(super().pull_messages(message_ids))
-            if any(r.content["metrics"]["window"] == 1 for r in replies if "metrics" in r.content):
-                raise Killed()
-            return replies
 
     with pytest.raises(Killed):
         fleet.run_fleet(DiesInWindow2(3, root=nodes_of(path)), path, strategy="fedavg", join_timeout_s=5)

@@ -282,20 +282,27 @@ def test_faults_are_drawn_from_the_seed_one_per_node():
     (["fleet.faults.crash=1.5"], "fleet.faults.crash=1.5: a number >= 0 and <= 1"),
     (["fleet.faults.crash=0.6", "fleet.faults.late=0.6"], "fleet.faults add up to 1.2")])
 def test_bad_fault_settings_are_one_clear_error(overrides, message):
+    line = _rejection(overrides)
+    assert message in line and "\n" not in line, line
+
+
+def _rejection(overrides: list[str], then=None) -> str:
+    """The one line with which composing ``overrides`` (and running ``then(cfg)``, a check of a
+    later stage) is rejected: Hydra's error made one line, or a SwarmError's."""
     from hydra.errors import HydraException
 
     from swarm.config import composition_error, compose_config
     from swarm.nodes.errors import SwarmError
 
     try:
-        compose_config(overrides)
+        cfg = compose_config(overrides)
+        if then is not None:
+            then(cfg)
     except SwarmError as error:
-        line = str(error)
+        return str(error)
     except HydraException as error:
-        line = composition_error(error)
-    else:
-        raise AssertionError(f"{overrides} were accepted")
-    assert message in line and "\n" not in line, line
+        return composition_error(error)
+    raise AssertionError(f"{overrides} were accepted")
 
 
 @pytest.fixture(scope="module")
@@ -400,13 +407,7 @@ def test_a_bad_setting_is_one_line_naming_it(override, message):
     checks (pruning.composite=nope, swarm.server.criteria.check_pruning; fleet.strategy=fedprox,
     swarm.server.strategies.check_strategy) run before the data is read, the
     data-bound one (fleet.nodes=100000) right after it is built, both before any training."""
-    from hydra.errors import HydraException
-
-    from swarm.config import composition_error, compose_config
-    from swarm.nodes.errors import SwarmError
-
-    try:
-        cfg = compose_config(["scenario.dataset.train_per_group=6", override])
+    def later_checks(cfg) -> None:
         if override.startswith("pruning.composite"):
             from swarm.server.criteria import check_pruning
 
@@ -421,12 +422,8 @@ def test_a_bad_setting_is_one_line_naming_it(override, message):
             from swarm.server.plan_drawing import check_fleet_fits
 
             check_fleet_fits(cfg.fleet, build(scenario_of(cfg), data_options(cfg)))
-    except SwarmError as error:
-        line = str(error)
-    except HydraException as error:
-        line = composition_error(error)
-    else:
-        raise AssertionError(f"{override} was accepted")
+
+    line = _rejection(["scenario.dataset.train_per_group=6", override], then=later_checks)
     assert message in line and "\n" not in line, line
 
 

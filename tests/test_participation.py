@@ -4,8 +4,6 @@ rows say why."""
 
 from __future__ import annotations
 
-import json
-import shutil
 from collections import Counter
 
 import pytest
@@ -69,31 +67,6 @@ def test_a_count_and_the_availability_cycle_bound_the_draw(plan_file):
     takers = [p for p, why in drawn.items() if not why]
     assert len(takers) == min(2, len(online)) and set(takers) <= set(online)
     assert all("offline all window" in drawn[p] for p in range(6) if p not in online)
-
-
-def test_a_resumed_run_with_participation_equals_the_uninterrupted_one(plan_file):
-    path = plan_file(8, *ALWAYS_ON, "fleet.participation=0.5", windows=3)
-    fleet.run_fleet(FakeGrid(8, root=nodes_of(path)), path, strategy="fedavg", join_timeout_s=5)
-    expected = (path.parent / "nodes.csv").read_text()
-    for state in nodes_of(path).glob("node_*/state"):
-        shutil.rmtree(state)
-    (path.parent / "fleet_progress.json").unlink()
-
-    class Killed(Exception):
-        pass
-
-    class DiesInWindow2(FakeGrid):
-        def pull_messages(self, message_ids):
-            replies = list(super().pull_messages(message_ids))
-            if any(r.content["metrics"]["window"] == 1 for r in replies if "metrics" in r.content):
-                raise Killed()
-            return replies
-
-    with pytest.raises(Killed):
-        fleet.run_fleet(DiesInWindow2(8, root=nodes_of(path)), path, strategy="fedavg", join_timeout_s=5)
-    assert json.loads((path.parent / "fleet_progress.json").read_text())["windows_done"] == 1
-    fleet.run_fleet(FakeGrid(8, root=nodes_of(path)), path, strategy="fedavg", join_timeout_s=5)
-    assert (path.parent / "nodes.csv").read_text() == expected
 
 
 def test_every_node_takes_part_by_default(plan_file):
