@@ -159,6 +159,9 @@ def gap_table(results: list[FleetResult], baseline: str = BASELINE) -> list[str]
 
 
 LAST_SIZES = 3  # the endpoints average over the smallest sizes a fleet adapted
+# The widths the published sweep stops at (docs/results/endpoints.md, "Stopping rule"): ± 0.02 for
+# each claim (a), ± 0.03 for (b).
+ASKED_WIDTH = {"(a)": 0.02, "(b)": 0.03}
 
 
 def endpoints(results: list[FleetResult], baseline: str = BASELINE) -> list[tuple[str, str, str, Estimate]]:
@@ -201,9 +204,13 @@ def endpoint_table(results: list[FleetResult], baseline: str = BASELINE) -> list
         return []
     lines = [f"Endpoints (docs/results: decided before the sweep): averaged per seed over iterations "
              f"{', '.join(map(str, iterations))}, paired by seed, 95% interval:", "",
-             "| claim | who adapts | accuracy | estimate | half-width |", "|---|---|---|---|---|"]
-    lines += [f"| {claim} | {who} | {metric} | {_signed(e)} | {f'{e.half_width:.3f}' if e.n > 1 else '- (one seed)'} |"
-              for claim, who, metric, e in rows]
+             "| claim | who adapts | accuracy | estimate | half-width | asked | seeds that would take at this spread |",
+             "|---|---|---|---|---|---|---|"]
+    for claim, who, metric, e in rows:
+        asked = ASKED_WIDTH[claim[:3]]
+        needed = e.seeds_for(asked)
+        lines.append(f"| {claim} | {who} | {metric} | {_signed(e)} | {f'{e.half_width:.3f}' if e.n > 1 else '- (one seed)'} "
+                     f"| ± {asked:.2f} | {'-' if needed is None else needed} |")
     return lines
 
 

@@ -149,6 +149,7 @@ def plot_budget(results: list[FleetResult], path: Path, title: str, baseline: st
             groups[(r.pruning, r.pretrain, r.iteration)][r.budget_value].append(r.fleet_mean())
     markers = "osD^v<>p*"
     iterations = sorted({key[2] for key in groups})
+    colours = _colours(results, baseline)
     for (pruning, pretrain, iteration), by_budget in sorted(groups.items()):
         if len(by_budget) < 2:  # a setting run at one budget has no curve
             continue
@@ -157,7 +158,7 @@ def plot_budget(results: list[FleetResult], path: Path, title: str, baseline: st
         ys = [e.mean for e in estimates]
         errors = [0 if math.isnan(e.half_width) else e.half_width for e in estimates]
         params = next(r.params for r in results if r.iteration == iteration)
-        colour = _colours(results, baseline)[pruning]
+        colour = colours[pruning]
         ax.errorbar(xs, ys, yerr=errors, fmt=STYLES.get(pretrain, ":"), color=colour,
                      marker=markers[iterations.index(iteration) % len(markers)], capsize=3, ms=5,
                      label=f"{_label(pruning, pretrain)}, {params / 1e6:.3f}M (it {iteration})")

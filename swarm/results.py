@@ -45,6 +45,17 @@ class Estimate:
     def high(self) -> float:
         return self.mean + self.half_width
 
+    def seeds_for(self, half_width: float) -> int | None:
+        """How many seeds an estimate of this spread needs for its interval to be within
+        ± ``half_width`` (the spread measured on these ``n``; None with fewer than two)."""
+        if self.n < 2 or math.isnan(self.half_width):
+            return None
+        spread = self.half_width * math.sqrt(self.n) / _t95(self.n)
+        n = 2
+        while _t95(n) * spread / math.sqrt(n) > half_width:
+            n += 1
+        return n
+
     def __str__(self) -> str:
         if math.isnan(self.mean):
             return "-"
@@ -59,8 +70,13 @@ def estimate(values: Iterable[float]) -> Estimate:
         return Estimate(math.nan, math.nan, 0)
     if len(values) == 1:
         return Estimate(values[0], math.nan, 1)
-    t = _T95[len(values) - 2] if len(values) - 1 <= len(_T95) else 1.96
-    return Estimate(statistics.fmean(values), t * statistics.stdev(values) / math.sqrt(len(values)), len(values))
+    return Estimate(statistics.fmean(values), _t95(len(values)) * statistics.stdev(values) / math.sqrt(len(values)),
+                    len(values))
+
+
+def _t95(n: int) -> float:
+    """Student's t for a two-sided 95% interval of a mean over ``n`` values (``n`` - 1 degrees of freedom)."""
+    return _T95[n - 2] if n - 1 <= len(_T95) else 1.96
 
 
 @dataclass

@@ -76,6 +76,15 @@ def test_estimate_is_a_student_t_interval():
     assert estimate([]).n == 0
 
 
+def test_the_seeds_an_interval_needs_follow_from_its_spread():
+    """Two seeds 0.02 apart (standard deviation 0.0141): ± 0.127 now; ± 0.02 needs five seeds
+    (t4 = 2.776: 2.776 x 0.0141 / sqrt 5 = 0.0176; four seeds give 3.182 x 0.0141 / 2 = 0.0225)."""
+    e = estimate([0.0, 0.02])
+    assert e.half_width == pytest.approx(0.12706, rel=1e-3)
+    assert e.seeds_for(0.02) == 5 and e.seeds_for(0.13) == 2 and e.seeds_for(0.023) == 4
+    assert estimate([0.3]).seeds_for(0.02) is None
+
+
 def test_paired_difference_uses_only_seeds_both_sides_have():
     d = paired_difference({0: 0.9, 1: 0.8, 2: 0.7}, {0: 0.5, 1: 0.6})
     assert d.n == 2 and d.mean == pytest.approx((0.4 + 0.2) / 2)
@@ -132,7 +141,7 @@ def test_report_aggregates_settings_seeds_and_missing_points(tmp_path):
             "+0.100 [+0.100, +0.100] (n=2) |") in text
     # The endpoints, averaged over the last sizes (here iterations 0 and 2), for the shared model only
     # (these runs have no reference): (a) 0.2 under LRP; (b) 0.2 − 0.15 on the 2 seeds IMP extra has.
-    assert "| (a) extra − task_only, LRP | shared model | acc_F | +0.200 [+0.200, +0.200] (n=3) | 0.000 |" in text
+    assert "| (a) extra − task_only, LRP | shared model | acc_F | +0.200 [+0.200, +0.200] (n=3) | 0.000 | ± 0.02 | 2 |" in text
     assert "| (b) (extra − task_only): LRP − IMP | shared model | acc_F | +0.050 [+0.050, +0.050] (n=2) |" in text
     assert "| reference |" not in text
     assert "| lrp | extra | 2 | 0.008M |" in text
