@@ -38,6 +38,7 @@ from swarm.nodes.errors import SwarmError
 from swarm.nodes.evaluation import accuracies
 from swarm.nodes.choices import BatchNormMode, Loss, Sampling
 from swarm.nodes.fleet_plan import FleetPlan, NodeTask
+from swarm.nodes.strategies import make_strategy
 from swarm.nodes.layout import batch_to, place
 from swarm.nodes.local_data import NodeData, load_node_data, simulated_folders
 from swarm.nodes.models import classifier
@@ -107,6 +108,7 @@ class NodeRuntime:
         self.me = task.node
         self.fleet = task.fleet
         self.profile = profile_of(self.fleet, self.me.profile)
+        self.strategy = make_strategy(self.fleet.strategy, self.fleet)  # its node side: what the loss adds
         self.continual = task.continual
         # Where it trains and evaluates: the share of a GPU its actor was given (fleet.ray.gpus_per_node;
         # Ray makes that GPU the actor's only visible one), else the host's CPU.
@@ -212,7 +214,7 @@ class NodeRuntime:
         if weights is not None:
             model.load_state_dict(weights)
         # Examples of each output this window's batches held: what the server's FedAvg weighs each
-        # output row of this node by (swarm.server.strategies.RunningFedAvg); with the masked loss, a class a node
+        # output row of this node by (swarm.nodes.strategies.RunningFedAvg); with the masked loss, a class a node
         # did not train has the row it was sent.
         self.trained_per_output = np.zeros(classifier(model)[1].out_features, dtype=np.int64)
         optimizer = torch.optim.Adam(model.parameters(), lr=self.fleet.lr)
@@ -268,6 +270,8 @@ class NodeRuntime:
         loss_fn = nn.CrossEntropyLoss()
         place(model, self.device)
         train_mode(model, frozen_batchnorm=self.fleet.batchnorm == BatchNormMode.frozen)
+        start = ({name: p.detach().clone() for name, p in model.named_parameters()} if self.strategy.has_penalty
+                 else {})  # the parameters the window started from (FedProx's anchor)
         loss = self.fleet.loss
         # Outputs that compete in every batch besides its own classes: under ``masked`` those outside
         # the deployed task (T's), which the paper's adaptation pushes down with every example.
@@ -296,7 +300,9 @@ class NodeRuntime:
                 present = always_here.clone()
                 present[targets] = True
                 logits = logits.masked_fill(~present, -1e9)
-            loss_fn(logits, targets).backward()
+            objective = loss_fn(logits, targets)
+            penalty = self.strategy.penalty(model, start) if start else None
+            (objective if penalty is None else objective + penalty).backward()
             optimizer.step()
         model.eval()
 

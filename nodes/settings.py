@@ -133,8 +133,9 @@ class FleetConfig:
     sampling: Sampling = MISSING
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     eval_samples: int = bounded(ge=0)
-    strategy: str = MISSING  # a strategy of swarm.server.strategies' registry (checked by check_strategy)
+    strategy: str = MISSING  # a strategy of swarm.nodes.strategies' registry (checked by check_strategy)
     participation: Any = MISSING  # a fraction in (0, 1], or a whole number of nodes >= 1 (checked by swarm.schema.check)
+    prox_mu: float = bounded(ge=0)  # fedprox: the weight of the proximal term (0: FedAvg, step for step)
     checkpoint: Any = MISSING  # last, all, an iteration, or a list of them (checked by swarm.schema.check)
     new_class_outputs: NewClassOutputs = MISSING
     join_timeout_s: float = bounded(gt=0)

@@ -80,6 +80,8 @@ def fleet_identity(record: Mapping[str, Any]) -> dict[str, Any]:
         keyed.pop("faults", None)
     if isinstance(keyed.get("participation"), float) and keyed["participation"] == 1.0:  # every node takes part
         keyed.pop("participation")
+    if keyed.get("prox_mu") == 0:  # no proximal term
+        keyed.pop("prox_mu")
     return keyed
 
 

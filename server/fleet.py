@@ -33,7 +33,7 @@ from swarm.nodes.run_folder import EVALUATION_DIR, NODES_CSV, SHARED_MODEL, TIMI
 from swarm.server.participation import draw_participants
 from swarm.server.progress import plan_hash, resume, run_folder_lock
 from swarm.server.replies import InvalidReply, check_reply, safe_text
-from swarm.server.strategies import check_strategy, make_strategy
+from swarm.nodes.strategies import check_strategy, make_strategy
 
 log = logging.getLogger("swarm.fleet")
 
@@ -166,7 +166,7 @@ def run_fleet(grid: GridLike, plan_path: Path, *, strategy: str = "local", join_
               progress=None) -> list[dict[str, Any]]:
     """Run every window of the plan on the grid's nodes; returns (and writes) the nodes.csv rows.
 
-    ``strategy``: a name of :data:`swarm.server.strategies.STRATEGIES`. ``simulated``: the grid is
+    ``strategy``: a name of :data:`swarm.nodes.strategies.STRATEGIES`. ``simulated``: the grid is
     Flower's simulation engine, so ``window_timeout_s`` guards only against a hung actor (see
     :class:`Deadline`). A node whose reply fails a check, or who reports that it failed, is
     ``failed`` for the rest of the run; a node that missed a deadline (or reports that its answer
@@ -210,7 +210,7 @@ class FleetWindows:
         self.outputs = output_layer.out_features
         self.sent = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         masked_loss = plan.fleet.loss != Loss.full  # rows some nodes leave as sent
-        self.strategy = make_strategy(strategy, head=self.head if masked_loss else None)
+        self.strategy = make_strategy(strategy, plan.fleet, head=self.head if masked_loss else None)
         # A shared model is scored after every window on the nodes' test subsets (the server's
         # copy, beside the plan), like Flower's server-side evaluation.
         self.tests = (load_evaluation_set(self.run_dir / EVALUATION_DIR, plan.evaluation_id())

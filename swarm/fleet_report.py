@@ -254,7 +254,7 @@ def _plot_over_time(rows: list[dict[str, Any]], metric: str, path: Path, title: 
               if window_s and e.get(metric) is not None]
     if points:
         start = [m for m in means if m[0] == 0.0]  # every node scores the model as received alike
-        ax.plot(*zip(*(start + points)), color="tab:green", lw=2, marker="s", label="shared model (FedAvg)")
+        ax.plot(*zip(*(start + points)), color="tab:green", lw=2, marker="s", label="shared model")
     if reference is not None and not math.isnan(reference):
         ax.axhline(reference, color="tab:red", ls="--", lw=1.5, label="reference: central adaptation")
     ax.set_xlabel("simulated time (s)")

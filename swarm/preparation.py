@@ -34,7 +34,7 @@ from swarm.server.data.evaluation_sets import f_groups
 from swarm.server.node_folders import write_evaluation_set, write_fleet_data
 from swarm.server.plan_drawing import check_fleet_fits, plan_from_config
 from swarm.server.settings import SwarmConfig
-from swarm.server.strategies import check_strategy
+from swarm.nodes.strategies import check_strategy
 
 log = logging.getLogger("swarm.simulate")
 

@@ -17,8 +17,8 @@ It imports no torch, and nothing that does: the caller of ``python -m swarm.simu
 and checks the config and then waits through the whole fleet, and without torch it holds about
 700 MB less beside the simulated nodes. The choices that name entries of registries kept in
 torch code (``pruning.name`` in :data:`swarm.server.criteria.CRITERIA`, ``pruning.composite`` in zennit's,
-``fleet.strategy`` in :data:`swarm.server.strategies.STRATEGIES`) are strings here, checked by
-:func:`swarm.server.criteria.check_pruning` and :func:`swarm.server.strategies.check_strategy` before
+``fleet.strategy`` in :data:`swarm.nodes.strategies.STRATEGIES`) are strings here, checked by
+:func:`swarm.server.criteria.check_pruning` and :func:`swarm.nodes.strategies.check_strategy` before
 the coordinator reads any data.
 
 Group configs whose shape differs per option (``scenario``, ``model``) stay free-form: their

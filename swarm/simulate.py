@@ -134,7 +134,7 @@ def _outcome(summary: dict[str, Any]) -> str:
     idle = summary["idle_nodes"]
     lines = ["nodes' mean as received -> after the last window: " + ", ".join(parts)]
     if shared_parts:
-        lines.append("shared model (FedAvg) after the last window: " + ", ".join(shared_parts))
+        lines.append("shared model after the last window: " + ", ".join(shared_parts))
     warning = coverage_line(summary["coverage"])
     if warning:
         lines.insert(0, warning)

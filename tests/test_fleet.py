@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 
@@ -14,7 +15,8 @@ from flwr.app import ArrayRecord
 from swarm.nodes.errors import SwarmError
 from swarm.nodes.node import NodeRuntime
 from swarm.nodes.protocol import COLUMNS, read_timings
-from swarm.server import fleet, strategies
+from swarm.nodes import strategies
+from swarm.server import fleet
 from tests.conftest import FLEET_TINY as TINY, DiesInWindow2, FakeGrid, Killed, nodes_of, use_fake_engine, write_fleet_plan
 
 
@@ -145,7 +147,7 @@ def test_simulate_with_a_failing_node_writes_everything_and_exits_1(make_cfg, tm
 
 
 def average(records, weights, sent, per_output=None):
-    """The server's FedAvg (:class:`swarm.server.strategies.RunningFedAvg`) of all replies at once;
+    """The server's FedAvg (:class:`swarm.nodes.strategies.RunningFedAvg`) of all replies at once;
     ``per_output``: (the output layer's name, each node's examples per output)."""
     running = strategies.RunningFedAvg(sent, head=per_output[0] if per_output else None)
     for i, (record, weight) in enumerate(zip(records, weights)):
@@ -197,7 +199,7 @@ def test_a_strategy_is_a_plug_in(plan_file, monkeypatch):
         arrays = message.content["arrays"].to_torch_state_dict()
         assert all(torch.equal(arrays[k], FirstNode.returned[0][k]) for k in arrays)
     assert len(json.loads((path.parent / "shared_model.json").read_text())) == 2  # a shared model is scored
-    with pytest.raises(SwarmError, match="fleet.strategy=gossip: choose one of local, fedavg, first_node"):
+    with pytest.raises(SwarmError, match="fleet.strategy=gossip: choose one of local, fedavg, fedprox, first_node"):
         fleet.run_fleet(grid, path, strategy="gossip")
 
 
@@ -393,3 +395,28 @@ def test_fedavg_folded_in_chunks_is_the_average_of_all():
     body = sum(w * r["body"] for w, r in zip(weights, replies)) / sum(weights)
     assert torch.allclose(results[-1]["body"], body, atol=1e-6)
     assert torch.equal(results[-1]["fc.bias"][2], sent["fc.bias"][2])  # no node trained output 2
+
+
+def test_fedprox_with_mu_0_is_fedavg_and_its_proximal_term_changes_the_fleet(plan_file):
+    """FedProx (issue 27): with ``prox_mu=0`` every node trains exactly as under FedAvg (the same
+    ``nodes.csv``); with ``prox_mu > 0`` its loss adds (mu / 2) ||w - w_t||^2 and the fleet differs."""
+    def nodes_csv(*overrides):
+        path = plan_file(3, *overrides, windows=2)
+        fleet.run_fleet(FakeGrid(3, root=nodes_of(path)), path, strategy=overrides[0].split("=")[1], join_timeout_s=5)
+        return (path.parent / "nodes.csv").read_text()
+
+    fedavg = nodes_csv("fleet.strategy=fedavg")
+    assert nodes_csv("fleet.strategy=fedprox", "fleet.prox_mu=0") == fedavg
+    assert nodes_csv("fleet.strategy=fedprox", "fleet.prox_mu=1.0") != fedavg
+
+
+def test_fedprox_s_penalty_is_the_proximal_term():
+    from swarm.config import compose_config
+
+    model = torch.nn.Linear(3, 2)
+    start = {name: p.detach().clone() for name, p in model.named_parameters()}
+    with torch.no_grad():
+        model.weight += 0.5  # 6 weights moved by 0.5: ||w - w_t||^2 = 1.5
+    prox = strategies.make_strategy("fedprox", dataclasses.replace(compose_config([]).fleet, prox_mu=0.2))
+    assert prox.penalty(model, start).item() == pytest.approx(0.2 / 2 * 1.5)
+    assert strategies.make_strategy("fedavg", compose_config([]).fleet).penalty(model, start) is None

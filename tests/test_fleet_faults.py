@@ -379,7 +379,7 @@ def test_simulate_with_faults_writes_every_row_and_exits_1(make_cfg, tmp_path, m
 # ---------------------------------------------------------------- settings checked before any work
 
 BAD_SETTINGS = [
-    ("fleet.strategy=fedprox", "fleet.strategy=fedprox: choose one of local, fedavg"),
+    ("fleet.strategy=gossip", "fleet.strategy=gossip: choose one of local, fedavg, fedprox"),
     ("fleet.replay.policy=bogus", "fleet.replay.policy=bogus: choose one of reservoir, class_balanced"),
     ("fleet.drift.kind=sometimes", "fleet.drift.kind=sometimes: choose one of fixed, uniform, exponential"),
     ("fleet.budget.energy_j=-1", "fleet.budget.energy_j=-1.0: a number >= 0, or null"),
@@ -404,8 +404,8 @@ BAD_SETTINGS = [
 def test_a_bad_setting_is_one_line_naming_it(override, message):
     """Issue 11's list, through what every entry point runs before its task: Hydra's composition
     (its error made one line) and swarm.config.prepare (checks, device profiles). The registries'
-    checks (pruning.composite=nope, swarm.server.criteria.check_pruning; fleet.strategy=fedprox,
-    swarm.server.strategies.check_strategy) run before the data is read, the
+    checks (pruning.composite=nope, swarm.server.criteria.check_pruning; fleet.strategy=gossip,
+    swarm.nodes.strategies.check_strategy) run before the data is read, the
     data-bound one (fleet.nodes=100000) right after it is built, both before any training."""
     def later_checks(cfg) -> None:
         if override.startswith("pruning.composite"):
@@ -413,7 +413,7 @@ def test_a_bad_setting_is_one_line_naming_it(override, message):
 
             check_pruning(cfg.pruning)
         if override.startswith("fleet.strategy"):
-            from swarm.server.strategies import check_strategy
+            from swarm.nodes.strategies import check_strategy
 
             check_strategy(cfg.fleet.strategy)
         if override == "fleet.nodes=100000":

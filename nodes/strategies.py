@@ -1,16 +1,19 @@
-"""What the server does with the nodes' work between windows: the fleet's strategies, by name.
+"""The fleet's strategies, by name: what the server does with the nodes' work between windows,
+and what a node's training adds for it.
 
-A strategy says what travels (``shares_model``: the nodes send their weights back after every
-window and are sent the shared model before the next; otherwise the model travels once and each
-node keeps adapting its own copy) and folds a window's replies into the next shared model
-(:meth:`FleetStrategy.begin`, :meth:`~FleetStrategy.add` for each reply in partition order,
-:meth:`~FleetStrategy.end`). Under a strategy that shares a model, the server scores it after
-every window.
+A strategy is one class with both sides. The server's: what travels (``shares_model``: the nodes
+send their weights back after every window and are sent the shared model before the next;
+otherwise the model travels once and each node keeps adapting its own copy) and how a window's
+replies become the next shared model (:meth:`FleetStrategy.begin`, :meth:`~FleetStrategy.add` for
+each reply in partition order, :meth:`~FleetStrategy.end`); under a strategy that shares a model,
+the server scores it after every window. The node's: a term its loss adds at every step
+(:meth:`FleetStrategy.penalty`, FedProx's proximal term). It lives with the nodes, the floor both
+sides stand on.
 
 Add one: a subclass of :class:`FleetStrategy` registered with ``@strategy("name")``, in this module
-or any module imported before the run; ``fleet.strategy=name`` then selects it
-(:func:`check_strategy` runs before any data is read). Registration order is the order the
-choices are listed in.
+or any module imported before the run (by the nodes' processes too, when it has a node side);
+``fleet.strategy=name`` then selects it (:func:`check_strategy` runs before any data is read).
+Registration order is the order the choices are listed in.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+from torch import nn
 
 from swarm.nodes.errors import SwarmError
+from swarm.nodes.settings import FleetConfig
 
 Weights = dict[str, torch.Tensor]
 
@@ -32,11 +37,19 @@ class FleetStrategy:
 
     name: ClassVar[str]
     shares_model: ClassVar[bool] = False
+    has_penalty: ClassVar[bool] = False  # its nodes' loss adds :meth:`penalty`
 
-    def __init__(self, head: str | None = None) -> None:
-        # ``head``: the output layer's name when nodes leave the rows of classes they did not see as
-        # sent (the masked loss), so that an aggregate can treat those rows apart.
-        self.head = head
+    def __init__(self, fleet: FleetConfig, head: str | None = None) -> None:
+        # ``fleet``: the run's fleet settings (a strategy's own options among them). ``head``: the
+        # output layer's name when nodes leave the rows of classes they did not see as sent (the
+        # masked loss), so that an aggregate can treat those rows apart.
+        self.fleet, self.head = fleet, head
+
+    def penalty(self, model: nn.Module, start: Weights) -> torch.Tensor | None:
+        """The node's side: what its loss adds at every step, given the parameters the window
+        started from (``start``, on the model's device); None: nothing (every strategy here but
+        FedProx)."""
+        return None
 
     def begin(self, shared: Weights) -> None:
         """A window starts; ``shared`` is what the nodes were sent."""
@@ -68,9 +81,9 @@ def check_strategy(name: str) -> None:
         raise SwarmError(f"fleet.strategy={name}: choose one of {', '.join(STRATEGIES)}")
 
 
-def make_strategy(name: str, head: str | None = None) -> FleetStrategy:
+def make_strategy(name: str, fleet: FleetConfig, head: str | None = None) -> FleetStrategy:
     check_strategy(name)
-    return STRATEGIES[name](head)
+    return STRATEGIES[name](fleet, head)
 
 
 @strategy("local")
@@ -93,6 +106,22 @@ class FedAvg(FleetStrategy):
 
     def end(self, shared: Weights) -> Weights:
         return self.running.result() if self.running.count else shared
+
+
+@strategy("fedprox")
+class FedProx(FedAvg):
+    """FedProx (Li et al., MLSys 2020, https://arxiv.org/abs/1812.06127): FedAvg's aggregation, and
+    every node's loss adds the proximal term (mu / 2) ||w - w_t||^2 with w_t the model the window
+    started from (the shared model it was sent), mu = ``fleet.prox_mu``: a node's skewed share of F
+    pulls the weights less far from what the fleet agreed. With mu = 0 it is FedAvg, step for step."""
+
+    has_penalty = True
+
+    def penalty(self, model: nn.Module, start: Weights) -> torch.Tensor | None:
+        mu = self.fleet.prox_mu
+        if not mu:
+            return None
+        return (mu / 2) * sum(((parameter - start[name]) ** 2).sum() for name, parameter in model.named_parameters())
 
 
 class RunningFedAvg:
