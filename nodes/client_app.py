@@ -10,8 +10,9 @@ Messages (Flower's Message API):
   ``{"metrics": MetricRecord, "info": ConfigRecord{"profile", "status", "error"}}``; when asked for
   (``"evaluate_received"``, the node's first window) also ``{"received": MetricRecord}``, the model
   as received, evaluated before training; and, when asked for (``"return_weights"``), the adapted
-  weights and ``{"trained": MetricRecord{"examples_per_output": [n, ...]}}``, the examples of each
-  output the window trained on (the server's FedAvg weighs each output row by them); and always
+  weights (only from a node that trained: one that took no step has nothing to send) and
+  ``{"trained": MetricRecord{"examples_per_output": [n, ...]}}``, the examples of each output the
+  window trained on (the server's FedAvg weighs each output row by them); and always
   ``{"timing": MetricRecord}``: the wall seconds the node spent on the message, in training and in
   evaluation (:data:`swarm.nodes.protocol.TIMING`; the server's split of a fleet's time).
 
@@ -136,7 +137,7 @@ def adapt(msg: Message, context: Context) -> Message:
     })
     if received is not None:
         content["received"] = metrics_record(received)
-    if model is not None and bool(config.get("return_weights", False)):
+    if model is not None and metrics.steps > 0 and bool(config.get("return_weights", False)):
         content["arrays"] = ArrayRecord(model.state_dict())
         content["trained"] = MetricRecord({"examples_per_output": [int(n) for n in runtime.trained_per_output]})
     if fault == "corrupt":

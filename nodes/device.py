@@ -3,13 +3,22 @@
 A SimPy simulation of one adaptation window on one node. Three processes share the clock:
 
 * **availability** -- the device alternates between available and unavailable periods
-  (``availability`` of every ``availability_cycle_s``, with a per-node phase);
+  (``availability`` of every ``availability_cycle_s``, with a per-node phase; or the intervals a
+  trace gives the node: :mod:`swarm.nodes.availability`);
 * **arrivals** -- local samples stream in at the times the node's drifting stream gives;
-* **trainer** -- while available and with data to learn from, runs training steps one after
-  another. A step costs ``3 × forward FLOPs × batch`` (FedScale; Kaplan et al.) and takes
-  ``step FLOPs / effective FLOP/s`` seconds at ``active_power_w``; it starts only if the window's
-  remaining budget (training energy in J, compute seconds, or FLOPs) covers it and it ends before
+* **node** -- first receives the model over the device's link (when the server sends one that
+  window: ``bytes_down`` at ``downlink_bps``, drawing ``radio_rx_w``); then, while available and
+  with data to learn from, runs training steps one after another; last sends its update
+  (``bytes_up`` at ``uplink_bps``, drawing ``radio_tx_w``). A step costs ``3 × forward FLOPs ×
+  batch`` (FedScale; Kaplan et al.) and takes ``step FLOPs / effective FLOP/s`` seconds at
+  ``active_power_w``; it starts only if the window's remaining budget (energy in J, radio
+  included; compute seconds; FLOPs) covers it with the update's transfer still to come, and it
+  ends while the device is still available and early enough for that transfer to finish before
   the window does.
+
+Transfers run only while the device is available (a transfer cut by the cycle resumes when the
+device is back). A model that does not arrive inside the window leaves the node ``not_received``
+(it trains nothing); an update that cannot be sent before the window ends leaves it ``late``.
 
 The result says how many steps were granted; the node's real PyTorch training then does exactly
 that many. Before any of this, :func:`memory_check` decides whether training fits in RAM at all.
@@ -26,6 +35,7 @@ from typing import Any, Mapping, Sequence
 import simpy
 import yaml
 
+from swarm.nodes.availability import Schedule, schedule
 from swarm.nodes.errors import SwarmError
 from swarm.nodes.protocol import Status
 from swarm.nodes.settings import FleetConfig
@@ -46,6 +56,12 @@ class DeviceProfile:
     ram_mb: float  # memory available to the training process
     availability: float = 1.0  # share of each cycle the device can train
     availability_cycle_s: float = 3600.0
+    # The device's link: application throughput (bit/s) each way, and the device's power while
+    # receiving and while sending. None: the profile models no link (transfers cost nothing).
+    downlink_bps: float | None = None
+    uplink_bps: float | None = None
+    radio_rx_w: float | None = None
+    radio_tx_w: float | None = None
     description: str = ""
     sources: Mapping[str, str] = field(default_factory=dict)
 
@@ -56,12 +72,29 @@ class DeviceProfile:
             raise SwarmError(f"device {self.name}: power and RAM must be positive")
         if not 0 <= self.availability <= 1 or self.availability_cycle_s <= 0:
             raise SwarmError(f"device {self.name}: availability must be in [0, 1] with a positive cycle")
+        link = [self.downlink_bps, self.uplink_bps, self.radio_rx_w, self.radio_tx_w]
+        if any(v is None for v in link) and any(v is not None for v in link):
+            raise SwarmError(f"device {self.name}: a link needs all of downlink_bps, uplink_bps, radio_rx_w "
+                             "and radio_tx_w (or none of them)")
+        if self.has_link and (min(self.downlink_bps, self.uplink_bps) <= 0 or min(self.radio_rx_w, self.radio_tx_w) < 0):
+            raise SwarmError(f"device {self.name}: link rates must be positive and radio powers >= 0")
+
+    @property
+    def has_link(self) -> bool:
+        """Whether the profile models its link (else transfers take no time and no energy)."""
+        return self.downlink_bps is not None
+
+    def receive_s(self, nbytes: int) -> float:
+        return 8.0 * nbytes / self.downlink_bps if self.has_link and nbytes else 0.0
+
+    def send_s(self, nbytes: int) -> float:
+        return 8.0 * nbytes / self.uplink_bps if self.has_link and nbytes else 0.0
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> DeviceProfile:
         fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         try:
-            return cls(**{k: (float(v) if k not in ("name", "description", "sources") else v)
+            return cls(**{k: (float(v) if k not in ("name", "description", "sources") and v is not None else v)
                           for k, v in fields.items()})
         except TypeError as error:
             raise SwarmError(f"device profile {data.get('name', '?')}: {error}") from None
@@ -148,14 +181,28 @@ class Budget:
         return min(limits) if limits else None
 
 
+@dataclass(frozen=True)
+class Transfers:
+    """What a window moves over the link: the model received at its start (0: none was sent this
+    window) and the update sent at its end (0: the node sends no weights back), in bytes as
+    serialized in the messages."""
+
+    down: int = 0
+    up: int = 0
+
+
 @dataclass
 class WindowReport:
     """What the simulated window granted and charged."""
 
     steps: int = 0
-    busy_s: float = 0.0
-    energy_j: float = 0.0  # training energy (active power while training)
-    idle_energy_j: float = 0.0  # idle power while not training
+    busy_s: float = 0.0  # seconds computing (training steps)
+    energy_j: float = 0.0  # all energy spent on the window's work: training (active power) + the radio
+    comm_s: float = 0.0  # seconds receiving and sending
+    comm_j: float = 0.0  # the radio's share of energy_j
+    bytes_down: int = 0  # received (only when the whole model arrived)
+    bytes_up: int = 0  # sent (only when the whole update left inside the window)
+    idle_energy_j: float = 0.0  # idle power while neither training nor transferring
     flops: float = 0.0
     available_s: float = 0.0
     samples_arrived: int = 0
@@ -186,32 +233,40 @@ class StreamCredit:
 
 def simulate_window(profile: DeviceProfile, budget: Budget, flops_per_step: float, *, start_s: float = 0.0,
                     arrivals: Sequence[float] = (), samples_before: int = 0, phase_s: float = 0.0,
-                    credit: StreamCredit | None = None) -> WindowReport:
+                    credit: StreamCredit | None = None, transfers: Transfers = Transfers(),
+                    train: bool = True, online: Sequence[Sequence[float]] | None = None) -> WindowReport:
     """Run one window [start_s, start_s + window_s) of the device model and return what it granted.
 
     ``arrivals`` are the simulated times at which new local samples arrive. With ``credit`` (see
     :class:`StreamCredit`) a step spends sample visits and the device waits for new samples when
     it has used its data up; without, a step needs at least one sample (arrived now or
     ``samples_before`` the window). ``phase_s`` shifts the node's availability cycle so that a
-    fleet is not in lockstep.
+    fleet is not in lockstep; ``online``: the node's intervals from an availability trace, which
+    replace the cycle. ``transfers``: the bytes received first and sent last (the update
+    only if the node trained: a node that took no step has nothing to send). ``train=False``: the
+    node only receives (its training does not fit in memory).
     """
     if flops_per_step <= 0:
         raise SwarmError("a training step must cost a positive number of FLOPs")
-    window = _Window(profile, budget, flops_per_step, start_s, phase_s,
-                     credit or StreamCredit.unlimited(samples_before))
+    window = _Window(profile, budget, flops_per_step, start_s,
+                     schedule(profile.availability, profile.availability_cycle_s, phase_s, online),
+                     credit or StreamCredit.unlimited(samples_before), transfers, train)
     window.run([a for a in arrivals if start_s <= a < window.end])
     return window.report
 
 
 class _Window:
     """One window of one device as SimPy processes: its availability cycle, its samples arriving,
-    and its trainer, which takes a step whenever the device is available, holds enough data and
-    can afford the step within the budget."""
+    and the node, which receives the model, takes a step whenever the device is available, holds
+    enough data and can afford the step within the budget, and sends its update."""
 
     def __init__(self, profile: DeviceProfile, budget: Budget, flops_per_step: float, start_s: float,
-                 phase_s: float, credit: StreamCredit) -> None:
+                 availability: Schedule, credit: StreamCredit, transfers: Transfers, train: bool) -> None:
         self.profile, self.budget, self.flops_per_step = profile, budget, flops_per_step
-        self.start_s, self.phase_s, self.credit = start_s, phase_s, credit
+        self.transfers, self.train = transfers, train
+        self.send_s = profile.send_s(transfers.up)
+        self.send_j = self.send_s * (profile.radio_tx_w or 0.0)
+        self.start_s, self.schedule, self.credit = start_s, availability, credit
         self.consumes = credit.passes is not None
         self.need = max(credit.per_step, 1) if self.consumes else 1
         self.env = simpy.Environment(initial_time=start_s)
@@ -220,40 +275,35 @@ class _Window:
         self.step_j = self.step_s * profile.active_power_w
         self.report = WindowReport()
         self.data = simpy.Container(self.env, init=max(credit.left, 0.0), capacity=math.inf)
-        self.available = profile.availability >= 1.0
+        self.available = availability.state_at(start_s)[0]
         self.became_available = self.env.event()
 
     def run(self, arrivals: list[float]) -> None:
         self.env.process(self.availability())
         self.env.process(self.arrivals(arrivals))
-        # Run until the trainer is done: it stops when no further step can finish inside the window
-        # (a step ending exactly at the window's end counts).
-        self.env.run(until=self.env.process(self.trainer()))
+        # Run until the node is done: its training stops when no further step can finish inside the
+        # window with the update's transfer after it (a transfer ending exactly at the window's end counts).
+        self.env.run(until=self.env.process(self.node()))
         report, profile, budget = self.report, self.profile, self.budget
-        report.available_s = available_seconds(profile, self.start_s, self.end, self.phase_s)
+        report.available_s = self.schedule.seconds(self.start_s, self.end)
         report.samples_arrived = len(arrivals)
-        if report.steps == 0 and report.status == Status.ok:
+        if report.steps == 0 and report.status == Status.ok and self.train:
             if report.available_s == 0:
                 report.status = Status.unavailable
             elif self.step_s > budget.window_s:
                 report.status = Status.budget_exhausted  # not even one step fits in the window
-        report.idle_energy_j = (budget.window_s - report.busy_s) * profile.idle_power_w
+        report.idle_energy_j = max(budget.window_s - report.busy_s - report.comm_s, 0.0) * profile.idle_power_w
 
     def availability(self):
-        profile = self.profile
-        if profile.availability >= 1.0:
-            return
-        cycle = profile.availability_cycle_s
-        on_s = profile.availability * cycle
         while True:
-            position = (self.env.now + self.phase_s) % cycle
-            now_available = position < on_s
+            now_available, until = self.schedule.state_at(self.env.now)
             if now_available and not self.available:
                 self.became_available.succeed()
                 self.became_available = self.env.event()
             self.available = now_available
-            until = (on_s - position) if now_available else (cycle - position)
-            yield self.env.timeout(max(until, 1e-9))
+            if math.isinf(until) or until >= self.end:
+                return
+            yield self.env.timeout(max(until - self.env.now, 1e-9))
 
     def arrivals(self, times: list[float]):
         per_arrival = float(self.credit.passes) if self.consumes else 1.0
@@ -261,21 +311,63 @@ class _Window:
             yield self.env.timeout(t - self.env.now)
             yield self.data.put(per_arrival)
 
+    def node(self):
+        """Receive the model, train, send the update."""
+        report = self.report
+        if self.transfers.down:
+            seconds = self.profile.receive_s(self.transfers.down)
+            if not (yield from self.transfer(seconds, self.profile.radio_rx_w or 0.0)):
+                report.status = Status.not_received
+                return
+            report.bytes_down = self.transfers.down
+        if not self.train:
+            return
+        yield from self.trainer()
+        if self.transfers.up and report.steps:
+            if not (yield from self.transfer(self.send_s, self.profile.radio_tx_w or 0.0)):
+                report.status = Status.late  # the update did not leave before the window ended
+                return
+            report.bytes_up = self.transfers.up
+
+    def transfer(self, seconds: float, power_w: float):
+        """Move data for ``seconds`` of available time at ``power_w``; whether it finished in the window."""
+        env, report = self.env, self.report
+        left = seconds
+        while left > 1e-12:
+            if env.now >= self.end:
+                return False
+            if not self.available:
+                yield self.became_available | env.timeout(self.end - env.now)
+                continue
+            chunk = min(left, self.available_for(), self.end - env.now)
+            yield env.timeout(chunk)
+            left -= chunk
+            report.comm_s += chunk
+            report.comm_j += chunk * power_w
+            report.energy_j += chunk * power_w
+        return True
+
+    def available_for(self) -> float:
+        """Seconds the device stays available from now on, at most to the window's end."""
+        return max(min(self.schedule.state_at(self.env.now)[1], self.end) - self.env.now, 1e-9)
+
     def affordable(self) -> bool:
         budget, report, seconds = self.budget, self.report, self.budget.seconds
-        return not ((budget.energy_j is not None and report.energy_j + self.step_j > budget.energy_j + 1e-12)
+        energy_after = report.energy_j + self.step_j + self.send_j  # the update's transfer still to pay
+        return not ((budget.energy_j is not None and energy_after > budget.energy_j + 1e-12)
                     or (seconds is not None and report.busy_s + self.step_s > seconds + 1e-12)
                     or (budget.flops is not None and report.flops + self.flops_per_step > budget.flops + 1e-6))
 
     def trainer(self):
         env, report, data = self.env, self.report, self.data
-        while env.now + self.step_s <= self.end:
+        end = self.end - self.send_s  # the update must still leave inside the window
+        while env.now + self.step_s <= end:
             if not self.available:
-                yield self.became_available | env.timeout(self.end - env.now)
+                yield self.became_available | env.timeout(max(end - env.now, 0.0))
                 continue
             if data.level < self.need:
                 request = data.get(self.need)  # wait for enough data
-                yield request | env.timeout(self.end - env.now)
+                yield request | env.timeout(max(end - env.now, 0.0))
                 if not request.triggered:
                     request.cancel()
                     if self.consumes and report.status == Status.ok:
@@ -286,6 +378,10 @@ class _Window:
             if not self.affordable():
                 report.status = Status.budget_exhausted
                 break
+            online_until = self.schedule.state_at(env.now)[1]
+            if env.now + self.step_s > online_until + 1e-9:  # the device goes away before the step would end
+                yield env.timeout(max(min(online_until, end) - env.now, 1e-9))
+                continue
             if self.consumes:
                 yield data.get(self.credit.per_step)
             report.step_starts.append(env.now)
@@ -296,17 +392,24 @@ class _Window:
             report.flops += self.flops_per_step
 
 
-def available_seconds(profile: DeviceProfile, start_s: float, end_s: float, phase_s: float = 0.0) -> float:
-    """Seconds of [start_s, end_s) during which the device's availability cycle lets it train."""
-    if profile.availability >= 1.0:
-        return end_s - start_s
-    cycle, on_s = profile.availability_cycle_s, profile.availability * profile.availability_cycle_s
+def link_note(profile: DeviceProfile, report: WindowReport, transfers: Transfers) -> str:
+    """Why a window's transfer failed, in one line for the node's row ('' when none did)."""
+    if report.status == Status.not_received and report.available_s == 0:
+        return f"the device was offline all window: the model ({transfers.down / 1e6:.3f} MB) did not arrive"
+    if report.status == Status.not_received:
+        return (f"the model ({transfers.down / 1e6:.3f} MB) needs {profile.receive_s(transfers.down):.1f} s of "
+                f"available time at {profile.downlink_bps / 1e6:g} Mbit/s; it did not arrive inside the window")
+    if report.status == Status.late and transfers.up and report.steps:
+        return (f"the update ({transfers.up / 1e6:.3f} MB) needs {profile.send_s(transfers.up):.1f} s at "
+                f"{profile.uplink_bps / 1e6:g} Mbit/s; it did not leave before the window ended")
+    return ""
 
-    def up_to(t: float) -> float:  # available seconds in [-phase, t)
-        shifted = t + phase_s
-        return math.floor(shifted / cycle) * on_s + min(shifted % cycle, on_s)
 
-    return up_to(end_s) - up_to(start_s)
+def available_seconds(profile: DeviceProfile, start_s: float, end_s: float, phase_s: float = 0.0,
+                      online: Sequence[Sequence[float]] | None = None) -> float:
+    """Seconds of [start_s, end_s) during which the device may work: its availability cycle
+    (shifted by ``phase_s``), or its trace's ``online`` intervals."""
+    return schedule(profile.availability, profile.availability_cycle_s, phase_s, online).seconds(start_s, end_s)
 
 
 # ----------------------------------------------------------------------------- memory

@@ -18,7 +18,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Optional, Mapping
 
 import numpy as np
 
@@ -38,6 +38,9 @@ class NodePlan:
     f_events: list[int] = field(default_factory=list)  # drift event of each F sample (empty: all 0)
     fault: str = ""  # an injected fault (fleet.faults): crash, late or corrupt; "" for none
     fault_window: int = -1  # the window in which it strikes
+    # When it is online, from fleet.availability.trace (replacing its profile's cycle and phase_s);
+    # None: its profile's cycle.
+    online: Optional[list[list[float]]] = None
 
     def fault_in(self, window: int) -> str:
         """The fault injected into this node's ``window`` ("" for none)."""

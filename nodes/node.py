@@ -20,6 +20,7 @@ The stream of a node: P-like samples arrive from time 0 until its drift time, th
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -27,15 +28,16 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+from flwr.app import ArrayRecord
 from torch import nn
 
 from swarm.nodes import checkpoints, io
 from swarm.nodes.checkpoints import received_model
-from swarm.nodes.device import (StreamCredit, WindowReport, budget_of, memory_check, profile_of, memory_need,
+from swarm.nodes.device import (StreamCredit, Transfers, WindowReport, budget_of, link_note, memory_check, profile_of, memory_need,
                                 simulate_window, step_flops)
 from swarm.nodes.drift import F, P, node_stream
 from swarm.nodes.errors import SwarmError
-from swarm.nodes.evaluation import accuracies
+from swarm.nodes.evaluation import TestSets, accuracies
 from swarm.nodes.choices import BatchNormMode, Loss, Sampling
 from swarm.nodes.fleet_plan import FleetPlan, NodeTask
 from swarm.nodes.strategies import make_strategy
@@ -48,6 +50,25 @@ from swarm.nodes.shapes import count_macs_and_params
 
 CPU = torch.device("cpu")  # where a node's model is kept between windows and sent from
 _COSTS: dict[str, tuple[int, int]] = {}
+
+
+def message_bytes(record: ArrayRecord) -> int:
+    """The serialized size of an ArrayRecord as a message carries it: Flower sends a record as
+    inflatable objects -- the record, each Array (its metadata), each Array's data in chunks --
+    so this is the sum of their ``deflate()``d bytes, every chunk counted. (Flower sends a chunk
+    repeated inside one message once; a trained model's weights rarely repeat, so this is what
+    crosses the link to within a fraction of a percent, and it depends on the arrays' names, shapes
+    and dtypes only.)"""
+    total = len(record.deflate())
+    for array in record.values():
+        # ``slice_array`` lists an Array's chunks with repeats (``children`` holds each once).
+        total += len(array.deflate()) + sum(len(chunk.deflate()) for _, chunk in array.slice_array())
+    return total
+
+
+def model_bytes(model: nn.Module) -> int:
+    """:func:`message_bytes` of a model's weights as a message would carry them."""
+    return message_bytes(ArrayRecord(model.state_dict()))
 
 
 def model_costs(model: nn.Module, arch: Mapping[str, Any]) -> tuple[int, int]:
@@ -145,7 +166,8 @@ class NodeRuntime:
         if self.continual:  # the device ships with (a sample of) P for replay
             order = np.random.default_rng(self.me.seed + 1).permutation(self.data.p_train_size)
             replay.offer(order, self.data.targets(P, order).tolist())
-        return {"model": model, "arch": arch, "optimizer": None, "replay": replay, "window": 0, "visits": 0}
+        return {"model": model, "arch": arch, "optimizer": None, "replay": replay, "window": 0, "visits": 0,
+                "fresh": True}
 
     def _replay_capacity(self, model: nn.Module, arch: Mapping[str, Any]) -> int | None:
         setting = self.fleet.replay.capacity
@@ -189,7 +211,7 @@ class NodeRuntime:
         model.load_state_dict(blob["model"])
         return {"model": model, "arch": blob["arch"], "optimizer": blob["optimizer"],
                 "replay": ReplayBuffer.from_state(_from_tensors(blob["replay"])), "window": int(blob["window"]),
-                "visits": int(blob["visits"])}
+                "visits": int(blob["visits"]), "fresh": False}
 
     def _save(self, state: dict[str, Any], optimizer: torch.optim.Optimizer, window: int) -> None:
         """Write the state after ``window``; keep the one it started from (the newest at or before
@@ -204,42 +226,61 @@ class NodeRuntime:
                 self.state_path(old).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ one window
-    def run_window(self, window: int, weights: Mapping[str, torch.Tensor] | None = None) -> tuple[WindowRow, nn.Module]:
+    def run_window(self, window: int, weights: Mapping[str, torch.Tensor] | None = None,
+                   ) -> tuple[WindowRow, nn.Module | None]:
+        """One window: the row for ``nodes.csv`` and the model after it (None: the node holds no
+        model, its first model did not arrive over its link)."""
         # A device that missed windows (it was unreachable) rejoins at the window it is asked for;
         # the windows it missed trained nothing.
         if window == 0:  # a plan starts (or a run killed in its first window starts again) afresh
             shutil.rmtree(self.state_dir, ignore_errors=True)
         state = self._load(window, weights)
-        model = state["model"]
-        if weights is not None:
-            model.load_state_dict(weights)
+        model, arch = state["model"], state["arch"]
+        # What travels this window: the model, when the server sent one (or, run in-process, the
+        # model it was made with, in its first window), and the update, under a strategy that
+        # shares a model; each as large as the message that carries it (the update's size is
+        # measured on the weights it starts from: the same arrays, so the same size but for a few
+        # bytes of chunk indices).
+        incoming = weights is not None or state["fresh"]
+        if weights is not None and not state["fresh"]:
+            sent = message_bytes(ArrayRecord(dict(weights)))
+        else:  # the state was just made from these weights
+            sent = model_bytes(model)
+        transfers = Transfers(down=sent if incoming else 0, up=sent if self.strategy.shares_model else 0)
         # Examples of each output this window's batches held: what the server's FedAvg weighs each
         # output row of this node by (swarm.nodes.strategies.RunningFedAvg); with the masked loss, a class a node
         # did not train has the row it was sent.
         self.trained_per_output = np.zeros(classifier(model)[1].out_features, dtype=np.int64)
+        start, end = window * self.task.window_s, (window + 1) * self.task.window_s
+        replay: ReplayBuffer = state["replay"]
+        need = self._memory(model, arch, replay_samples=len(replay))
+        arrived = (self.times >= start) & (self.times < end)
+        before = int((self.times < start).sum())
+        fits = memory_check(self.profile, need)
+        macs, _ = model_costs(model, arch)
+        passes = self.fleet.passes
+        stream_per_step = self.fleet.batch_size - self._replayed_per_batch(replay)
+        credit = (StreamCredit.unlimited(before) if passes is None else
+                  StreamCredit(int(passes), stream_per_step, float(int(passes) * before - state["visits"])))
+        report = simulate_window(self.profile, budget_of(self.fleet, self.task.window_s),
+                                 step_flops(2.0 * macs, self.fleet.batch_size), start_s=start,
+                                 arrivals=self.times[arrived].tolist(), phase_s=self.me.phase_s, credit=credit,
+                                 transfers=transfers, train=fits, online=self.me.online)
+        if not fits and report.status == Status.ok:
+            report.status = Status.does_not_fit
+        received = report.status != Status.not_received
+        if received and weights is not None:
+            model.load_state_dict(weights)
+        if not received and state["fresh"]:  # it holds no model: nothing to train, score or keep
+            return self._row(window, end, before + int(arrived.sum()), report, _unmeasured(self.tests),
+                             link_note(self.profile, report, transfers)), None
         optimizer = torch.optim.Adam(model.parameters(), lr=self.fleet.lr)
         if state["optimizer"] is not None:
             optimizer.load_state_dict(state["optimizer"])
-        start, end = window * self.task.window_s, (window + 1) * self.task.window_s
-        replay: ReplayBuffer = state["replay"]
-        need = self._memory(model, state["arch"], replay_samples=len(replay))
-        arrived = (self.times >= start) & (self.times < end)
-        before = int((self.times < start).sum())
-        if not memory_check(self.profile, need):
-            report = WindowReport(status=Status.does_not_fit, samples_arrived=int(arrived.sum()))
-        else:
-            macs, _ = model_costs(model, state["arch"])
-            cost = step_flops(2.0 * macs, self.fleet.batch_size)
-            passes = self.fleet.passes
-            stream_per_step = self.fleet.batch_size - self._replayed_per_batch(replay)
-            credit = (StreamCredit.unlimited(before) if passes is None else
-                      StreamCredit(int(passes), stream_per_step, float(int(passes) * before - state["visits"])))
-            report = simulate_window(self.profile, budget_of(self.fleet, self.task.window_s), cost, start_s=start,
-                                     arrivals=self.times[arrived].tolist(), phase_s=self.me.phase_s, credit=credit)
-            started = time.perf_counter()
-            self._train(model, optimizer, replay, report.step_starts, window)
-            self.train_s += time.perf_counter() - started
-            state["visits"] += report.steps * stream_per_step  # sample visits spent, counted by the credit
+        started = time.perf_counter()
+        self._train(model, optimizer, replay, report.step_starts, window)
+        self.train_s += time.perf_counter() - started
+        state["visits"] += report.steps * stream_per_step  # sample visits spent, counted by the credit
         # P samples that streamed in during the window join the replay buffer.
         new_p = arrived & (self.roles == P)
         replay.offer(self.indices[new_p], self.data.targets(P, self.indices[new_p]).tolist())
@@ -247,10 +288,15 @@ class NodeRuntime:
         place(model, CPU)  # saved and sent from the host
         state["window"] = window + 1
         self._save(state, optimizer, window)
-        metrics = WindowRow(node=self.me.partition, profile=self.me.profile, window=window, sim_time_s=end,
-                                steps=report.steps, samples_seen=before + int(arrived.sum()), flops=report.flops,
-                                energy_j=report.energy_j, status=report.status, **accuracy)
-        return metrics, model
+        return (self._row(window, end, before + int(arrived.sum()), report, accuracy,
+                          link_note(self.profile, report, transfers)), model)
+
+    def _row(self, window: int, end: float, seen: int, report: WindowReport, accuracy: Mapping[str, Any],
+             error: str) -> WindowRow:
+        return WindowRow(node=self.me.partition, profile=self.me.profile, window=window, sim_time_s=end,
+                         steps=report.steps, samples_seen=seen, flops=report.flops, energy_j=report.energy_j,
+                         status=report.status, error=error, compute_s=report.busy_s, comm_s=report.comm_s, comm_j=report.comm_j,
+                         bytes_down=report.bytes_down, bytes_up=report.bytes_up, **accuracy)
 
     def _train(self, model: nn.Module, optimizer: torch.optim.Optimizer, replay: ReplayBuffer,
                step_starts: list[float], window: int) -> None:
@@ -346,6 +392,12 @@ class NodeRuntime:
         return WindowRow(node=self.me.partition, profile=self.me.profile, window=RECEIVED_WINDOW, sim_time_s=0.0,
                              steps=0, samples_seen=0, flops=0.0, energy_j=0.0, status=Status.received,
                              **self._evaluate(model))
+
+
+def _unmeasured(tests: TestSets) -> dict[str, Any]:
+    """The accuracies of a node that holds no model: none (NaN), in the shape :func:`accuracies` gives."""
+    return {"acc_P": math.nan, "acc_F": math.nan, "acc_PF": math.nan,
+            "acc_F_groups": [math.nan] * len(tests.f_group_names)}
 
 
 def _to_tensors(state: dict[str, Any]) -> dict[str, Any]:

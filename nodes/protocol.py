@@ -42,19 +42,24 @@ class Status(StrEnum):
     received = "received"
     not_simulated = "not_simulated"
     not_selected = "not_selected"  # not drawn to take part in the window (fleet.participation)
+    not_received = "not_received"  # the model did not arrive over the device's link inside the window
 
 
 RECEIVED_WINDOW = -1  # the row of the model as received, before any window
 NODE_STATUSES = (Status.ok, Status.budget_exhausted, Status.data_exhausted, Status.does_not_fit,
-                 Status.unavailable, Status.failed, Status.late)  # what a node may report
+                 Status.unavailable, Status.not_received, Status.failed, Status.late)  # what a node may report
 DEVICE_FAULTS = (Status.failed, Status.late)
 NO_RESULT = (Status.failed, Status.late, Status.not_simulated, Status.not_selected)
 
 # The measurement columns, by what they may hold (the server checks replies by these groups).
 ACCURACIES = ("acc_P", "acc_F", "acc_PF")  # in [0, 1], or NaN where not measured
-COUNTS = ("steps", "samples_seen")  # whole, >= 0
-AMOUNTS = ("sim_time_s", "flops", "energy_j")  # finite, >= 0
-METRICS = ACCURACIES + COUNTS + ("flops", "energy_j")  # what reports summarise
+# What a window moved over the device's link and what that cost (energy_j includes comm_j), and
+# the seconds it computed: the columns a report splits time and energy by.
+LINK = ("bytes_down", "bytes_up")  # whole, >= 0
+COSTS = ("compute_s", "comm_s", "comm_j")  # finite, >= 0
+COUNTS = ("steps", "samples_seen") + LINK  # whole, >= 0
+AMOUNTS = ("sim_time_s", "flops", "energy_j") + COSTS  # finite, >= 0
+METRICS = ACCURACIES + ("steps", "samples_seen", "flops", "energy_j")  # what reports summarise per window
 # Where a node's wall-clock seconds of one window went, on the machine that runs it (a fact about
 # that machine, not a result: kept apart from nodes.csv, in TIMINGS_CSV). ``node_s`` is all of it:
 # training, evaluation and the rest (loading its data and state, saving its state).
@@ -79,17 +84,23 @@ class WindowRow:
     status: str
     error: str = ""
     acc_F_groups: list[float] = field(default_factory=list)  # accuracy on each group of F (classes or domains)
+    compute_s: float = 0.0  # simulated seconds training
+    comm_s: float = 0.0  # simulated seconds receiving the model and sending the update
+    comm_j: float = 0.0  # the radio's energy, part of energy_j
+    bytes_down: int = 0  # the model received (serialized, as the message carried it)
+    bytes_up: int = 0  # the update sent
 
     @classmethod
     def without_result(cls, node: int, profile: str, window: int, status: str, error: str) -> WindowRow:
         """The server's row for a node whose window it has no result of: every measurement empty."""
         nan = math.nan
-        return cls(node, profile, window, nan, nan, nan, nan, nan, nan, nan, nan, status, error)  # type: ignore[arg-type]
+        return cls(node, profile, window, nan, nan, nan, nan, nan, nan, nan, nan, status, error,  # type: ignore[arg-type]
+                   compute_s=nan, comm_s=nan, comm_j=nan, bytes_down=nan, bytes_up=nan)  # type: ignore[arg-type]
 
     @classmethod
     def untrained(cls, node: int, profile: str, window: int, status: str, error: str) -> WindowRow:
         """A node's own row for a window it spent nothing on (it failed, or its answer is late):
-        zero steps, samples, FLOPs and energy; no accuracy."""
+        zero steps, samples, FLOPs, energy and transfers; no accuracy."""
         nan = math.nan
         return cls(node, profile, window, nan, 0, 0, 0.0, 0.0, nan, nan, nan, status, error)
 
@@ -133,7 +144,8 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     rows = []
     with open(path) as f:
         for row in csv.DictReader(f):
-            for key in METRICS + ("sim_time_s",):
+            # A nodes.csv written before the link columns existed reads them as NaN (not measured).
+            for key in METRICS + ("sim_time_s",) + COSTS + LINK:
                 row[key] = float(row[key]) if row.get(key) not in (None, "") else math.nan
             row["node"], row["window"] = int(row["node"]), int(row["window"])
             row["acc_F_groups"] = [float(v) for v in (row.get("acc_F_groups") or "").split()]

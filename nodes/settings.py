@@ -110,6 +110,17 @@ class RayConfig:
 
 
 @dataclass
+class AvailabilityConfig:
+    """``fleet.availability``: when devices are online, from a trace instead of their profiles' cycles."""
+
+    # A CSV of online intervals (swarm.nodes.availability): null, the profiles' cycles.
+    trace: Optional[str] = None
+    # The trace's contents' digest, set by the entry point (swarm.config.prepare), never by hand: it
+    # keys the fleet cache (the path may move) and tells a plan its trace changed.
+    digest: str = ""
+
+
+@dataclass
 class FleetConfig:
     """``fleet``: the simulated edge devices and how they adapt."""
 
@@ -141,6 +152,7 @@ class FleetConfig:
     join_timeout_s: float = bounded(gt=0)
     window_timeout_s: float = bounded(gt=0)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
+    availability: AvailabilityConfig = field(default_factory=AvailabilityConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
     @property

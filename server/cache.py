@@ -43,8 +43,9 @@ VERSIONS = {
     # 2: nodes built their data with label groups re-ordered before this; 3: received rows, new
     # on-device training, availability lined up with the run; 4: fleet.new_class_outputs, reset;
     # 5: nodes train and evaluate in channels-last, swarm.nodes.layout; 6: the shared model scored,
-    # fleet.loss=masked pushes down the outputs outside the deployed task.
-    "fleet": 6,
+    # fleet.loss=masked pushes down the outputs outside the deployed task; 7: the device's link
+    # (the model's and the update's transfers in each window; nodes.csv's link columns).
+    "fleet": 7,
 }
 LOCK = ".lock"
 FLEET_FILES = (NODES_CSV,)
@@ -82,6 +83,9 @@ def fleet_identity(record: Mapping[str, Any]) -> dict[str, Any]:
         keyed.pop("participation")
     if keyed.get("prox_mu") == 0:  # no proximal term
         keyed.pop("prox_mu")
+    trace = keyed.pop("availability", None) or {}
+    if trace.get("trace") is not None:  # a trace keys the fleet by its contents, wherever it lies
+        keyed["availability_trace"] = trace.get("digest", "")
     return keyed
 
 

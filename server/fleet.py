@@ -222,6 +222,9 @@ class FleetWindows:
         self.batch_size = plan.fleet.batch_size
         self.rows, self.failed = self.saved.rows, self.saved.failed
         self.has_model = self.saved.has_model  # nodes that adapted at least one window (they hold the model)
+        # Nodes whose model-as-received row is written (a node whose first model did not arrive
+        # over its link is sent it again, but scores it once).
+        self.scored_received = {r["node"] for r in self.rows if r["window"] == RECEIVED_WINDOW}
         self.left_out: dict[int, str] = {}  # this window's nodes that do not take part, and why
         if self.saved.windows_done == 0:
             (self.run_dir / TIMINGS_CSV).unlink(missing_ok=True)  # a run started afresh in a used folder
@@ -265,7 +268,7 @@ class FleetWindows:
                 continue
             first = partition not in self.has_model
             content = RecordDict({"config": ConfigRecord({"window": window, "return_weights": shares,
-                                                          "evaluate_received": first}),
+                                                          "evaluate_received": partition not in self.scored_received}),
                                   "task": self.tasks[partition]})
             if first or shares:  # the model travels once (every window when it is shared)
                 content["arrays"] = ArrayRecord(self.shared)
@@ -290,7 +293,7 @@ class FleetWindows:
                 raise InvalidReply(f"the node's app raised: {safe_text(reply.error.reason)}")
             checked = check_reply(reply, partition=partition, window=window, profile=profile, sent=self.sent,
                                   want_arrays=self.strategy.shares_model,
-                                  want_received=partition not in self.has_model, outputs=self.outputs)
+                                  want_received=partition not in self.scored_received, outputs=self.outputs)
         except InvalidReply as error:
             reason = f"invalid reply: {error}" if not reply.has_error() else str(error)
             self.failed[partition] = reason
@@ -299,6 +302,7 @@ class FleetWindows:
             return
         if checked.received is not None:
             self.rows.append(checked.received)
+            self.scored_received.add(partition)
         if checked.timing is not None:
             timings.append({"window": window, "node": partition, **checked.timing})
         if checked.row["status"] == Status.late:  # its result came too late to use; it rejoins next window
@@ -308,7 +312,8 @@ class FleetWindows:
         if checked.row["status"] == Status.failed:
             self.failed[partition] = checked.row["error"]
             return
-        self.has_model.add(partition)
+        if checked.row["status"] != Status.not_received:  # else it is sent the model again next window
+            self.has_model.add(partition)
         if checked.arrays is not None and int(checked.row["steps"]) > 0:
             # The weight: the examples the node trained on in this window. A node that did not
             # train returns the model it was sent and must not pull the average back to it.

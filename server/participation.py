@@ -2,7 +2,7 @@
 
 As Flower's strategies sample a fraction of the connected clients for each round, the server
 draws, for every window, the nodes that train in it from those available in it (their device's
-availability cycle meets the window: the same cycle and phase the node's SimPy model applies). The
+availability meets the window: the same cycle and phase, or trace, the node's SimPy model applies). The
 draw depends only on the plan's seed, the window and the nodes still in the fleet, so a run that is
 killed and resumed draws the same nodes. A node left out neither trains nor reports that window;
 its row says why (``not_selected``).
@@ -31,7 +31,7 @@ def available_in(plan: FleetPlan, window: int, partitions: Iterable[int]) -> lis
     start = window * plan.window_s
     return [p for p in sorted(partitions)
             if available_seconds(profile_of(plan.fleet, plan.node(p).profile), start, start + plan.window_s,
-                                 plan.node(p).phase_s) > 0]
+                                 plan.node(p).phase_s, plan.node(p).online) > 0]
 
 
 def draw_participants(plan: FleetPlan, window: int, partitions: Iterable[int]) -> dict[int, str]:

@@ -14,6 +14,7 @@ from swarm.nodes import checkpoints
 from swarm.nodes.choices import NewClassOutputs
 from swarm.nodes.device import DeviceProfile, available_seconds, profile_of
 from swarm.nodes.drift import dirichlet_partition, drift_times
+from swarm.nodes.availability import node_intervals, read_trace, trace_digest
 from swarm.nodes.errors import SwarmError
 from swarm.nodes.fleet_plan import FleetPlan, NodePlan, check_faults, draw_faults, split_tasks
 from swarm.nodes.settings import FleetConfig, to_plain
@@ -39,6 +40,18 @@ def availability_phase(profile: DeviceProfile, span_s: float, rng: np.random.Gen
             return phase
         phase = float(rng.uniform(0, cycle))
     return phase
+
+
+def traced(fleet: FleetConfig) -> dict[str, list[list[float]]] | None:
+    """The availability trace's intervals by ``who`` (None: the profiles' cycles), the very file the
+    run was set up with (its digest, taken by the entry point)."""
+    availability = fleet.availability
+    if availability.trace is None:
+        return None
+    path = Path(availability.trace)
+    if availability.digest and path.is_file() and trace_digest(path) != availability.digest:
+        raise SwarmError(f"fleet.availability.trace={path} changed since the run was set up; start it again")
+    return read_trace(path)
 
 
 def check_fleet_fits(fleet: FleetConfig, data: ScenarioData) -> None:
@@ -68,13 +81,15 @@ def draw_plan(*, run_dir: Path, config: dict[str, Any], fleet: FleetConfig, chec
     rng = np.random.default_rng(seed)
     shares = dirichlet_partition(f_groups, num_nodes, fleet.alpha, rng, min_per_node=min_f_per_node)
     drifts = drift_times(num_nodes, fleet.drift, rng)
+    trace = traced(fleet)
     nodes = []
     for i in range(num_nodes):
         profile = profiles[i % len(profiles)]
         events = [event_of_group[int(g)] for g in f_groups[shares[i]]] if len(tasks) > 1 else []
         nodes.append(NodePlan(partition=i, profile=profile, drift_s=float(drifts[i]),
                               phase_s=availability_phase(devices[profile], fleet.window_s * fleet.windows, rng),
-                              f_indices=shares[i].tolist(), seed=int(rng.integers(0, 2**31 - 1)), f_events=events))
+                              f_indices=shares[i].tolist(), seed=int(rng.integers(0, 2**31 - 1)), f_events=events,
+                              online=None if trace is None else node_intervals(trace, i, profile)))
     draw_faults(nodes, check_faults(fleet.faults), fleet.windows, seed)
     return FleetPlan(str(run_dir), config, str(checkpoint), dict(architecture), fleet.window_s, fleet.windows, nodes,
                      f_tasks=tasks, event_gap_s=fleet.drift.event_gap_s,

@@ -3,8 +3,8 @@
 A reply to ``train.adapt`` must carry a ``metrics`` MetricRecord with every numeric column of
 ``nodes.csv`` (finite where they must be, accuracies in [0, 1] or NaN, counts non-negative), an
 ``info`` ConfigRecord whose status is one a node may report, the node's own partition and window,
-and, when weights were asked for, exactly the arrays of the model that was sent (same names, same
-shapes, all finite) with the examples of each output the window trained on, and a timing, if it
+and, when weights were asked for and the node trained, exactly the arrays of the model that was
+sent (same names, same shapes, all finite) with the examples of each output the window trained on, and a timing, if it
 sends one, of finite non-negative seconds. A reply that breaks
 any of this raises :class:`InvalidReply` with one line that says what was wrong; the server marks
 that node ``failed`` with it and the run goes on.
@@ -171,7 +171,7 @@ def check_reply(reply: Message, *, partition: int, window: int, profile: str,
         received = _metrics(content["received"], partition, RECEIVED_WINDOW, failed=False)
         received.update(node=partition, window=RECEIVED_WINDOW, profile=profile, status=Status.received, error="")
     arrays, examples = None, None
-    if want_arrays and not failed:
+    if want_arrays and not failed and row["steps"] > 0:  # a node that took no step sends no weights
         if "arrays" not in content:
             raise InvalidReply("the adapted weights were asked for and are missing")
         arrays = check_arrays(content["arrays"], sent)

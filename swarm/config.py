@@ -85,6 +85,16 @@ def prepare(cfg: DictConfig, searchpath: list[str] | None = None) -> None:
     if searchpath is None:
         searchpath = list(HydraConfig.get().searchpath) if HydraConfig.initialized() else []
     cfg.fleet.devices = device_profiles(list(cfg.fleet.profiles), searchpath)
+    availability = cfg.fleet.availability
+    if availability.trace is not None:  # read and checked now, before any work; keyed by its contents
+        from swarm.nodes.availability import node_intervals, read_trace, trace_digest
+
+        availability.trace = str(Path(availability.trace).expanduser().resolve())
+        trace = read_trace(Path(availability.trace))
+        profiles = list(cfg.fleet.profiles)
+        for node in range(cfg.fleet.nodes):  # profiles go round-robin (swarm.server.plan_drawing.draw_plan)
+            node_intervals(trace, node, profiles[node % len(profiles)])
+        availability.digest = trace_digest(Path(availability.trace))
 
 
 def device_profiles(names: list[str], searchpath: list[str] = ()) -> dict[str, dict[str, Any]]:

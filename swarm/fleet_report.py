@@ -158,6 +158,44 @@ def idle_nodes(rows: list[dict[str, Any]]) -> dict[int, str]:
     return reasons
 
 
+def costs_by_profile(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Each device class's time and energy split into compute and communication, and the bytes it
+    moved, summed over its nodes and windows (rows with a result; ``energy_j`` includes the radio's
+    ``comm_j``). Older ``nodes.csv`` files without the link columns give NaN for their parts."""
+    out: dict[str, dict[str, float]] = {}
+    for row in rows:
+        if row["window"] == RECEIVED_WINDOW or row["status"] in NO_RESULT:
+            continue
+        entry = out.setdefault(row["profile"], {"nodes": set(), "node_windows": 0, "compute_s": 0.0, "comm_s": 0.0,
+                                                "compute_j": 0.0, "comm_j": 0.0, "bytes_down": 0.0, "bytes_up": 0.0})
+        entry["nodes"].add(row["node"])
+        entry["node_windows"] += 1
+        for key in ("compute_s", "comm_s", "comm_j", "bytes_down", "bytes_up"):
+            entry[key] += row[key]
+        entry["compute_j"] += row["energy_j"] - row["comm_j"]
+    for entry in out.values():
+        entry["nodes"] = len(entry["nodes"])
+    return dict(sorted(out.items()))
+
+
+def _cost_lines(costs: dict[str, dict[str, float]]) -> list[str]:
+    """The report's table of :func:`costs_by_profile`."""
+    if not costs or all(math.isnan(c["comm_s"]) for c in costs.values()):
+        return []
+    lines = ["## Time and energy by device class: compute and communication", "",
+             "Summed over each class's nodes and windows; communication is receiving the model and sending "
+             "the update over the device's link (a profile without a link moves data for free).", "",
+             "| device class | nodes | node-windows | compute (s) | communication (s) | compute (J) | radio (J) | "
+             "radio share of energy | MB received | MB sent |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for profile, c in costs.items():
+        energy = c["compute_j"] + c["comm_j"]
+        share = c["comm_j"] / energy if energy > 0 else math.nan
+        lines.append(f"| {profile} | {c['nodes']} | {c['node_windows']} | {c['compute_s']:.1f} | {c['comm_s']:.2f} | "
+                     f"{c['compute_j']:.1f} | {c['comm_j']:.2f} | {_fmt(share)} | {c['bytes_down'] / 1e6:.2f} | "
+                     f"{c['bytes_up'] / 1e6:.2f} |")
+    return lines + [""]
+
+
 def coverage(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """How much of the fleet the means cover: nodes in the run, nodes with a result in the last
     window, and node-windows that failed or were late (device outcomes) or were not simulated
@@ -206,7 +244,9 @@ def summarize(rows: list[dict[str, Any]], f_group_names: list[str] | None = None
     trained = [r for r in rows if r["window"] != RECEIVED_WINDOW]
     ok = [r for r in trained if r["status"] not in NO_RESULT]
     totals = {"steps": sum(r["steps"] for r in ok), "flops": sum(r["flops"] for r in ok),
-              "energy_j": sum(r["energy_j"] for r in ok), "node_windows": len(trained),
+              "energy_j": sum(r["energy_j"] for r in ok), "comm_j": sum(r["comm_j"] for r in ok),
+              "bytes_down": sum(r["bytes_down"] for r in ok), "bytes_up": sum(r["bytes_up"] for r in ok),
+              "node_windows": len(trained),
               "failed_node_windows": sum(r["status"] == Status.failed for r in trained),
               "late_node_windows": sum(r["status"] == Status.late for r in trained),
               "not_simulated_node_windows": sum(r["status"] == Status.not_simulated for r in trained)}
@@ -214,7 +254,7 @@ def summarize(rows: list[dict[str, Any]], f_group_names: list[str] | None = None
     summary: dict[str, Any] = {
         "coverage": coverage(rows),
         "received": {m: stats for m in ACCURACIES if (stats := _stats([r[m] for r in received])) is not None},
-        "windows": per_window, "gain": gains(rows), "totals": totals,
+        "windows": per_window, "gain": gains(rows), "totals": totals, "costs_by_profile": costs_by_profile(rows),
         "idle_nodes": {str(node): reason for node, reason in idle_nodes(rows).items()}}
     by_group = f_group_accuracy(rows, f_group_names or [])
     if by_group:
@@ -378,10 +418,12 @@ def write_report(run_dir: Path, title: str, *, target: str = "acc_F", f_group_na
     last = max(r["window"] for r in trained)
     received = {r["node"]: r for r in rows if r["window"] == RECEIVED_WINDOW}
     lines = [f"# {title}", "", f"{len({r['node'] for r in rows})} nodes, {last + 1} windows. "
-             f"Totals: {summary['totals']['steps']:.0f} training steps, {summary['totals']['energy_j']:.1f} J, "
+             f"Totals: {summary['totals']['steps']:.0f} training steps, {summary['totals']['energy_j']:.1f} J "
+             f"({_fmt(summary['totals']['comm_j'])} J of it the radio's), "
              f"{summary['totals']['flops'] / 1e12:.3f} TFLOP.", "",
              *([f"**{warning}**", ""] if (warning := coverage_line(summary["coverage"])) else []),
              *_adaptation_lines(summary, target, reference),
+             *_cost_lines(summary["costs_by_profile"]),
              *(["Injected faults (`fleet.faults`): " + "; ".join(f"node {n}: {w}" for n, w in sorted(faults.items())), ""]
                if faults else []),
              "![accuracy over time](accuracy_over_time.png)", "", "![final accuracy](final_accuracy.png)", "",

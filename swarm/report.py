@@ -38,7 +38,7 @@ CSV_COLUMNS = ["scenario", "mode", "model", "pruning", "pretrain", "seed", "iter
                "fleet_variant", "p_acc_after_pruning", "adapted_metric", "received_mean", "adapted_mean", "gain",
                "reference_before", "reference_after", "improved_share", "adapted_min",
                "adapted_max", "acc_P_after_adaptation", "forgetting_P", "target", "seconds_to_target",
-               "joules_to_target", "steps", "energy_j", "failed_nodes", "not_simulated_nodes",
+               "joules_to_target", "steps", "energy_j", "comm_j", "accuracy_per_kj", "failed_nodes", "not_simulated_nodes",
                # every accuracy alone (P, F and, new classes, P ∪ F): as received, the nodes' mean
                # after the last window, the shared model's, the reference's before and after
                *[f"{who}_{metric}" for who in ("received", "nodes", "shared", "reference_before", "reference")
@@ -88,6 +88,7 @@ def write_csv(path: Path, results: list[FleetResult], target_of: dict[str, float
             "acc_P_after_adaptation": _num(r.fleet_mean("acc_P")), "forgetting_P": _num(r.forgetting),
             "target": target_of[r.scenario], "seconds_to_target": _num(seconds), "joules_to_target": _num(joules),
             "steps": int(sum(row["steps"] for row in ok)), "energy_j": _num(sum(row["energy_j"] for row in ok)),
+            "comm_j": _num(sum(row["comm_j"] for row in ok)), "accuracy_per_kj": _num(r.accuracy_per_kj()),
             "failed_nodes": r.failed_nodes, "not_simulated_nodes": r.not_simulated_nodes,
             **{f"received_{m}": _num(r.received_mean(m)) for m in ACCURACIES},
             **{f"nodes_{m}": _num(r.fleet_mean(m)) for m in ACCURACIES},
@@ -273,13 +274,24 @@ def fleet_table(results: list[FleetResult], baseline: str = BASELINE) -> list[st
             ours = _seed_values([r for r in group if r.pruning == method], lambda r: r.fleet_mean())
             theirs = _seed_values([r for r in group if r.pruning == baseline], lambda r: r.fleet_mean())
             if ours and theirs:
+                energy = [estimate(r.joules_per_node() for r in group if r.pruning == m) for m in (method, baseline)]
+                radio = [estimate(r.joules_per_node("comm_j") for r in group if r.pruning == m) for m in (method, baseline)]
+                per_kj = [estimate(r.accuracy_per_kj() for r in group if r.pruning == m) for m in (method, baseline)]
                 rows.append(f"| {pretrain} | {iteration} | {estimate(ours.values())} | {estimate(theirs.values())} | "
-                            f"{_signed(paired_difference(ours, theirs))} |")
+                            f"{_signed(paired_difference(ours, theirs))} | {_joules(energy[0])} ({_joules(radio[0])}) | "
+                            f"{_joules(energy[1])} ({_joules(radio[1])}) | {per_kj[0]} | {per_kj[1]} |")
         if rows:
             lines += ([""] if lines else []) + [
                 f"| pretrain | iteration | {method.upper()} fleet mean | {base} fleet mean | "
-                f"{method.upper()} − {base} (paired by seed) |", "|---|---|---|---|---|", *rows]
+                f"{method.upper()} − {base} (paired by seed) | {method.upper()} J per node (radio) | "
+                f"{base} J per node (radio) | {method.upper()} accuracy per kJ | {base} accuracy per kJ |",
+                "|---|---|---|---|---|---|---|---|---|", *rows]
     return lines
+
+
+def _joules(e: Estimate) -> str:
+    """Joules as a whole number (intervals: ``estimate``'s); '-' where not recorded."""
+    return "-" if e.n == 0 or math.isnan(e.mean) else f"{e.mean:.0f}" + (f" ± {e.half_width:.0f}" if e.n > 1 else "")
 
 
 def write(directories: list[Path], out: Path, target: float | None = None,

@@ -188,6 +188,18 @@ class FleetResult:
         """Nodes the simulation engine left unserved in some window (not a device outcome)."""
         return len({r["node"] for r in self.rows if r["status"] == Status.not_simulated})
 
+    def joules_per_node(self, part: str = "energy_j") -> float:
+        """Energy a node spent over the run, on average over the fleet's nodes: ``energy_j`` (all of
+        it, the radio included) or ``comm_j`` (the radio's share); NaN where not recorded."""
+        nodes = len({r["node"] for r in self.rows})
+        spent = [r[part] for r in self.rows if r["window"] >= 0 and r["status"] not in NO_RESULT]
+        return sum(spent) / nodes if nodes and spent else math.nan
+
+    def accuracy_per_kj(self, metric: str | None = None) -> float:
+        """The nodes' mean accuracy after the last window per kJ a node spent (radio included)."""
+        joules = self.joules_per_node()
+        return self.fleet_mean(metric) / (joules / 1e3) if joules and joules > 0 else math.nan
+
     def curve(self, metric: str | None = None) -> list[tuple[float, float, float]]:
         """(simulated seconds, joules spent per node so far, fleet mean) after every window."""
         metric = metric or self.target_metric

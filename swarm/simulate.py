@@ -79,7 +79,9 @@ def run(cfg: SwarmConfig, run_dir: Path) -> dict[str, Any]:
         finals.append((job, summary))
     for job, summary in finals:
         print(f"\niteration {job.iteration}{' (from cache)' if job.from_cache else ''}: {_outcome(summary)}")
-        print(f"totals: {summary['totals']['steps']:.0f} steps, {summary['totals']['energy_j']:.1f} J; "
+        totals = summary["totals"]
+        print(f"totals: {totals['steps']:.0f} steps, {totals['energy_j']:.1f} J ({totals['comm_j']:.1f} J radio, "
+              f"{(totals['bytes_down'] + totals['bytes_up']) / 1e6:.1f} MB moved); "
               f"report: {job.directory / 'report.md'}")
     if errors:
         raise SwarmError("the fleet failed: " + "; ".join(errors) + f" (see {run_dir} and the log above)")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from swarm.nodes.device import (Budget, DeviceProfile, StreamCredit, available_profiles, available_seconds,
-                                load_profile, memory_check, memory_need, simulate_window, step_flops)
+from swarm.nodes.device import (Budget, DeviceProfile, StreamCredit, Transfers, available_profiles, available_seconds,
+                                link_note,                                 load_profile, memory_check, memory_need, simulate_window, step_flops)
 from swarm.nodes.errors import SwarmError
+from swarm.nodes.protocol import Status
 from swarm.nodes.models import build_model
 from swarm.nodes.node import activation_bytes_per_sample
 
@@ -141,3 +142,112 @@ def test_the_budget_kinds_are_defined_once():
     budget = budget_of(FleetConfig(budget=BudgetConfig(energy_j=5.0, duty_cycle=None, compute_s=None, flops=None)),
                        window_s=60)
     assert budget.energy_j == 5.0 and budget.duty_cycle is None and budget.compute_s is None
+
+
+# --------------------------------------------------------------------------- the link
+LINKED = DeviceProfile("linked", peak_flops=2e9, effective_flops=1e9, active_power_w=5.0, idle_power_w=1.0, ram_mb=512,
+                       downlink_bps=8e6, uplink_bps=4e6, radio_rx_w=2.0, radio_tx_w=3.0)  # 1 MB/s down, 0.5 MB/s up
+
+
+def test_the_model_arrives_first_and_the_update_leaves_last():
+    # 2 MB down = 2 s at 2 W, 1 MB up = 2 s at 3 W; 2 s steps at 5 W in between.
+    report = simulate_window(LINKED, Budget(window_s=20), STEP, samples_before=1,
+                             transfers=Transfers(down=2_000_000, up=1_000_000))
+    assert report.step_starts[0] == pytest.approx(2.0)  # training waits for the model
+    assert report.steps == 8  # 20 s - 2 s receiving - 2 s sending
+    assert report.comm_s == pytest.approx(4.0) and report.comm_j == pytest.approx(2 * 2.0 + 2 * 3.0)
+    assert report.energy_j == pytest.approx(8 * 10.0 + 10.0)  # energy_j is the total, radio included
+    assert report.bytes_down == 2_000_000 and report.bytes_up == 1_000_000
+    assert report.idle_energy_j == pytest.approx(0.0)
+    # Without a link the same window trains 20 steps and moves nothing it pays for.
+    free = simulate_window(BOARD, Budget(window_s=20), STEP, samples_before=1,
+                           transfers=Transfers(down=2_000_000, up=1_000_000))
+    assert free.steps == 10 and free.comm_s == 0 and free.comm_j == 0
+
+
+def test_a_model_that_cannot_arrive_in_the_window_is_not_received():
+    report = simulate_window(LINKED, Budget(window_s=10), STEP, samples_before=1, transfers=Transfers(down=12_000_000))
+    assert report.status == Status.not_received and report.steps == 0 and report.bytes_down == 0
+    assert report.comm_s == pytest.approx(10.0) and report.energy_j == pytest.approx(20.0)  # it tried all window
+    assert "did not arrive" in link_note(LINKED, report, Transfers(down=12_000_000))
+    pruned = simulate_window(LINKED, Budget(window_s=10), STEP, samples_before=1, transfers=Transfers(down=3_000_000))
+    assert pruned.status == Status.ok and pruned.steps == 3  # 3 s receiving, 3 steps of 2 s
+
+
+def test_the_energy_budget_pays_the_radio_and_keeps_the_update_s_share():
+    # 40 J: 4 J receiving, then steps of 10 J while 6 J stay for the update: 3 steps (4 + 30 + 6 = 40).
+    report = simulate_window(LINKED, Budget(window_s=60, energy_j=40), STEP, samples_before=1,
+                             transfers=Transfers(down=2_000_000, up=1_000_000))
+    assert report.steps == 3 and report.energy_j == pytest.approx(40.0) and report.status == Status.budget_exhausted
+
+
+def test_no_step_no_update_and_an_update_cut_by_the_cycle_is_late():
+    idle = simulate_window(LINKED, Budget(window_s=20), STEP, transfers=Transfers(down=1_000_000, up=1_000_000))
+    assert idle.steps == 0 and idle.bytes_up == 0 and idle.comm_s == pytest.approx(1.0)  # no data: nothing to send
+    # Available 12 s of every 100: the model (1 s) arrives, steps run 1-11 s (a step starts only if
+    # it ends while the device is available), the update gets 1 of its 2 s before the device goes
+    # away at 12 s, until after the window's end at 30 s.
+    part_time = DeviceProfile("part", 2e9, 1e9, 5.0, 1.0, 512, availability=0.12, availability_cycle_s=100,
+                              downlink_bps=8e6, uplink_bps=4e6, radio_rx_w=2.0, radio_tx_w=3.0)
+    report = simulate_window(part_time, Budget(window_s=30), STEP, samples_before=1,
+                             transfers=Transfers(down=1_000_000, up=1_000_000))
+    assert report.steps == 5 and report.status == Status.late and report.bytes_up == 0
+    assert "did not leave" in link_note(part_time, report, Transfers(down=1_000_000, up=1_000_000))
+
+
+def test_a_link_is_all_or_nothing():
+    with pytest.raises(SwarmError, match="a link needs all of"):
+        DeviceProfile("x", 2e9, 1e9, 1.0, 0.1, 10, downlink_bps=1e6)
+    with pytest.raises(SwarmError, match="link rates must be positive"):
+        DeviceProfile("x", 2e9, 1e9, 1.0, 0.1, 10, downlink_bps=0, uplink_bps=1e6, radio_rx_w=1, radio_tx_w=1)
+    for name in available_profiles():  # every shipped profile has its link, each figure sourced
+        profile = load_profile(name)
+        assert profile.has_link, name
+        for key in ("downlink_bps", "uplink_bps", "radio_rx_w", "radio_tx_w"):
+            assert key in profile.sources, (name, key)
+
+
+# --------------------------------------------------------------------------- availability traces
+def test_a_traced_node_is_never_granted_a_step_outside_its_online_time():
+    online = [[5.0, 11.0], [20.0, 23.0], [40.0, 47.0]]
+    report = simulate_window(BOARD, Budget(window_s=60), STEP, samples_before=1, online=online)
+    assert report.step_starts == [5.0, 7.0, 9.0, 20.0, 40.0, 42.0, 44.0]  # 2 s steps that end inside
+    assert all(any(s <= t and t + 2.0 <= e for s, e in online) for t in report.step_starts)
+    assert report.available_s == pytest.approx(16.0)
+    # The trace replaces the profile's cycle: an always-available profile is offline outside it.
+    assert simulate_window(BOARD, Budget(window_s=60), STEP, samples_before=1, online=[[100.0, 200.0]]).status == \
+        Status.unavailable
+    # A transfer waits for the device too: the model arrives in 20-21 s, training starts after it.
+    linked = simulate_window(LINKED, Budget(window_s=60), STEP, samples_before=1, transfers=Transfers(down=1_000_000),
+                             online=[[20.0, 30.0]])
+    assert linked.step_starts[0] == pytest.approx(21.0) and linked.steps == 4
+
+
+def test_a_malformed_trace_is_one_line(tmp_path):
+    from swarm.nodes.availability import node_intervals, read_trace
+
+    cases = {
+        "start,end\n0,1\n": "line 1: the header must be who,start_s,end_s",
+        "who,start_s,end_s\n3,0\n": "line 2: 2 fields, need 3",
+        "who,start_s,end_s\n3,zero,10\n": "line 2: start_s and end_s must be numbers",
+        "who,start_s,end_s\n3,0,10\n3,20,10\n": "line 3: need 0 <= start_s < end_s",
+        "who,start_s,end_s\n3,-5,10\n": "need 0 <= start_s < end_s",
+        "who,start_s,end_s\n3,nan,10\n": "finite",
+        "who,start_s,end_s\n3,0,10\n3,5,12\n": "the intervals of '3' overlap",
+        "who,start_s,end_s\n": "no intervals",
+        "who,start_s,end_s\n,0,10\n": "'who' is empty",
+    }
+    for text, message in cases.items():
+        path = tmp_path / "trace.csv"
+        path.write_text(text)
+        with pytest.raises(SwarmError, match=message) as error:
+            read_trace(path)
+        assert "\n" not in str(error.value) and str(path) in str(error.value)
+    with pytest.raises(SwarmError, match="no such file"):
+        read_trace(tmp_path / "missing.csv")
+    path.write_text("who,start_s,end_s\n2,30,40\n2,0,10\nsmartphone,0,5\n")
+    trace = read_trace(path)
+    assert node_intervals(trace, 2, "smartphone") == [[0.0, 10.0], [30.0, 40.0]]  # its own rows, sorted
+    assert node_intervals(trace, 7, "smartphone") == [[0.0, 5.0]]  # its class's
+    with pytest.raises(SwarmError, match="no rows for node 8 nor for its device class 'jetson_nano'"):
+        node_intervals(trace, 8, "jetson_nano")

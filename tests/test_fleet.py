@@ -420,3 +420,109 @@ def test_fedprox_s_penalty_is_the_proximal_term():
     prox = strategies.make_strategy("fedprox", dataclasses.replace(compose_config([]).fleet, prox_mu=0.2))
     assert prox.penalty(model, start).item() == pytest.approx(0.2 / 2 * 1.5)
     assert strategies.make_strategy("fedavg", compose_config([]).fleet).penalty(model, start) is None
+
+
+def test_a_node_pays_for_the_model_s_transfer_as_the_message_carries_it(plan_file):
+    from swarm.nodes.device import DeviceProfile
+    from swarm.nodes.fleet_plan import FleetPlan
+    from swarm.nodes.node import message_bytes
+
+    class KeepsReplies(FakeGrid):
+        def pull_messages(self, message_ids):
+            replies = list(super().pull_messages(message_ids))
+            self.pulled = getattr(self, "pulled", []) + replies
+            return replies
+
+    path = plan_file(3, "fleet.strategy=fedavg")
+    grid = KeepsReplies(3, root=nodes_of(path))
+    rows = fleet.run_fleet(grid, path, strategy="fedavg", join_timeout_s=5)
+    plan = FleetPlan.load(path)
+    sent = {(int(m.content["config"]["window"]), grid.partition[m.metadata.dst_node_id]): message_bytes(m.content["arrays"])
+            for m in grid.sent if m.metadata.message_type == "train.adapt"}
+    returned = {(int(r.content["metrics"]["window"]), int(r.content["metrics"]["node"])): message_bytes(r.content["arrays"])
+                for r in grid.pulled if "arrays" in r.content}
+    trained = [r for r in rows if r["window"] >= 0]
+    assert len(sent) == len(trained) == 6
+    for row in trained:
+        profile = DeviceProfile.from_mapping(plan.fleet.devices[row["profile"]])
+        assert row["bytes_down"] == sent[row["window"], row["node"]]  # the model as the message carried it
+        if row["steps"]:  # a node that trained sends its update back, as large as the reply carrying it
+            assert row["bytes_up"] == pytest.approx(returned[row["window"], row["node"]], rel=0.01)
+        else:
+            assert row["bytes_up"] == 0 and (row["window"], row["node"]) not in returned
+        moved = row["bytes_down"] / profile.downlink_bps + row["bytes_up"] / profile.uplink_bps
+        assert row["comm_s"] == pytest.approx(8 * moved)
+        assert row["energy_j"] == pytest.approx(row["compute_s"] * profile.active_power_w + row["comm_j"])
+    # Flower sends an ArrayRecord as its objects: the record, each array, each array's chunks (a
+    # chunk repeated in one message once: this untrained model's zero biases and unit variances).
+    record = next(m.content["arrays"] for m in grid.sent if "arrays" in m.content)
+
+    def unique_objects(obj) -> int:
+        return len(obj.deflate()) + sum(unique_objects(child) for child in (obj.children or {}).values())
+
+    assert unique_objects(record) <= message_bytes(record) < 1.05 * unique_objects(record)
+    assert sum(len(array.data) for array in record.values()) < message_bytes(record)
+    # The report splits each device class's time and energy into compute and communication.
+    from swarm.fleet_report import write_report
+
+    summary = write_report(path.parent, "link")
+    for profile, costs in summary["costs_by_profile"].items():
+        mine = [r for r in trained if r["profile"] == profile]
+        assert costs["comm_j"] == pytest.approx(sum(r["comm_j"] for r in mine))
+        assert costs["compute_j"] + costs["comm_j"] == pytest.approx(sum(r["energy_j"] for r in mine))
+        assert costs["bytes_down"] == sum(r["bytes_down"] for r in mine)
+    text = (path.parent / "report.md").read_text()
+    assert "## Time and energy by device class: compute and communication" in text
+    assert f"| smartphone | 1 | 2 | " in text
+
+
+def test_a_node_whose_link_cannot_bring_the_model_in_a_window_says_so_and_gets_it_again(plan_file):
+    path = plan_file(3)
+    record = json.loads(path.read_text())
+    for profile in record["config"]["fleet"]["devices"].values():  # a 1 kbit/s link: the model takes days
+        profile.update(downlink_bps=1e3, uplink_bps=1e3, radio_rx_w=0.5, radio_tx_w=0.5)
+    path.write_text(json.dumps(record))
+    grid = FakeGrid(3, root=nodes_of(path))
+    rows = fleet.run_fleet(grid, path, join_timeout_s=5, window_timeout_s=60)
+    windows = [r for r in rows if r["window"] >= 0]
+    assert {r["status"] for r in windows} == {"not_received"} and len(windows) == 6
+    assert all(r["steps"] == 0 and np.isnan(r["acc_F"]) and "did not arrive" in r["error"] for r in windows)
+    assert all(r["comm_s"] == pytest.approx(100.0) and r["comm_j"] == pytest.approx(50.0) for r in windows)
+    assert len([r for r in rows if r["window"] == -1]) == 3  # the model as sent is scored once per node
+    adapt = [m for m in grid.sent if m.metadata.message_type == "train.adapt"]
+    assert len(adapt) == 6 and all("arrays" in m.content for m in adapt)  # sent again: it never arrived
+
+
+def test_a_trace_replaces_the_cycles_end_to_end(plan_file, make_cfg, tmp_path):
+    from swarm.nodes.fleet_plan import FleetPlan
+    from swarm.server.cache import fleet_identity
+    from swarm.nodes.settings import to_plain
+
+    trace = tmp_path / "trace.csv"
+    # Node 0 online in the second window only; node 1 never during the run; the others (jetsons) always.
+    trace.write_text("who,start_s,end_s\n0,100,200\n1,5000,6000\nsmartphone,0,1000\njetson_nano,0,1000\n")
+    path = plan_file(3, f"fleet.availability.trace={trace}", "fleet.participation=1.0")
+    plan = FleetPlan.load(path)
+    assert [n.online for n in plan.nodes] == [[[100.0, 200.0]], [[5000.0, 6000.0]], [[0.0, 1000.0]]]
+    rows = [r for r in fleet.run_fleet(FakeGrid(3, root=nodes_of(path)), path, join_timeout_s=5, window_timeout_s=60)
+            if r["window"] >= 0]
+    status = {(r["node"], r["window"]): r["status"] for r in rows}
+    steps = {(r["node"], r["window"]): r["steps"] for r in rows}
+    # Offline when the model was sent: it did not arrive (sent again next window).
+    assert status[0, 0] == status[1, 0] == status[1, 1] == "not_received"
+    assert steps[0, 0] == steps[1, 0] == steps[1, 1] == 0 and steps[0, 1] > 0 and steps[2, 0] > 0
+    # The trace's contents key the fleet, not its path; a changed trace is refused before it is used.
+    identity = fleet_identity(to_plain(plan.fleet))
+    assert "availability" not in identity and len(identity["availability_trace"]) == 16
+    trace.write_text("who,start_s,end_s\n0,0,200\n1,0,6000\nsmartphone,0,1000\njetson_nano,0,1000\n")
+    from swarm.server.plan_drawing import traced
+
+    with pytest.raises(SwarmError, match="changed since the run was set up"):
+        traced(plan.fleet)
+    # Malformed or short of a node's rows: one line while the config is checked, before any work.
+    trace.write_text("who,start_s,end_s\n0,10,5\n")
+    with pytest.raises(SwarmError, match="line 2: need 0 <= start_s < end_s"):
+        make_cfg(f"fleet.availability.trace={trace}")
+    trace.write_text("who,start_s,end_s\n0,0,10\n")
+    with pytest.raises(SwarmError, match="no rows for node 1 nor for its device class 'smartphone'"):
+        make_cfg(f"fleet.availability.trace={trace}", "fleet.nodes=3")

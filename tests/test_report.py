@@ -16,11 +16,12 @@ from swarm.results import collect, estimate, paired_difference
 
 def fake_run(root, *, pruning="lrp", pretrain="extra", seed=0, iteration=0, finals=(0.6, 0.8), windows=2,
              budget=20.0, mode="finetune", scenario="fmnist_new_subclasses", failed_node=None, p_acc=0.95,
-             received=0.3, reference=None, shared=None):
+             received=0.3, reference=None, shared=None, radio=math.nan):
     """A fleet run directory as swarm.simulate leaves it: run.json and nodes.csv.
 
     Every node received a model scoring ``received`` (its window -1 row); node n's accuracy rises
-    linearly to ``finals[n]`` over the windows; each node spends 5 J a window. ``reference``: the
+    linearly to ``finals[n]`` over the windows; each node spends 5 J a window (``radio`` J of it on
+    its link: NaN, a run from before the link was modelled). ``reference``: the
     coordinator's central adaptation of each iteration reaches this accuracy; ``shared``: the shared
     (FedAvg) model's accuracy rises linearly to it (shared_model.json, as the server writes it)."""
     directory = root / f"{scenario}-{pruning}-{pretrain}-s{seed}-b{budget}" / f"iteration_{iteration:02d}"
@@ -35,7 +36,7 @@ def fake_run(root, *, pruning="lrp", pretrain="extra", seed=0, iteration=0, fina
         for node, final in enumerate(finals):
             row = {"node": node, "profile": "raspberry_pi_4", "window": window, "sim_time_s": 100.0 * (window + 1),
                    "steps": 10, "samples_seen": 50, "flops": 1e9, "energy_j": 5.0, "acc_P": 0.9, "acc_F": math.nan,
-                   "acc_PF": math.nan, "status": "ok", "error": ""}
+                   "acc_PF": math.nan, "status": "ok", "error": "", "comm_j": radio}
             row[metric] = final * (window + 1) / windows
             if node == failed_node and window == windows - 1:
                 row.update(status="failed", error="RuntimeError: boom", acc_P=math.nan, **{metric: math.nan})
@@ -252,14 +253,18 @@ def test_reports_compare_whatever_criteria_the_runs_used_with_the_baseline(tmp_p
         for pretrain in ("extra", "task_only"):
             for seed in (0, 1):
                 fake_run(tmp_path / "runs", pruning=pruning, pretrain=pretrain, seed=seed,
-                         finals=(final + 0.05 * (pretrain == "extra"), final), reference=0.7)
+                         finals=(final + 0.05 * (pretrain == "extra"), final), reference=0.7,
+                         radio=1.0 if pruning == "lrp" else math.nan)
     results, _ = collect([tmp_path / "runs"])
     labels = [line.split(" | ")[2] for line in report.gap_table(results)[2:]]
     assert "LRP − IMP (extra)" in labels and "TAYLOR − IMP (extra)" in labels
     assert "(extra − task_only): TAYLOR − IMP" in labels and "extra − task_only (TAYLOR)" in labels
     fleets = "\n".join(report.fleet_table(results))
     assert "| LRP − IMP (paired by seed) |" in fleets and "| TAYLOR − IMP (paired by seed) |" in fleets
-    assert "| extra | 0 | 0.825 ± 0.000 (n=2) | 0.625 ± 0.000 (n=2) | +0.200 [+0.200, +0.200] (n=2) |" in fleets
+    # Beside each side's accuracy, the joules a node spent (the radio's part; '-': not recorded) and
+    # the accuracy per kJ: 2 windows x 5 J per node, so 0.825 / 0.010 kJ.
+    assert ("| extra | 0 | 0.825 ± 0.000 (n=2) | 0.625 ± 0.000 (n=2) | +0.200 [+0.200, +0.200] (n=2) | "
+            "10 ± 0 (2 ± 0) | 10 ± 0 (-) | 82.500 ± 0.000 (n=2) | 62.500 ± 0.000 (n=2) |") in fleets
     other = [line.split(" | ")[2] for line in report.gap_table(results, baseline="taylor")[2:]]
     assert "LRP − TAYLOR (extra)" in other and "IMP − TAYLOR (extra)" in other and "LRP − IMP (extra)" not in other
     assert report.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--baseline", "taylor"]) == 0
