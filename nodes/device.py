@@ -392,6 +392,19 @@ class _Window:
             report.flops += self.flops_per_step
 
 
+def settle_upload(report: WindowReport, profile: DeviceProfile, sent: int) -> None:
+    """The update as sent: ``sent`` bytes, at most what the window reserved for it (``bytes_up``);
+    the seconds and joules of the difference are given back (the device finished sooner)."""
+    if not 0 < sent <= report.bytes_up:
+        raise SwarmError(f"the update takes {sent} bytes, more than the {report.bytes_up} its window reserved")
+    spared_s = profile.send_s(report.bytes_up) - profile.send_s(sent)
+    spared_j = spared_s * (profile.radio_tx_w or 0.0)
+    report.comm_s -= spared_s
+    report.comm_j -= spared_j
+    report.energy_j -= spared_j
+    report.bytes_up = sent
+
+
 def link_note(profile: DeviceProfile, report: WindowReport, transfers: Transfers) -> str:
     """Why a window's transfer failed, in one line for the node's row ('' when none did)."""
     if report.status == Status.not_received and report.available_s == 0:

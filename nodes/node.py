@@ -33,7 +33,7 @@ from torch import nn
 
 from swarm.nodes import checkpoints, io
 from swarm.nodes.checkpoints import received_model
-from swarm.nodes.device import (StreamCredit, Transfers, WindowReport, budget_of, link_note, memory_check, profile_of, memory_need,
+from swarm.nodes.device import (StreamCredit, Transfers, WindowReport, budget_of, link_note, memory_check, settle_upload, profile_of, memory_need,
                                 simulate_window, step_flops)
 from swarm.nodes.drift import F, P, node_stream
 from swarm.nodes.errors import SwarmError
@@ -52,23 +52,31 @@ CPU = torch.device("cpu")  # where a node's model is kept between windows and se
 _COSTS: dict[str, tuple[int, int]] = {}
 
 
-def message_bytes(record: ArrayRecord) -> int:
+def message_bytes(record: ArrayRecord, distinct: bool = True) -> int:
     """The serialized size of an ArrayRecord as a message carries it: Flower sends a record as
-    inflatable objects -- the record, each Array (its metadata), each Array's data in chunks --
-    so this is the sum of their ``deflate()``d bytes, every chunk counted. (Flower sends a chunk
-    repeated inside one message once; a trained model's weights rarely repeat, so this is what
-    crosses the link to within a fraction of a percent, and it depends on the arrays' names, shapes
-    and dtypes only.)"""
-    total = len(record.deflate())
-    for array in record.values():
-        # ``slice_array`` lists an Array's chunks with repeats (``children`` holds each once).
-        total += len(array.deflate()) + sum(len(chunk.deflate()) for _, chunk in array.slice_array())
-    return total
+    inflatable objects -- the record, each Array (its metadata), each Array's data in chunks -- and
+    each distinct object once (equal arrays, such as every BatchNorm's batch counter, or equal
+    chunks travel once), so this is the sum of the ``deflate()``d bytes of the distinct objects
+    (``object_id``, ``children``, ``deflate``: the public API of every inflatable object).
+    ``distinct=False``: every array counted, equal or not (the most the same arrays can take)."""
+    if not distinct:  # an ArrayRecord's children and an Array's are keyed by object id: list them all
+        return len(record.deflate()) + sum(len(array.deflate()) + sum(len(chunk.deflate()) for _, chunk in array.slice_array())
+                                           for array in record.values())
+    sizes: dict[str, int] = {}
+
+    def walk(obj) -> None:
+        if obj.object_id not in sizes:
+            sizes[obj.object_id] = len(obj.deflate())
+            for child in (obj.children or {}).values():
+                walk(child)
+
+    walk(record)
+    return sum(sizes.values())
 
 
-def model_bytes(model: nn.Module) -> int:
+def model_bytes(model: nn.Module, distinct: bool = True) -> int:
     """:func:`message_bytes` of a model's weights as a message would carry them."""
-    return message_bytes(ArrayRecord(model.state_dict()))
+    return message_bytes(ArrayRecord(model.state_dict()), distinct)
 
 
 def model_costs(model: nn.Module, arch: Mapping[str, Any]) -> tuple[int, int]:
@@ -238,15 +246,16 @@ class NodeRuntime:
         model, arch = state["model"], state["arch"]
         # What travels this window: the model, when the server sent one (or, run in-process, the
         # model it was made with, in its first window), and the update, under a strategy that
-        # shares a model; each as large as the message that carries it (the update's size is
-        # measured on the weights it starts from: the same arrays, so the same size but for a few
-        # bytes of chunk indices).
+        # shares a model; each as large as the message that carries it. The update's time is
+        # reserved for the most its arrays can take (none equal to another) and charged for what
+        # the trained weights take (:func:`settle_upload`).
         incoming = weights is not None or state["fresh"]
         if weights is not None and not state["fresh"]:
             sent = message_bytes(ArrayRecord(dict(weights)))
         else:  # the state was just made from these weights
             sent = model_bytes(model)
-        transfers = Transfers(down=sent if incoming else 0, up=sent if self.strategy.shares_model else 0)
+        transfers = Transfers(down=sent if incoming else 0,
+                              up=model_bytes(model, distinct=False) if self.strategy.shares_model else 0)
         # Examples of each output this window's batches held: what the server's FedAvg weighs each
         # output row of this node by (swarm.nodes.strategies.RunningFedAvg); with the masked loss, a class a node
         # did not train has the row it was sent.
@@ -280,6 +289,8 @@ class NodeRuntime:
         started = time.perf_counter()
         self._train(model, optimizer, replay, report.step_starts, window)
         self.train_s += time.perf_counter() - started
+        if report.bytes_up:
+            settle_upload(report, self.profile, model_bytes(model))
         state["visits"] += report.steps * stream_per_step  # sample visits spent, counted by the credit
         # P samples that streamed in during the window join the replay buffer.
         new_p = arrived & (self.roles == P)
