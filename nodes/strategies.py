@@ -18,12 +18,13 @@ Registration order is the order the choices are listed in.
 
 from __future__ import annotations
 
+import logging
 from typing import Callable, ClassVar
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, MetricRecord, RecordDict
-from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from torch import nn
 
 from swarm.nodes.errors import SwarmError
@@ -127,8 +128,9 @@ class FedProx(FedAvg):
 class RunningFedAvg:
     """FedAvg folded in as replies arrive, so the server holds a chunk of replies and a few partial
     averages, not every node's weights (at 1,000 nodes that was the ServerApp's only memory that
-    grew with the fleet). Flower's ``aggregate_arrayrecords`` averages each chunk of ``chunk``
-    replies, then the chunks' averages weighted by their totals: the same weighted mean, up to
+    grew with the fleet). Flower's own FedAvg strategy (its public ``aggregate_train``) averages
+    each chunk of ``chunk`` replies, then the chunks' averages weighted by their totals: the same
+    weighted mean, up to
     float rounding. Replies are added in partition order, so the result does not depend on the
     order in which nodes answered. Integer buffers (BatchNorm's batch counter) return to the sent
     model's dtype.
@@ -177,7 +179,21 @@ class RunningFedAvg:
         return {key: value.to(self.sent[key].dtype) for key, value in state.items()}
 
 
+# Flower's FedAvg, used for its aggregation only (the fleet's loop is ours: windows, deadlines,
+# checks); weighted by the examples a node trained on, which the server puts in each bundle.
+_FLOWER_FEDAVG = FlowerFedAvg(weighted_by_key="examples")
+_FLOWER_LOG = logging.getLogger("flwr")  # Flower's logger, which logs every aggregate_train call
+
+
 def _weighted_mean(records: list[tuple[ArrayRecord, float]]) -> tuple[ArrayRecord, float]:
-    """Flower's FedAvg of ``(arrays, weight)`` pairs, with the pairs' total weight."""
-    bundles = [RecordDict({"arrays": arrays, "weight": MetricRecord({"samples": weight})}) for arrays, weight in records]
-    return aggregate_arrayrecords(bundles, "samples"), sum(weight for _, weight in records)
+    """Flower's FedAvg of ``(arrays, weight)`` pairs, with the pairs' total weight: each pair as the
+    train reply Flower's strategy aggregates (an ArrayRecord and a MetricRecord with the weight)."""
+    replies = [Message(RecordDict({"arrays": arrays, "metrics": MetricRecord({"examples": weight})}),
+                       dst_node_id=0, message_type=MessageType.TRAIN) for arrays, weight in records]
+    level = _FLOWER_LOG.level
+    _FLOWER_LOG.setLevel(max(level, logging.WARNING))  # not a line per chunk in the fleet's log
+    try:
+        arrays, _ = _FLOWER_FEDAVG.aggregate_train(0, replies)
+    finally:
+        _FLOWER_LOG.setLevel(level)
+    return arrays, sum(weight for _, weight in records)
