@@ -73,3 +73,17 @@ def test_every_node_takes_part_by_default(plan_file):
     path = plan_file(4, *ALWAYS_ON, windows=1)
     plan = FleetPlan.load(path)
     assert plan.fleet.participation == 1.0 and draw_participants(plan, 0, range(4)) == {p: "" for p in range(4)}
+
+
+def test_the_draw_follows_an_availability_trace(plan_file, tmp_path):
+    """Under a trace only the nodes it puts online in a window are drawn from (the same intervals
+    the nodes' SimPy model replays)."""
+    trace = tmp_path / "trace.csv"
+    trace.write_text("who,start_s,end_s\n0,0,50\n1,150,200\n2,0,200\n3,120,130\nraspberry_pi_4,0,1\njetson_nano,0,1\n")
+    path = plan_file(4, *ALWAYS_ON, f"fleet.availability.trace={trace}", "fleet.participation=1")
+    plan = FleetPlan.load(path)  # 100 s windows
+    for window, online in ((0, {0, 2}), (1, {1, 2, 3})):
+        drawn = draw_participants(plan, window, range(4))
+        assert len([p for p, why in drawn.items() if not why]) == 1
+        assert {p for p, why in drawn.items() if "offline all window" not in why} == online
+        assert f"1 of the {len(online)} nodes available" in next(why for why in drawn.values() if why)
