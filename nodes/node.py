@@ -33,8 +33,8 @@ from torch import nn
 
 from swarm.nodes import checkpoints, io
 from swarm.nodes.checkpoints import received_model
-from swarm.nodes.device import (StreamCredit, Transfers, WindowReport, budget_of, link_note, memory_check, settle_upload, profile_of, memory_need,
-                                simulate_window, step_flops)
+from swarm.nodes.device import (StreamCredit, Transfers, WindowReport, budget_of, link_note, memory_check,
+                                memory_need, profile_of, settle_upload, simulate_window, step_flops)
 from swarm.nodes.drift import F, P, node_stream
 from swarm.nodes.errors import SwarmError
 from swarm.nodes.evaluation import TestSets, accuracies
@@ -60,8 +60,9 @@ def message_bytes(record: ArrayRecord, distinct: bool = True) -> int:
     (``object_id``, ``children``, ``deflate``: the public API of every inflatable object).
     ``distinct=False``: every array counted, equal or not (the most the same arrays can take)."""
     if not distinct:  # an ArrayRecord's children and an Array's are keyed by object id: list them all
-        return len(record.deflate()) + sum(len(array.deflate()) + sum(len(chunk.deflate()) for _, chunk in array.slice_array())
-                                           for array in record.values())
+        return len(record.deflate()) + sum(
+            len(array.deflate()) + sum(len(chunk.deflate()) for _, chunk in array.slice_array())
+            for array in record.values())
     sizes: dict[str, int] = {}
 
     def walk(obj) -> None:
