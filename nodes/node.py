@@ -244,40 +244,17 @@ class NodeRuntime:
         if window == 0:  # a plan starts (or a run killed in its first window starts again) afresh
             shutil.rmtree(self.state_dir, ignore_errors=True)
         state = self._load(window, weights)
-        model, arch = state["model"], state["arch"]
-        # What travels this window: the model, when the server sent one (or, run in-process, the
-        # model it was made with, in its first window), and the update, under a strategy that
-        # shares a model; each as large as the message that carries it. The update's time is
-        # reserved for the most its arrays can take (none equal to another) and charged for what
-        # the trained weights take (:func:`settle_upload`).
-        incoming = weights is not None or state["fresh"]
-        if weights is not None and not state["fresh"]:
-            sent = message_bytes(ArrayRecord(dict(weights)))
-        else:  # the state was just made from these weights
-            sent = model_bytes(model)
-        transfers = Transfers(down=sent if incoming else 0,
-                              up=model_bytes(model, distinct=False) if self.strategy.shares_model else 0)
+        model = state["model"]
+        transfers = self._transfers(state, weights)
         # Examples of each output this window's batches held: what the server's FedAvg weighs each
         # output row of this node by (swarm.nodes.strategies.RunningFedAvg); with the masked loss, a class a node
         # did not train has the row it was sent.
         self.trained_per_output = np.zeros(classifier(model)[1].out_features, dtype=np.int64)
         start, end = window * self.task.window_s, (window + 1) * self.task.window_s
         replay: ReplayBuffer = state["replay"]
-        need = self._memory(model, arch, replay_samples=len(replay))
         arrived = (self.times >= start) & (self.times < end)
         before = int((self.times < start).sum())
-        fits = memory_check(self.profile, need)
-        macs, _ = model_costs(model, arch)
-        passes = self.fleet.passes
-        stream_per_step = self.fleet.batch_size - self._replayed_per_batch(replay)
-        credit = (StreamCredit.unlimited(before) if passes is None else
-                  StreamCredit(int(passes), stream_per_step, float(int(passes) * before - state["visits"])))
-        report = simulate_window(self.profile, budget_of(self.fleet, self.task.window_s),
-                                 step_flops(2.0 * macs, self.fleet.batch_size), start_s=start,
-                                 arrivals=self.times[arrived].tolist(), phase_s=self.me.phase_s, credit=credit,
-                                 transfers=transfers, train=fits, online=self.me.online)
-        if not fits and report.status == Status.ok:
-            report.status = Status.does_not_fit
+        report, stream_per_step = self._grant(state, start, arrived, before, transfers)
         received = report.status != Status.not_received
         if received and weights is not None:
             model.load_state_dict(weights)
@@ -302,6 +279,41 @@ class NodeRuntime:
         self._save(state, optimizer, window)
         return (self._row(window, end, before + int(arrived.sum()), report, accuracy,
                           link_note(self.profile, report, transfers)), model)
+
+    def _grant(self, state: dict[str, Any], start: float, arrived: np.ndarray, before: int,
+               transfers: Transfers) -> tuple[WindowReport, int]:
+        """The device model's answer for the window starting at ``start`` (steps and when, costs,
+        status; ``does_not_fit`` when training does not fit in RAM, the model still received), and
+        how many stream samples each step uses."""
+        model, arch, replay = state["model"], state["arch"], state["replay"]
+        fits = memory_check(self.profile, self._memory(model, arch, replay_samples=len(replay)))
+        macs, _ = model_costs(model, arch)
+        passes = self.fleet.passes
+        stream_per_step = self.fleet.batch_size - self._replayed_per_batch(replay)
+        credit = (StreamCredit.unlimited(before) if passes is None else
+                  StreamCredit(int(passes), stream_per_step, float(int(passes) * before - state["visits"])))
+        report = simulate_window(self.profile, budget_of(self.fleet, self.task.window_s),
+                                 step_flops(2.0 * macs, self.fleet.batch_size), start_s=start,
+                                 arrivals=self.times[arrived].tolist(), phase_s=self.me.phase_s, credit=credit,
+                                 transfers=transfers, train=fits, online=self.me.online)
+        if not fits and report.status == Status.ok:
+            report.status = Status.does_not_fit
+        return report, stream_per_step
+
+    def _transfers(self, state: dict[str, Any], weights: Mapping[str, torch.Tensor] | None) -> Transfers:
+        """What travels this window: the model, when the server sent one (or, run in-process, the
+        model it was made with, in its first window), and the update, under a strategy that shares
+        a model; each as large as the message that carries it. The update's time is reserved for
+        the most its arrays can take (none equal to another) and charged for what the trained
+        weights take (:func:`settle_upload`)."""
+        model = state["model"]
+        incoming = weights is not None or state["fresh"]
+        if weights is not None and not state["fresh"]:
+            sent = message_bytes(ArrayRecord(dict(weights)))
+        else:  # the state was just made from these weights
+            sent = model_bytes(model)
+        return Transfers(down=sent if incoming else 0,
+                         up=model_bytes(model, distinct=False) if self.strategy.shares_model else 0)
 
     def _row(self, window: int, end: float, seen: int, report: WindowReport, accuracy: Mapping[str, Any],
              error: str) -> WindowRow:
