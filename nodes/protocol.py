@@ -6,7 +6,9 @@ checks the reply against the same field groups (:mod:`swarm.server.replies`), wr
 :func:`read_rows`. Every module that names a file of a run folder takes the name from here.
 
 Statuses a node reports about its own window: ``ok`` (it trained what its budget granted),
-``budget_exhausted``, ``data_exhausted``, ``does_not_fit``, ``unavailable``, ``failed`` (its app
+``budget_exhausted``, ``data_exhausted``, ``does_not_fit``, ``unavailable``, ``not_received`` (the
+model did not arrive over its link inside the window: it trained nothing and is sent the model
+again), ``failed`` (its app
 raised, or the server found its reply invalid: the node is out for the rest of the run), ``late``
 (its answer missed the window's deadline: its result is not used, and it rejoins the next window;
 on real devices the server writes it when the deadline passes, in simulation the simulated device
