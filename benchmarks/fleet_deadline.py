@@ -14,7 +14,8 @@ fleet run is one command from a cached coordinator. ``--once``: only the first r
 Per run it reports the wall time, the fleet's time per node-window (from the log's window lines,
 engine time only) split into the nodes' training, evaluation and other work (their ``timings.csv``)
 and the rest, the engine's own (window time x node actors - the nodes' time), the peak resident memory of the whole process tree (the driver and every Ray
-process, sampled every 0.5 s) and the statuses in ``nodes.csv``. It exits 1 if a node was not
+process, sampled every 0.5 s) and the statuses in ``nodes.csv``; after the first run, the machine's floor for the steps its nodes
+were granted (``node_step.py``'s best training throughput on the fleet's model). It exits 1 if a node was not
 simulated or failed, or if the two ``nodes.csv`` differ.
 """
 
@@ -69,15 +70,29 @@ def run(args: list[str], out: Path) -> dict:
 
     code, wall = run_sampled(command, log, sample)
     served, fleet_s, per_node_window = fleet_windows(log)
-    statuses = collections.Counter()
+    statuses, flops = collections.Counter(), 0.0
     with open(out / "nodes.csv") as f:
         for row in csv.DictReader(f):
             statuses[row["status"]] += 1
+            flops += float(row["flops"] or 0.0)
     node_windows = sum(n for s, n in statuses.items() if s != "received")
     return {"code": code, "wall_s": wall, "fleet_s": fleet_s, "s_per_node_window": per_node_window,
-            "peak_gb": peak[0] / 1024, "statuses": dict(statuses), "served": served, "log": log,
+            "peak_gb": peak[0] / 1024, "flops": flops, "statuses": dict(statuses), "served": served, "log": log,
             "split": time_split(out, fleet_s, node_windows, os.cpu_count() or 1) if (out / "timings.csv").exists()
             else {}}
+
+
+def print_floor(plan_path: Path, result: dict) -> None:
+    """The machine's floor for the steps the nodes were granted (their FLOPs, as the device model
+    charges them, at the best training throughput ``node_step.py`` finds for the fleet's model),
+    against the run's wall and engine time."""
+    from node_step import machine_floors
+
+    (layout, batch, how), best = max(machine_floors(str(plan_path), repeats=7).items(), key=lambda item: item[1])
+    floor_s = result["flops"] / best
+    print(f"floor for the granted steps: {result['flops'] / 1e12:.1f} TFLOP at {best / 1e9:.1f} GFLOP/s "
+          f"({layout}, batch {batch}, {how}) = {floor_s:.0f} s; wall / floor {result['wall_s'] / floor_s:.2f}, "
+          f"fleet / floor {result['fleet_s'] / floor_s:.2f} (goal: wall <= 1 h or <= 1.5 x floor)", flush=True)
 
 
 def main() -> int:
@@ -113,8 +128,11 @@ def main() -> int:
         if r["split"]:
             print("  per node-window on one actor: " + ", ".join(f"{k} {v:.3f} s" for k, v in r["split"].items()),
                   flush=True)
+    first_run = results[options.timeout]
+    if first_run["flops"] > 0:  # whatever the exit code (late or failed nodes are simulated outcomes)
+        print_floor(work / f"timeout_{options.timeout:g}" / "fleet_plan.json", first_run)
     if options.once:
-        return 0 if results[options.timeout]["code"] == 0 else 1
+        return 0 if first_run["code"] == 0 else 1
     first, second = (work / f"timeout_{t:g}" / "nodes.csv" for t in results)
     same = first.read_text() == second.read_text()
     complete = all(r["code"] == 0 and set(r["statuses"]) <= {"received", "ok", "budget_exhausted", "data_exhausted",

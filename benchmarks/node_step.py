@@ -134,6 +134,21 @@ def floor_rate(plan_path: str, batch: int, layout: str, threads: int, repeats: i
     return flops / node_batch * batch / statistics.median(times)
 
 
+def machine_floors(plan_path: str, repeats: int) -> dict[tuple[str, int, str], float]:
+    """Training FLOPs per second of the whole machine on the plan's model, for every layout, large
+    batch and split of the cores (one process with every thread, or one single-thread process per
+    core running at once); the best of them is the machine's floor for the fleet's work."""
+    cores = os.cpu_count() or 1
+    floors = {}
+    for layout in LAYOUTS:
+        for batch_size in BATCHES:
+            floors[(layout, batch_size, f"1 process x {cores} threads")] = floor_rate(
+                plan_path, batch_size, layout, cores, repeats)
+            floors[(layout, batch_size, f"{cores} processes x 1 thread")] = sum(
+                in_parallel(floor_rate, [(plan_path, batch_size, layout, 1, repeats)] * cores))
+    return floors
+
+
 def training_step(model, optimizer, loss_fn, x, y):
     """One training step on ``(x, y)`` as a call; logits may carry a node axis (``[batch, K, outputs]``)."""
     def step() -> None:
@@ -269,13 +284,7 @@ def main() -> None:
         node_windows = sum(a["node_windows"] for a in actors_out)
         totals = {k: sum(a[k] for a in actors_out) for k in ("train_s", "eval_s", "node_s")}
 
-        floors = {}
-        for layout in LAYOUTS:
-            for batch_size in BATCHES:
-                one = floor_rate(str(plan_path), batch_size, layout, cores, args.repeats)
-                each = sum(in_parallel(floor_rate, [(str(plan_path), batch_size, layout, 1, args.repeats)] * cores))
-                floors[(layout, batch_size, f"1 process x {cores} threads")] = one
-                floors[(layout, batch_size, f"{cores} processes x 1 thread")] = each
+        floors = machine_floors(str(plan_path), args.repeats)
         (layout, batch_size, how), best = max(floors.items(), key=lambda item: item[1])
         optimizers = optimizer_steps(str(plan_path)) if args.optimizers else {}
         grouped = grouped_steps(str(plan_path), args.grouped) if args.grouped else {}

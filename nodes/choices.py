@@ -59,3 +59,8 @@ Loss = StrEnum("Loss", ["masked", "batch", "full"])
 Sampling = StrEnum("Sampling", ["balanced", "uniform"])
 # BatchNorm on a device: re-estimate the statistics on local data (track), or keep the received (frozen).
 BatchNormMode = StrEnum("BatchNormMode", ["track", "frozen"])
+# How the server combines the nodes' updates under a strategy that shares a model
+# (swarm.nodes.strategies): their mean weighted by examples trained (FedAvg), or, robust to a
+# minority of bad updates, each value's median or trimmed mean over the nodes (unweighted: a node's
+# claim of how much it trained cannot buy it more say), with Flower's FedMedian and FedTrimmedAvg.
+Aggregate = StrEnum("Aggregate", ["mean", "trimmed_mean", "median"])

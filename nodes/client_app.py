@@ -25,22 +25,27 @@ Nothing of this lives in Flower's ``Context.state``. A node that raises replies 
 ``status=failed`` and the error.
 
 Injected faults (``fleet.faults``, drawn into the plan): in its fault's window a ``crash`` node's
-app raises (the engine turns that into an error reply), a ``late`` node adapts but its answer is
-``late`` (the simulated device missed the deadline: the server uses nothing of it), a ``corrupt``
-node returns NaN weights (even partitions) or a mis-shaped array (odd ones), or under ``local``
-an accuracy out of range -- what the server's checks must catch.
+app raises (the engine turns that into an error reply), a ``late`` node adapts and then holds its
+answer for 1.5 times the server's deadline (``deadline_s`` in the message's config), so that it
+really comes late (the server marks it ``late`` and uses nothing of it), a ``corrupt``
+node returns NaN weights (even partitions) or an array whose bytes decode to another size than it
+declares (odd ones), or under ``local``
+an accuracy out of range -- what the server's checks must catch. Attacks, in every window: a
+``poison`` node sends a finite update sign-flipped and scaled (what only a robust
+``fleet.aggregate`` withstands), an ``inflate`` node claims 100x the steps and examples it
+trained (what the server's cap on claims withstands).
 """
 
 from __future__ import annotations
 
-import math
 import os
 import time
 import traceback
 from functools import lru_cache
 from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from swarm.nodes.errors import SwarmError
@@ -126,14 +131,16 @@ def adapt(msg: Message, context: Context) -> Message:
         metrics = WindowRow.untrained(node, profile, window, Status.failed, f"{type(error).__name__}: {error}")
         traceback.print_exc()
         model = None
-    if fault == "late":
-        return _late_reply(msg, metrics, window)
+    held = time.perf_counter()
+    if fault == "late":  # the device answers past the server's deadline, as a slow or unreachable one would
+        time.sleep(LATE_HOLD * float(config.get("deadline_s", runtime.task.fleet.window_timeout_s if runtime else 0.0)))
+    held = time.perf_counter() - held
     content = RecordDict({
         "metrics": metrics_record(metrics),
         "info": ConfigRecord({"profile": metrics.profile, "status": str(metrics.status), "error": metrics.error}),
         "timing": MetricRecord({"train_s": runtime.train_s if runtime else 0.0,
                                 "eval_s": runtime.eval_s if runtime else 0.0,
-                                "node_s": time.perf_counter() - started}),
+                                "node_s": time.perf_counter() - started, **({"held_s": held} if fault == "late" else {})}),
     })
     if received is not None:
         content["received"] = metrics_record(received)
@@ -142,26 +149,46 @@ def adapt(msg: Message, context: Context) -> Message:
         content["trained"] = MetricRecord({"examples_per_output": [int(n) for n in runtime.trained_per_output]})
     if fault == "corrupt":
         _corrupt(content, node)
+    if fault == "poison" and "arrays" in content and weights is not None:
+        content["arrays"] = ArrayRecord(poisoned(content["arrays"].to_torch_state_dict(), weights))
+    if fault == "inflate" and "arrays" in content:
+        _inflate(content)
     return Message(content, reply_to=msg)
 
 
-def _late_reply(msg: Message, metrics: WindowRow, window: int) -> Message:
-    """A ``late`` node's answer: the device adapted (its state is saved), but its result missed the
-    window's deadline, so it carries no measurement and no weights."""
-    late = WindowRow.untrained(metrics.node, metrics.profile, window, Status.late,
-                               f"injected fault (fleet.faults.late) in window {window}: the answer missed the deadline")
-    return Message(RecordDict({"metrics": metrics_record(late), "info": ConfigRecord(
-        {"profile": late.profile, "status": str(late.status), "error": late.error})}), reply_to=msg)
+LATE_HOLD = 1.5  # a late node holds its reply this many deadlines (fleet.window_timeout_s, sent with the message)
+POISON_SCALE = -10.0  # the update a poisoning node sends: its own, sign-flipped and scaled (an assumption)
+INFLATE_FACTOR = 100  # how many times its real work an inflating node claims
+
+
+def poisoned(trained: dict, sent: dict) -> dict:
+    """A model-poisoning update (``fleet.faults.poison``): the sent model plus the node's own update
+    times :data:`POISON_SCALE` -- finite and of the right shape, so it passes every check on form,
+    and pulls a plain mean away from what the honest nodes learned."""
+    return {name: sent[name] + POISON_SCALE * (value - sent[name]) if value.is_floating_point() else value
+            for name, value in trained.items()}
+
+
+def _inflate(content: RecordDict) -> None:
+    """``fleet.faults.inflate``: claim :data:`INFLATE_FACTOR` times the steps and examples trained,
+    to own more of a weighted mean."""
+    content["metrics"]["steps"] = content["metrics"]["steps"] * INFLATE_FACTOR
+    trained = content["trained"]["examples_per_output"]
+    content["trained"]["examples_per_output"] = [n * INFLATE_FACTOR for n in trained]
 
 
 def _corrupt(content: RecordDict, node: int) -> None:
-    """Damage a reply as a faulty device might: NaN weights or a mis-shaped array (with weights),
-    else an accuracy out of range."""
+    """Damage a reply as a faulty device might: NaN weights, or an array whose bytes decode to
+    fewer values than its declared shape holds (with weights), else an accuracy out of range."""
     if "arrays" in content:
-        state = content["arrays"].to_torch_state_dict()
-        name = next(k for k, v in state.items() if v.is_floating_point())
-        state[name] = state[name].clone().fill_(math.nan) if node % 2 == 0 else state[name].reshape(-1)[:-1].clone()
-        content["arrays"] = ArrayRecord(state)
+        arrays = content["arrays"]
+        name = next(k for k in arrays.keys() if arrays[k].dtype.startswith("float"))
+        values = arrays[name].numpy()
+        if node % 2 == 0:
+            arrays[name] = Array(np.full_like(values, np.nan))
+        else:  # the declared dtype and shape kept, the bytes of a shorter array
+            arrays[name] = Array(dtype=arrays[name].dtype, shape=arrays[name].shape, stype=arrays[name].stype,
+                                 data=Array(values.reshape(-1)[:-1].copy()).data)
     else:
         metrics = content["metrics"]
         metrics["acc_F"] = 7.0

@@ -36,15 +36,16 @@ class NodePlan:
     f_indices: list[int]  # positions in F's training split
     seed: int
     f_events: list[int] = field(default_factory=list)  # drift event of each F sample (empty: all 0)
-    fault: str = ""  # an injected fault (fleet.faults): crash, late or corrupt; "" for none
-    fault_window: int = -1  # the window in which it strikes
+    fault: str = ""  # an injected fault (fleet.faults): crash, late, corrupt, poison or inflate; "" for none
+    fault_window: int = -1  # the window in which it strikes (an attack: every window)
     # When it is online, from fleet.availability.trace (replacing its profile's cycle and phase_s);
     # None: its profile's cycle.
     online: Optional[list[list[float]]] = None
 
     def fault_in(self, window: int) -> str:
-        """The fault injected into this node's ``window`` ("" for none)."""
-        return self.fault if window == self.fault_window else ""
+        """The fault injected into this node's ``window`` ("" for none): a fault strikes once, an
+        attack (:data:`ATTACKS`) in every window, as an adversary would."""
+        return self.fault if window == self.fault_window or self.fault in ATTACKS else ""
 
     def event_starts(self, gap_s: float, events: int) -> list[float]:
         """When each of this node's drift events begins (the first at its drift time)."""
@@ -127,6 +128,9 @@ class FleetPlan:
     undeployed_outputs: list[int] = field(default_factory=list)
     continual: bool = False  # the scenario's mode: continual (P ∪ F with replay of P), or finetune (F)
     seed: int = 0  # the run's seed, which every draw of the plan and the fleet starts from
+    # The size of P's training split, which the nodes' streams draw from: with it the server draws
+    # each node's stream as the node does, and bounds the steps a node may claim (0: not recorded).
+    p_train_size: int = 0
 
     @cached_property
     def fleet(self) -> FleetConfig:
@@ -177,7 +181,8 @@ class FleetPlan:
         return cls(**data)
 
 
-FAULTS = ("crash", "late", "corrupt")
+ATTACKS = ("poison", "inflate")  # a node's deliberate misbehaviour, in every window
+FAULTS = ("crash", "late", "corrupt", *ATTACKS)
 
 
 def check_faults(faults: FaultsConfig) -> dict[str, float]:

@@ -18,7 +18,7 @@ from typing import Any, Optional, TypeVar
 
 from omegaconf import MISSING, OmegaConf
 
-from swarm.nodes.choices import BatchNormMode, DriftKind, Loss, NewClassOutputs, Sampling
+from swarm.nodes.choices import Aggregate, BatchNormMode, DriftKind, Loss, NewClassOutputs, Sampling
 from swarm.nodes.replay import ReplayPolicy
 
 Section = TypeVar("Section")
@@ -98,6 +98,8 @@ class FaultsConfig:
     crash: float = bounded(ge=0, le=1)
     late: float = bounded(ge=0, le=1)
     corrupt: float = bounded(ge=0, le=1)
+    poison: float = bounded(ge=0, le=1, default=0.0)  # defaults: plans written before these existed
+    inflate: float = bounded(ge=0, le=1, default=0.0)
 
 
 @dataclass
@@ -147,6 +149,11 @@ class FleetConfig:
     strategy: str = MISSING  # a strategy of swarm.nodes.strategies' registry (checked by check_strategy)
     participation: Any = MISSING  # a fraction in (0, 1], or a whole number of nodes >= 1 (checked by swarm.schema.check)
     prox_mu: float = bounded(ge=0)  # fedprox: the weight of the proximal term (0: FedAvg, step for step)
+    # How the shared model combines the updates (swarm.nodes.strategies); the defaults are for plans
+    # written before these settings existed (the config sets them).
+    aggregate: Aggregate = Aggregate.mean
+    trim_fraction: float = bounded(ge=0, lt=0.5, default=0.25)  # trimmed_mean: the share cut from each end
+    clip_norm: Optional[float] = bounded(gt=0, default=None)  # each update's L2 norm clipped to this (null: none)
     checkpoint: Any = MISSING  # last, all, an iteration, or a list of them (checked by swarm.schema.check)
     new_class_outputs: NewClassOutputs = MISSING
     join_timeout_s: float = bounded(gt=0)

@@ -19,14 +19,17 @@ Registration order is the order the choices are listed in.
 from __future__ import annotations
 
 import logging
-from typing import Callable, ClassVar
+from contextlib import contextmanager
+from typing import Callable, ClassVar, Iterator
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
+from flwr.serverapp.strategy import FedMedian, FedTrimmedAvg
 from torch import nn
 
+from swarm.nodes.choices import Aggregate
 from swarm.nodes.errors import SwarmError
 from swarm.nodes.settings import FleetConfig
 
@@ -95,14 +98,21 @@ class Local(FleetStrategy):
 @strategy("fedavg")
 class FedAvg(FleetStrategy):
     """FedAvg (McMahan et al., AISTATS 2017, https://arxiv.org/abs/1602.05629): the nodes' weights
-    averaged, each weighted by the examples it trained on this window (:class:`RunningFedAvg`)."""
+    averaged, each weighted by the examples it trained on this window (:class:`RunningFedAvg`);
+    or, by ``fleet.aggregate``, each value's median or trimmed mean over the nodes
+    (:class:`RobustAggregate`). ``fleet.clip_norm``: each update's L2 norm (its distance from the
+    model sent) is clipped to it first (:func:`clip_update`)."""
 
     shares_model = True
 
     def begin(self, shared: Weights) -> None:
-        self.running = RunningFedAvg(shared, head=self.head)
+        self.sent = shared
+        self.running = (RunningFedAvg(shared, head=self.head) if self.fleet.aggregate == Aggregate.mean
+                        else RobustAggregate(shared, self.fleet.aggregate, self.fleet.trim_fraction, head=self.head))
 
     def add(self, arrays: ArrayRecord, weight: float, examples_per_output: np.ndarray | None) -> None:
+        if self.fleet.clip_norm is not None:
+            arrays = clip_update(arrays, self.sent, self.fleet.clip_norm)
         self.running.add(arrays, weight, examples_per_output)
 
     def end(self, shared: Weights) -> Weights:
@@ -190,10 +200,83 @@ def _weighted_mean(records: list[tuple[ArrayRecord, float]]) -> tuple[ArrayRecor
     train reply Flower's strategy aggregates (an ArrayRecord and a MetricRecord with the weight)."""
     replies = [Message(RecordDict({"arrays": arrays, "metrics": MetricRecord({"examples": weight})}),
                        dst_node_id=0, message_type=MessageType.TRAIN) for arrays, weight in records]
-    level = _FLOWER_LOG.level
-    _FLOWER_LOG.setLevel(max(level, logging.WARNING))  # not a line per chunk in the fleet's log
-    try:
+    with _quiet_flower():
         arrays, _ = _FLOWER_FEDAVG.aggregate_train(0, replies)
+    return arrays, sum(weight for _, weight in records)
+
+
+@contextmanager
+def _quiet_flower() -> Iterator[None]:
+    """Flower's strategies log a line per ``aggregate_train`` call: not one per chunk or output row
+    in the fleet's log."""
+    level = _FLOWER_LOG.level
+    _FLOWER_LOG.setLevel(max(level, logging.WARNING))
+    try:
+        yield
     finally:
         _FLOWER_LOG.setLevel(level)
-    return arrays, sum(weight for _, weight in records)
+
+
+def clip_update(arrays: ArrayRecord, sent: Weights, clip_norm: float) -> ArrayRecord:
+    """``arrays`` moved toward ``sent`` until the update (every floating array's difference from
+    it, as one vector) has an L2 norm of at most ``clip_norm``; integer buffers as they came.
+    Flower clips updates only inside its differential-privacy wrappers, which also add noise and
+    require equal weights, so the fleet clips here."""
+    state = arrays.to_torch_state_dict()
+    update = {k: v - sent[k] for k, v in state.items() if v.is_floating_point()}
+    norm = float(torch.sqrt(sum((u.double() ** 2).sum() for u in update.values())))
+    if norm <= clip_norm:
+        return arrays
+    scale = clip_norm / norm
+    return ArrayRecord({k: (sent[k] + update[k] * scale) if k in update else v for k, v in state.items()})
+
+
+class RobustAggregate:
+    """Each value's median, or its trimmed mean (``trim_fraction`` of the nodes cut from each end),
+    over the window's updates, by Flower's FedMedian and FedTrimmedAvg (their public
+    ``aggregate_train``): a minority of bad updates cannot move it far (Yin et al., ICML 2018,
+    https://arxiv.org/abs/1803.01498). Unweighted: a node's claim of how much it trained buys it
+    no more say. It holds every reply of the window until the end (the mean folds them in as
+    they come), so the server's memory grows with the fleet: about 0.4 MB a node for the default
+    model.
+
+    ``head`` (the masked loss): each output's row is aggregated over the nodes that trained that
+    output (a node leaves the others as sent), as :class:`RunningFedAvg` does; a row no node
+    trained keeps the sent value."""
+
+    def __init__(self, sent: Weights, rule: Aggregate, trim_fraction: float, head: str | None = None) -> None:
+        self.sent = sent
+        self.flower = FedMedian() if rule == Aggregate.median else FedTrimmedAvg(beta=trim_fraction)
+        self.head_keys = [k for k in (f"{head}.weight", f"{head}.bias") if k in sent] if head else []
+        self.replies: list[tuple[ArrayRecord, np.ndarray | None]] = []
+
+    @property
+    def count(self) -> int:
+        return len(self.replies)
+
+    def add(self, arrays: ArrayRecord, weight: float, examples_per_output: np.ndarray | None = None) -> None:
+        self.replies.append((arrays, examples_per_output))
+
+    def _aggregate(self, records: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Flower's rule over ``records`` (each array name's values across them)."""
+        replies = [Message(RecordDict({"arrays": ArrayRecord({k: Array(np.asarray(v)) for k, v in record.items()}),
+                                       "metrics": MetricRecord({"num-examples": 1})}),
+                           dst_node_id=0, message_type=MessageType.TRAIN) for record in records]
+        with _quiet_flower():
+            arrays, _ = self.flower.aggregate_train(0, replies)
+        return {k: arrays[k].numpy() for k in arrays.keys()}
+
+    def result(self) -> Weights:
+        if not self.replies:
+            raise SwarmError(f"{type(self.flower).__name__} of no replies")
+        body = [{k: arrays[k].numpy() for k in arrays.keys() if k not in self.head_keys} for arrays, _ in self.replies]
+        state = {k: torch.as_tensor(v) for k, v in self._aggregate(body).items()}
+        for key in self.head_keys:
+            rows = self.sent[key].detach().clone().to(torch.float64)
+            heads = [(arrays[key].numpy(), examples) for arrays, examples in self.replies]
+            for output in range(rows.shape[0]):
+                trained = [{"row": head[output]} for head, examples in heads if examples is not None and examples[output] > 0]
+                if trained:
+                    rows[output] = torch.as_tensor(self._aggregate(trained)["row"])
+            state[key] = rows
+        return {key: state[key].to(self.sent[key].dtype) for key in self.sent}

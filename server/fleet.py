@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Protocol
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
@@ -30,6 +30,8 @@ from swarm.nodes.local_data import load_evaluation_set
 from swarm.nodes.models import classifier
 from swarm.nodes.protocol import NO_RESULT, RECEIVED_WINDOW, TIMING, Status, WindowRow, append_timings, write_rows
 from swarm.nodes.run_folder import EVALUATION_DIR, NODES_CSV, SHARED_MODEL, TIMINGS_CSV
+from swarm.server.claims import StepCeilings
+from swarm.server.identities import read_bindings
 from swarm.server.participation import draw_participants
 from swarm.server.progress import plan_hash, resume, run_folder_lock
 from swarm.server.replies import InvalidReply, check_reply, safe_text
@@ -54,21 +56,42 @@ class Deadline:
     not answered ``seconds`` after the round was sent has failed this window (it may rejoin in the
     next one). In simulation every node is a job queued on a few engine actors, so the wall clock
     measures how long *this machine* takes to serve the queue, not whether the device could:
-    there the round waits as long as replies keep coming, and gives up only when none arrived for
-    ``seconds`` (a hung actor). The nodes it never heard from are ``not_simulated``, never
-    ``failed``, and the run says so.
+    there the round waits as long as replies keep coming, giving up only when none arrived for
+    ``GUARD x seconds`` (a hung actor; twice the deadline, so that a node that held its answer
+    past the deadline, an injected ``late`` fault, is still heard: :meth:`overran`). The nodes it
+    never heard from are ``not_simulated``, never ``failed``, and the run says so.
     """
 
     seconds: float
     simulated: bool = False
+    GUARD: ClassVar[float] = 2.0
 
     def expired(self, sent_at: float, last_reply_at: float, now: float) -> bool:
-        return now - (last_reply_at if self.simulated else sent_at) > self.seconds
+        if self.simulated:
+            return now - last_reply_at > self.GUARD * self.seconds
+        return now - sent_at > self.seconds
+
+    def overran(self, timing: dict[str, float]) -> bool:
+        """Whether a reply came past the deadline because its node held it (``held_s`` of its
+        timing: a device that answers late). On real devices such a reply never arrives in time;
+        in simulation the engine's queue hides when a node was asked, so the node's own seconds on
+        the message, held ones included, say it. A node that held nothing is never late by this
+        machine's wall clock."""
+        return timing.get("held_s", 0.0) > 0 and timing["node_s"] > self.seconds
+
+    @property
+    def ttl(self) -> float | None:
+        """The time-to-live of a round's messages: on real devices the deadline, so that the
+        SuperLink drops an instruction no device fetched in time and refuses a reply that comes
+        after it; in simulation Flower's default (a message may wait in the engine's queue for
+        longer than any deadline)."""
+        return None if self.simulated else self.seconds
 
     def missed(self) -> tuple[str, str]:
         """(status, error) of a node whose reply did not come."""
         if self.simulated:
-            return Status.not_simulated, f"the simulation engine returned no reply for {self.seconds:g} s (a hung actor?)"
+            return (Status.not_simulated,
+                    f"the simulation engine returned no reply for {self.GUARD * self.seconds:g} s (a hung actor?)")
         return Status.late, f"no reply within {self.seconds:g} s"
 
 
@@ -120,24 +143,34 @@ def collect(grid: GridLike, messages: Iterable[Message], deadline: Deadline, pol
     return replies
 
 
-def wait_for_nodes(grid: GridLike, count: int, timeout_s: float, poll_s: float = 0.5) -> list[int]:
+def wait_for_nodes(grid: GridLike, count: int, timeout_s: float, poll_s: float = 0.5,
+                   bound: Iterable[int] | None = None) -> list[int]:
+    """The nodes that joined, once ``count`` have (with ``bound``, the node ids bound to the
+    partitions: once every one of them has)."""
     deadline = time.monotonic() + timeout_s
+    required = set(bound) if bound is not None else None
     while True:
         nodes = list(grid.get_node_ids())
-        if len(nodes) >= count:
+        missing = sorted(required - set(nodes)) if required is not None else []
+        if (required is None and len(nodes) >= count) or (required is not None and not missing):
             return nodes
         if time.monotonic() > deadline:
-            raise SwarmError(f"only {len(nodes)} of {count} nodes joined within {timeout_s:.0f} s; "
+            who = f"the bound nodes {missing[:5]} did not join" if required is not None else (
+                f"only {len(nodes)} of {count} nodes joined")
+            raise SwarmError(f"{who} within {timeout_s:.0f} s; "
                              "check that every SuperNode is running (or raise fleet.join_timeout_s)")
         time.sleep(poll_s)
 
 
-def partition_map(grid: GridLike, node_ids: list[int], count: int, deadline: Deadline) -> dict[int, int]:
+def partition_map(grid: GridLike, node_ids: list[int], count: int, deadline: Deadline,
+                  bindings: dict[int, int] | None = None) -> dict[int, int]:
     """Ask every node its partition id: Flower's node ids are random, the plan speaks of partitions.
 
     A claim outside 0..count-1 is ignored; when two nodes claim one partition, the first by node id
-    keeps it and the other is never sent work (both are logged)."""
-    questions = [Message(RecordDict(), dst_node_id=nid, message_type="query.partition") for nid in node_ids]
+    keeps it and the other is never sent work (both are logged). ``bindings`` (node id -> partition,
+    :mod:`swarm.server.identities`): a node is sent work only for the partition its key is bound to."""
+    questions = [Message(RecordDict(), dst_node_id=nid, message_type="query.partition", ttl=deadline.ttl)
+                 for nid in node_ids]
     mapping: dict[int, int] = {}
     for nid, reply in sorted(collect(grid, questions, deadline).items()):
         try:
@@ -148,6 +181,11 @@ def partition_map(grid: GridLike, node_ids: list[int], count: int, deadline: Dea
                 raise ValueError(f"partition {safe_text(claim)!r} is not in 0..{count - 1}")
         except (KeyError, TypeError, ValueError) as error:
             log.warning("node %d: unusable answer to query.partition (%s); it gets no work", nid, safe_text(error))
+            continue
+        if bindings is not None and bindings.get(nid) != claim:
+            bound = bindings.get(nid)
+            log.warning("node %d claims partition %d, %s; it gets no work", nid, claim,
+                        "but no partition is bound to its key" if bound is None else f"but its key is bound to partition {bound}")
             continue
         if claim in mapping:
             log.warning("node %d claims partition %d, which node %d already holds; it gets no work",
@@ -177,9 +215,10 @@ def run_fleet(grid: GridLike, plan_path: Path, *, strategy: str = "local", join_
     with run_folder_lock(Path(plan.run_dir)):
         log.info("waiting for %d nodes to join", len(plan.nodes))
         joining = time.monotonic()
-        node_ids = wait_for_nodes(grid, len(plan.nodes), join_timeout_s)
+        bindings = read_bindings(Path(plan.run_dir))  # a deployment's registered keys, if bound
+        node_ids = wait_for_nodes(grid, len(plan.nodes), join_timeout_s, bound=bindings)
         # Answering who it is is part of joining (an engine's actors load the app on their first message).
-        mapping = partition_map(grid, node_ids, len(plan.nodes), Deadline(join_timeout_s, simulated))
+        mapping = partition_map(grid, node_ids, len(plan.nodes), Deadline(join_timeout_s, simulated), bindings)
         missing = sorted(set(range(len(plan.nodes))) - set(mapping))
         if missing:
             raise SwarmError(f"nodes for partitions {missing} did not answer; "
@@ -221,6 +260,11 @@ class FleetWindows:
         self.shared = self.saved.shared if self.saved.shared is not None else self.sent
         self.batch_size = plan.fleet.batch_size
         self.rows, self.failed = self.saved.rows, self.saved.failed
+        accepted: dict[int, int] = {}  # steps accepted from each node in the windows already run
+        for r in self.rows:
+            if r["window"] != RECEIVED_WINDOW and r["status"] not in NO_RESULT:
+                accepted[r["node"]] = accepted.get(r["node"], 0) + int(r["steps"])
+        self.ceilings = StepCeilings(plan, self.model, accepted)  # what a node may claim to have trained
         self.has_model = self.saved.has_model  # nodes that adapted at least one window (they hold the model)
         # Nodes whose model-as-received row is written (a node whose first model did not arrive
         # over its link is sent it again, but scores it once).
@@ -268,11 +312,13 @@ class FleetWindows:
                 continue
             first = partition not in self.has_model
             content = RecordDict({"config": ConfigRecord({"window": window, "return_weights": shares,
-                                                          "evaluate_received": partition not in self.scored_received}),
+                                                          "evaluate_received": partition not in self.scored_received,
+                                                          "deadline_s": self.deadline.seconds}),
                                   "task": self.tasks[partition]})
             if first or shares:  # the model travels once (every window when it is shared)
                 content["arrays"] = ArrayRecord(self.shared)
-            yield Message(content, dst_node_id=self.mapping[partition], message_type="train.adapt")
+            yield Message(content, dst_node_id=self.mapping[partition], message_type="train.adapt",
+                          ttl=self.deadline.ttl)
 
     def take(self, window: int, partition: int, reply: Message | None, failed_before: dict[int, str],
              timings: list[dict[str, Any]]) -> None:
@@ -294,8 +340,9 @@ class FleetWindows:
             checked = check_reply(reply, partition=partition, window=window, profile=profile, sent=self.sent,
                                   want_arrays=self.strategy.shares_model,
                                   want_received=partition not in self.scored_received, outputs=self.outputs)
-        except InvalidReply as error:
-            reason = f"invalid reply: {error}" if not reply.has_error() else str(error)
+        except Exception as error:  # whatever a reply holds, it fails its node, never the run
+            reason = (str(error) if reply.has_error() else f"invalid reply: {error}" if isinstance(error, InvalidReply)
+                      else f"invalid reply: {type(error).__name__}: {safe_text(error)}")
             self.failed[partition] = reason
             self.rows.append(_missing_row(partition, window, profile, Status.failed, reason))
             log.warning("node %d, window %d: %s", partition, window, reason)
@@ -305,6 +352,9 @@ class FleetWindows:
             self.scored_received.add(partition)
         if checked.timing is not None:
             timings.append({"window": window, "node": partition, **checked.timing})
+            if self.deadline.overran(checked.timing):  # came past the deadline: nothing of it is used
+                checked.row.update(status=Status.late, error=f"its reply took {checked.timing['node_s']:.1f} s, past "
+                                   f"the {self.deadline.seconds:g} s deadline (fleet.window_timeout_s); not used")
         if checked.row["status"] == Status.late:  # its result came too late to use; it rejoins next window
             self.rows.append(_missing_row(partition, window, profile, Status.late, checked.row["error"]))
             return
@@ -315,10 +365,14 @@ class FleetWindows:
         if checked.row["status"] != Status.not_received:  # else it is sent the model again next window
             self.has_model.add(partition)
         if checked.arrays is not None and int(checked.row["steps"]) > 0:
-            # The weight: the examples the node trained on in this window. A node that did not
-            # train returns the model it was sent and must not pull the average back to it.
-            self.strategy.add(checked.arrays, float(checked.row["steps"]) * self.batch_size,
-                              checked.examples_per_output)
+            # The weight: the examples the node trained on in this window, as far as the plan
+            # allows (swarm.server.claims). A node that did not train returns the model it was
+            # sent and must not pull the average back to it.
+            claim = self.ceilings.check(partition, window, int(checked.row["steps"]), checked.examples_per_output)
+            if claim.note:
+                checked.row.update(steps=claim.steps, error=safe_text(claim.note))
+                log.warning("node %d, window %d: %s", partition, window, claim.note)
+            self.strategy.add(checked.arrays, float(claim.steps) * self.batch_size, claim.examples_per_output)
 
     def save(self, window: int, seconds: float, timings: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """After a window: the shared model scored, nodes.csv, the progress and the timings written,
@@ -364,7 +418,8 @@ def _window_line(window: int, windows: int, count: int, window_rows: list[dict[s
                  rows: list[dict[str, Any]]) -> str:
     """The log line of a window; it names the nodes that gave no result, so no mean hides them."""
     done = [r for r in window_rows if r["status"] not in NO_RESULT]
-    mean_f = sum(r["acc_F"] for r in done) / len(done) if done else math.nan
+    scored = [r["acc_F"] for r in done if not math.isnan(r["acc_F"])]  # a node that holds no model has no score
+    mean_f = sum(scored) / len(scored) if scored else math.nan
     received = [r["acc_F"] for r in rows if r["window"] == RECEIVED_WINDOW]
     line = (f"window {window + 1}/{windows}: {len(done)}/{count} nodes, {sum(int(r['steps']) for r in done)} steps, "
             f"mean acc F {mean_f:.3f}" + (f" (as received {sum(received) / len(received):.3f})" if received else ""))

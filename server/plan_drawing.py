@@ -64,7 +64,8 @@ def check_fleet_fits(fleet: FleetConfig, data: ScenarioData) -> None:
 
 def draw_plan(*, run_dir: Path, config: dict[str, Any], fleet: FleetConfig, checkpoint: Path,
               architecture: dict[str, Any], f_groups: np.ndarray, seed: int, continual: bool, min_f_per_node: int = 1,
-              reset_outputs: list[int] | None = None, undeployed_outputs: list[int] | None = None) -> FleetPlan:
+              reset_outputs: list[int] | None = None, undeployed_outputs: list[int] | None = None,
+              p_train_size: int = 0) -> FleetPlan:
     """Draw every node's profile, drift time, availability phase (one that meets the run, see
     :func:`availability_phase`) and share of F, from ``seed``; ``config`` is the run's settings as
     the plan records them (:attr:`FleetPlan.config`).
@@ -94,7 +95,8 @@ def draw_plan(*, run_dir: Path, config: dict[str, Any], fleet: FleetConfig, chec
     return FleetPlan(str(run_dir), config, str(checkpoint), dict(architecture), fleet.window_s, fleet.windows, nodes,
                      f_tasks=tasks, event_gap_s=fleet.drift.event_gap_s,
                      reset_outputs=[int(o) for o in reset_outputs or []],
-                     undeployed_outputs=[int(o) for o in undeployed_outputs or []], continual=continual, seed=seed)
+                     undeployed_outputs=[int(o) for o in undeployed_outputs or []], continual=continual, seed=seed,
+                     p_train_size=int(p_train_size))
 
 
 def plan_from_config(settings: SwarmConfig, data: ScenarioData, *, checkpoint: Path, run_dir: Path) -> FleetPlan:
@@ -106,4 +108,4 @@ def plan_from_config(settings: SwarmConfig, data: ScenarioData, *, checkpoint: P
                      architecture=arch, f_groups=f_groups(data, "train")[0], seed=settings.seed,
                      continual=data.scenario.mode == "continual",
                      reset_outputs=data.untrained_outputs() if reset else [],
-                     undeployed_outputs=data.undeployed_outputs())
+                     undeployed_outputs=data.undeployed_outputs(), p_train_size=len(data.datasets["P"]["train"]))

@@ -4,7 +4,7 @@ A reply to ``train.adapt`` must carry a ``metrics`` MetricRecord with every nume
 ``nodes.csv`` (finite where they must be, accuracies in [0, 1] or NaN, counts non-negative), an
 ``info`` ConfigRecord whose status is one a node may report, the node's own partition and window,
 and, when weights were asked for and the node trained, exactly the arrays of the model that was
-sent (same names, same shapes, all finite) with the examples of each output the window trained on, and a timing, if it
+sent (same names; each decoded from its bytes to the sent shape and dtype, all finite) with the examples of each output the window trained on, and a timing, if it
 sends one, of finite non-negative seconds. A reply that breaks
 any of this raises :class:`InvalidReply` with one line that says what was wrong; the server marks
 that node ``failed`` with it and the run goes on.
@@ -97,8 +97,15 @@ def _metrics(metrics: Any, partition: int, window: int, *, failed: bool) -> dict
     return row
 
 
+# What np.save puts before the data (the .npy header, at most 64 KiB in its largest format): a
+# payload longer than its data by more than this carries something else.
+NPY_HEADER_MAX = 65_536 + 16
+
+
 def check_arrays(arrays: Any, sent: Mapping[str, torch.Tensor]) -> ArrayRecord:
-    """The adapted weights: exactly the sent model's array names and shapes, every value finite."""
+    """The adapted weights: exactly the sent model's array names, and each array, as decoded from
+    the bytes that came (not as the node declares it), of the sent array's shape and dtype, with no
+    more bytes than that takes, every value finite. Decoding errors are the node's, not the run's."""
     if not isinstance(arrays, ArrayRecord):
         raise InvalidReply("its weights are not an ArrayRecord")
     names, expected = list(arrays.keys()), list(sent.keys())
@@ -106,13 +113,20 @@ def check_arrays(arrays: Any, sent: Mapping[str, torch.Tensor]) -> ArrayRecord:
         extra, missing = sorted(set(names) - set(expected)), sorted(set(expected) - set(names))
         raise InvalidReply(f"its weights do not match the model sent (unexpected {extra[:3]}, missing {missing[:3]})")
     for name in expected:
-        array = arrays[name]
-        if tuple(array.shape) != tuple(sent[name].shape):
-            raise InvalidReply(f"weight '{name}' has shape {tuple(array.shape)}, the model sent has "
-                               f"{tuple(sent[name].shape)}")
-        values = array.numpy()
-        if values.dtype.kind not in "fiub":
-            raise InvalidReply(f"weight '{name}' has dtype {values.dtype}")
+        array, want = arrays[name], sent[name]
+        want_shape, want_dtype = tuple(want.shape), torch.empty(0, dtype=want.dtype).numpy().dtype
+        if tuple(array.shape) != want_shape:
+            raise InvalidReply(f"weight '{name}' has shape {tuple(array.shape)}, the model sent has {want_shape}")
+        want_bytes = want.numel() * want_dtype.itemsize
+        if not isinstance(array.data, bytes) or len(array.data) > want_bytes + NPY_HEADER_MAX:
+            raise InvalidReply(f"weight '{name}' carries {len(array.data)} bytes; its shape and dtype take {want_bytes}")
+        try:
+            values = array.numpy()
+        except Exception as error:  # any malformed payload is this reply's fault
+            raise InvalidReply(f"weight '{name}' does not decode: {safe_text(error)}") from None
+        if values.shape != want_shape or values.dtype != want_dtype:
+            raise InvalidReply(f"weight '{name}' decodes to {values.dtype} {values.shape}; it declares "
+                               f"{safe_text(array.dtype)} {tuple(array.shape)}, the model sent is {want_dtype} {want_shape}")
         if values.dtype.kind == "f" and not np.isfinite(values).all():
             raise InvalidReply(f"weight '{name}' holds NaN or infinite values")
     return arrays
@@ -138,6 +152,10 @@ def check_timing(timing: Any) -> dict[str, float]:
     if not isinstance(timing, MetricRecord):
         raise InvalidReply("its timing is not a MetricRecord")
     values = {key: _number(timing, key) for key in TIMING}
+    if "held_s" in timing:  # seconds it held its answer (a late device): part of its total
+        values["held_s"] = _number(timing, "held_s")
+        if values["held_s"] > values["node_s"] * (1 + 1e-6) + 1e-6:
+            raise InvalidReply("its timing says it held its answer longer than the whole window")
     if any(not math.isfinite(v) or v < 0 for v in values.values()):
         raise InvalidReply(f"its timing {values} holds a value that is not a finite non-negative number")
     if values["train_s"] + values["eval_s"] > values["node_s"] * (1 + 1e-6) + 1e-6:

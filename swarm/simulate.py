@@ -34,7 +34,7 @@ from swarm.fleet_report import coverage_line, write_report
 from swarm.jobs import FleetJob, PreparedFleet
 from swarm.nodes import io
 from swarm.nodes.errors import FleetFailure, FleetIncomplete, SwarmError
-from swarm.nodes.fleet_plan import FleetPlan
+from swarm.nodes.fleet_plan import ATTACKS, FleetPlan
 from swarm.nodes.run_folder import FLEET_STATUS, RUN_RECORD
 from swarm.nodes.settings import RayConfig, to_plain
 from swarm.server import cache
@@ -108,7 +108,7 @@ def _faults(plan_path: Path) -> dict[int, str]:
     """The faults ``fleet.faults`` injected into a plan's nodes: node -> what and in which window."""
     if not plan_path.exists():
         return {}
-    return {node.partition: f"{node.fault} in window {node.fault_window}"
+    return {node.partition: f"{node.fault} " + ("in every window" if node.fault in ATTACKS else f"in window {node.fault_window}")
             for node in FleetPlan.load(plan_path).nodes if node.fault}
 
 

@@ -20,15 +20,28 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def task_identity(monkeypatch):
+def set_task_identity(monkeypatch) -> None:
     """Messages take their run and sender ids from Flower's TaskIdentity, which an engine sets;
-    tests that send Messages without an engine set them here."""
+    tests that send Messages without an engine set them with this."""
     from flwr.supercore.task_identity import TaskIdentity
 
     monkeypatch.setattr(TaskIdentity, "_run_id", 1)
     monkeypatch.setattr(TaskIdentity, "_node_id", 0)
     monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
+@pytest.fixture
+def task_identity(monkeypatch):
+    """:func:`set_task_identity` for one test."""
+    set_task_identity(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def module_task_identity():
+    """:func:`set_task_identity` for a module's fixtures that run fleets once for many tests."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        set_task_identity(monkeypatch)
+        yield
 
 
 def compose_config(*overrides: str, config_name: str = "config"):

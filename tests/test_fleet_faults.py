@@ -22,6 +22,11 @@ from tests.conftest import (FLEET_TINY as TINY, FakeGrid, compose_config, nodes_
 
 
 
+# fleet.window_timeout_s of the tests that wait for a deadline (a late node holds its reply 1.5 times it).
+LATE_TEST_DEADLINE_S = 1.0
+SHORT_DEADLINE_S = 0.3
+
+
 @pytest.fixture(autouse=True)
 def _engine_identity(task_identity):
     """Every test here sends Messages without an engine."""
@@ -85,14 +90,24 @@ def _status(value):
 
 
 def _weights(change):
+    """Node 1's first weight array replaced by ``change(its values)``: an array, or an Array as sent."""
     def tamper(reply, partition):
         if partition == 1:
             arrays = reply.content["arrays"]
             name = next(k for k in arrays.keys() if k.endswith("weight"))
-            values = arrays[name].numpy().copy()
-            arrays[name] = Array(change(values))
+            changed = change(arrays[name].numpy().copy())
+            arrays[name] = changed if isinstance(changed, Array) else Array(changed)
         return reply
     return tamper
+
+
+def _payload(declared_like, data_like):
+    """An array that declares one array's dtype and shape and carries another's bytes."""
+    def change(values):
+        declared, data = declared_like(values), data_like(values)
+        return Array(dtype=str(declared.dtype), shape=tuple(declared.shape), stype="numpy.ndarray",
+                     data=Array(data).data if isinstance(data, np.ndarray) else data)
+    return change
 
 
 def _examples(values):
@@ -121,16 +136,37 @@ BAD_REPLIES = {
     "unknown status": (_status("great"), "status 'great' is not one of"),
     "NaN weights": (_weights(lambda v: np.full_like(v, np.nan)), "holds NaN or infinite values"),
     "wrong weight shape": (_weights(lambda v: v[:1]), "has shape"),
+    "bytes of a smaller array": (_weights(_payload(lambda v: v, lambda v: v.reshape(-1)[:1])), "decodes to"),
+    "bytes of another dtype": (_weights(_payload(lambda v: v, lambda v: v.astype(np.float64))), "decodes to float64"),
+    "bytes of another shape, same size": (_weights(_payload(lambda v: v, lambda v: v.reshape(-1))), "decodes to"),
+    "bytes that are not an array": (_weights(_payload(lambda v: v, lambda v: b"\x93NUMPY garbage")), "does not decode"),
+    "declared dtype of another kind": (_weights(_payload(lambda v: v.astype(np.int32), lambda v: v.astype(np.int32))),
+                                       "decodes to int32"),
     "no examples per output": (_drop("trained"), "examples per output were asked for"),
     "examples for another model": (_examples([1, 2]), "is not a list of"),
     "negative examples": (_examples([-1] * 12), "not a whole non-negative number"),
     "negative seconds": (_timing(train_s=-1.0), "timing"),
     "training longer than the window": (_timing(train_s=1e6), "took longer than the whole window"),
+    "held longer than the window": (_timing(held_s=1e6), "held its answer longer than the whole window"),
 }
 
 
+@pytest.fixture(scope="module")
+def without_node_1(plan, module_task_identity):
+    """The shared model's scores after window 0 when node 1 never answers it (a device gone): what
+    the fleet must hold when node 1's reply is refused."""
+    import json
+
+    path = fresh(plan)
+    grid = FakeGrid(3, silent={1}, root=nodes_of(path))
+    fleet.run_fleet(grid, path, strategy="fedavg", join_timeout_s=5, window_timeout_s=SHORT_DEADLINE_S)
+    return json.loads((path.parent / "shared_model.json").read_text())[0]
+
+
 @pytest.mark.parametrize("case", BAD_REPLIES)
-def test_an_invalid_reply_fails_its_node_and_the_run_goes_on(plan, case):
+def test_an_invalid_reply_fails_its_node_and_the_run_goes_on(plan, case, without_node_1):
+    import json
+
     path = fresh(plan)
     tamper, reason = BAD_REPLIES[case]
     rows = fleet.run_fleet(FakeGrid(3, tamper=tamper, root=nodes_of(path)), path, strategy="fedavg",
@@ -141,7 +177,9 @@ def test_an_invalid_reply_fails_its_node_and_the_run_goes_on(plan, case):
     assert mine[1]["error"].startswith("failed earlier: invalid reply")
     others = [r for r in rows if r["node"] != 1 and r["window"] >= 0]
     assert len(others) == 4 and all(r["status"] not in fleet.NO_RESULT for r in others)
-    assert all(0 <= r["acc_F"] <= 1 for r in others)  # the shared model was never poisoned
+    # Nothing of the refused reply reached the shared model: after window 0 it scores exactly as
+    # the fleet's without node 1.
+    assert json.loads((path.parent / "shared_model.json").read_text())[0] == without_node_1
 
 
 def test_a_duplicate_partition_claim_gets_no_work(plan):
@@ -156,7 +194,7 @@ def test_a_duplicate_partition_claim_gets_no_work(plan):
 def test_in_simulation_a_silent_node_is_not_simulated_and_said_so(plan):
     path = fresh(plan)
     rows = fleet.run_fleet(FakeGrid(3, silent={2}, root=nodes_of(path)), path, join_timeout_s=5,
-                           window_timeout_s=0.3, simulated=True)
+                           window_timeout_s=SHORT_DEADLINE_S, simulated=True)
     mine = [r for r in rows if r["node"] == 2]
     assert [r["status"] for r in mine] == ["not_simulated", "not_simulated"]
     assert "simulation engine returned no reply" in mine[0]["error"]
@@ -173,10 +211,10 @@ def test_in_simulation_a_silent_node_is_not_simulated_and_said_so(plan):
 def test_on_real_devices_a_late_node_is_late_that_window_and_rejoins(plan):
     path = fresh(plan)
     grid = FakeGrid(3, silent={2}, root=nodes_of(path))
-    rows = fleet.run_fleet(grid, path, join_timeout_s=5, window_timeout_s=0.3,
+    rows = fleet.run_fleet(grid, path, join_timeout_s=5, window_timeout_s=SHORT_DEADLINE_S,
                            progress=lambda window, _: grid.silent.clear())  # back after window 0
     mine = [(r["window"], r["status"], r["error"]) for r in rows if r["node"] == 2]
-    assert mine[0] == (0, "late", "no reply within 0.3 s")
+    assert mine[0] == (0, "late", f"no reply within {SHORT_DEADLINE_S:g} s")
     mine = [(w, status) for w, status, _ in mine]
     assert (-1, "received") in mine and mine[-1][0] == 1 and mine[-1][1] not in fleet.NO_RESULT
     second = [m for m in grid.sent if m.metadata.dst_node_id == grid.ids[2] and m.metadata.message_type == "train.adapt"]
@@ -247,7 +285,7 @@ def test_simulate_says_loudly_when_nodes_were_not_simulated_and_exits_3(make_cfg
     monkeypatch.setattr(server_app, "is_simulation", lambda grid: True)
     use_fake_engine(monkeypatch, silent={1})
     cfg = make_cfg(*TINY, "fleet.nodes=2", "fleet.windows=2", "prune.iterations=0", "train.max_epochs=1",
-                   "reference.adapt=false", "fleet.window_timeout_s=0.3", f"cache_dir={tmp_path / 'cache'}")
+                   "reference.adapt=false", f"fleet.window_timeout_s={SHORT_DEADLINE_S}", f"cache_dir={tmp_path / 'cache'}")
     with pytest.raises(FleetIncomplete, match=r"iteration 0: 1 nodes not simulated") as caught:
         simulate.run(cfg, tmp_path / "run")
     assert caught.value.exit_code == 3
@@ -266,18 +304,20 @@ def test_faults_are_drawn_from_the_seed_one_per_node():
 
     def draw(seed):
         nodes = [NodePlan(i, "smartphone", 0.0, 0.0, [], 0) for i in range(20)]
-        draw_faults(nodes, check_faults(FaultsConfig(crash=0.1, late=0.2, corrupt=0.05)), 4, seed)
+        draw_faults(nodes, check_faults(FaultsConfig(crash=0.1, late=0.2, corrupt=0.05, poison=0.1, inflate=0.05)),
+                    4, seed)
         return [(n.fault, n.fault_window) for n in nodes]
 
     faults = draw(3)
     assert faults == draw(3) and faults != draw(4)
     kinds = [kind for kind, _ in faults]
-    assert (kinds.count("crash"), kinds.count("late"), kinds.count("corrupt"), kinds.count("")) == (2, 4, 1, 13)
+    assert [kinds.count(k) for k in ("crash", "late", "corrupt", "poison", "inflate", "")] == [2, 4, 1, 2, 1, 10]
     assert all(0 <= w < 4 for kind, w in faults if kind) and all(w == -1 for kind, w in faults if not kind)
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["+fleet.faults.meteor=0.1"], "fleet.faults.meteor is not a setting; fleet.faults has crash, late, corrupt"),
+    (["+fleet.faults.meteor=0.1"], "fleet.faults.meteor is not a setting; fleet.faults has crash, late, corrupt, "
+                                   "poison, inflate"),
     (["fleet.faults.meteor=0.1"], "fleet.faults.meteor: Key 'meteor' not in 'FaultsConfig'"),
     (["fleet.faults.crash=1.5"], "fleet.faults.crash=1.5: a number >= 0 and <= 1"),
     (["fleet.faults.crash=0.6", "fleet.faults.late=0.6"], "fleet.faults add up to 1.2")])
@@ -319,14 +359,15 @@ def faulty_plan(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("strategy", ["local", "fedavg"])
-def test_injected_faults_are_survived_and_reported_per_node(faulty_plan, strategy):
+@pytest.mark.parametrize("strategy, simulated", [("local", False), ("fedavg", False), ("fedavg", True)])
+def test_injected_faults_are_survived_and_reported_per_node(faulty_plan, strategy, simulated):
     import torch
 
     from swarm.nodes import io
 
     path = fresh(faulty_plan)
-    rows = fleet.run_fleet(FakeGrid(6, root=nodes_of(path)), path, strategy=strategy, join_timeout_s=5)
+    rows = fleet.run_fleet(FakeGrid(6, root=nodes_of(path)), path, strategy=strategy, join_timeout_s=5,
+                           window_timeout_s=LATE_TEST_DEADLINE_S, simulated=simulated)
     trained = [r for r in rows if r["window"] >= 0]
     assert len(trained) == 6 * 3  # every node, every window: a row
     status = {(r["node"], r["window"]): (r["status"], r["error"]) for r in trained}
@@ -334,9 +375,14 @@ def test_injected_faults_are_survived_and_reported_per_node(faulty_plan, strateg
     assert status[1, 1] == ("failed", "the node's app raised: InjectedCrash: injected fault (fleet.faults.crash) "
                                       "in window 1")
     assert status[1, 2][0] == "failed" and status[1, 2][1].startswith("failed earlier: ")
-    assert status[2, 0][0] == "late" and "fleet.faults.late" in status[2, 0][1]
+    # The late node really answered past the deadline (it held its reply 1.5 deadlines); the window waited for it.
+    assert status[2, 0][0] == "late" and f"past the {LATE_TEST_DEADLINE_S:g} s deadline" in status[2, 0][1]
+    with open(path.parent / "timings.csv") as f:
+        first = [r for r in csv.DictReader(f) if r["window"] == "0"]
+    assert float(first[0]["window_wall_s"]) >= 1.5 * LATE_TEST_DEADLINE_S
+    assert float(next(r for r in first if r["node"] == "2")["node_s"]) >= 1.5 * LATE_TEST_DEADLINE_S
     assert status[2, 1][0] not in fleet.NO_RESULT and status[2, 2][0] not in fleet.NO_RESULT  # it rejoined
-    odd, even = {"local": ("is not an accuracy",) * 2, "fedavg": ("has shape", "holds NaN")}[strategy]
+    odd, even = {"local": ("is not an accuracy",) * 2, "fedavg": ("decodes to", "holds NaN")}[strategy]
     assert status[3, 1][0] == "failed" and odd in status[3, 1][1]
     assert status[4, 2][0] == "failed" and even in status[4, 2][1]
     for node in (0, 5):
@@ -360,6 +406,7 @@ def test_simulate_with_faults_writes_every_row_and_exits_1(make_cfg, tmp_path, m
     use_fake_engine(monkeypatch)
     cfg = make_cfg(*TINY, "fleet.nodes=4", "fleet.windows=2", "prune.iterations=0", "train.max_epochs=1",
                    "reference.adapt=false", "fleet.faults.crash=0.25", "fleet.faults.late=0.25",
+                   f"fleet.window_timeout_s={LATE_TEST_DEADLINE_S}",
                    "fleet.faults.corrupt=0.25", f"cache_dir={tmp_path / 'cache'}")
     with pytest.raises(FleetFailure) as caught:
         simulate.run(cfg, tmp_path / "run")
@@ -397,6 +444,10 @@ BAD_SETTINGS = [
     ("train.patience=0", "train.patience=0: a whole number >= 1"),
     ("fleet.participation=0", "fleet.participation=0: a fraction in (0, 1] (0.25), or a whole number of nodes >= 1"),
     ("fleet.participation=1.5", "fleet.participation=1.5: a fraction in (0, 1]"),
+    ("fleet.aggregate=mode", "fleet.aggregate=mode: choose one of mean, trimmed_mean, median"),
+    ("fleet.trim_fraction=0.5", "fleet.trim_fraction=0.5: a number >= 0 and < 0.5"),
+    ("fleet.clip_norm=0", "fleet.clip_norm=0.0: a number > 0, or null"),
+    ("fleet.faults.poison=1.5", "fleet.faults.poison=1.5: a number >= 0 and <= 1"),
 ]
 
 
