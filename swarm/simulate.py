@@ -92,7 +92,7 @@ def run(cfg: SwarmConfig, run_dir: Path) -> dict[str, Any]:
                               f"the nodes that were; see report.md in {run_dir}")
     if failed_nodes:
         where = "; ".join(f"iteration {it}: nodes {nodes}" for it, nodes in failed_nodes.items())
-        raise FleetFailure(f"{where} failed; see report.md in {run_dir}")
+        raise FleetFailure(f"{where} failed or answered late; see report.md in {run_dir}")
     return {"jobs": [(job.iteration, summary) for job, summary in finals]}
 
 
