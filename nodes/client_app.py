@@ -131,16 +131,16 @@ def adapt(msg: Message, context: Context) -> Message:
         metrics = WindowRow.untrained(node, profile, window, Status.failed, f"{type(error).__name__}: {error}")
         traceback.print_exc()
         model = None
-    held = time.perf_counter()
-    if fault == "late":  # the device answers past the server's deadline, as a slow or unreachable one would
-        time.sleep(LATE_HOLD * float(config.get("deadline_s", runtime.task.fleet.window_timeout_s if runtime else 0.0)))
-    held = time.perf_counter() - held
+    # A late device answers past the server's deadline, as a slow or unreachable one would.
+    held = LATE_HOLD * float(config.get("deadline_s", runtime.task.fleet.window_timeout_s if runtime else 0.0)) \
+        if fault == "late" else 0.0
+    time.sleep(held)
     content = RecordDict({
         "metrics": metrics_record(metrics),
         "info": ConfigRecord({"profile": metrics.profile, "status": str(metrics.status), "error": metrics.error}),
         "timing": MetricRecord({"train_s": runtime.train_s if runtime else 0.0,
                                 "eval_s": runtime.eval_s if runtime else 0.0,
-                                "node_s": time.perf_counter() - started, **({"held_s": held} if fault == "late" else {})}),
+                                "node_s": time.perf_counter() - started, **({"held_s": held} if held else {})}),
     })
     if received is not None:
         content["received"] = metrics_record(received)

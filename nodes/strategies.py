@@ -257,26 +257,27 @@ class RobustAggregate:
     def add(self, arrays: ArrayRecord, weight: float, examples_per_output: np.ndarray | None = None) -> None:
         self.replies.append((arrays, examples_per_output))
 
-    def _aggregate(self, records: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    def _aggregate(self, records: list[ArrayRecord]) -> dict[str, torch.Tensor]:
         """Flower's rule over ``records`` (each array name's values across them)."""
-        replies = [Message(RecordDict({"arrays": ArrayRecord({k: Array(np.asarray(v)) for k, v in record.items()}),
-                                       "metrics": MetricRecord({"num-examples": 1})}),
+        replies = [Message(RecordDict({"arrays": record, "metrics": MetricRecord({"num-examples": 1})}),
                            dst_node_id=0, message_type=MessageType.TRAIN) for record in records]
         with _quiet_flower():
             arrays, _ = self.flower.aggregate_train(0, replies)
-        return {k: arrays[k].numpy() for k in arrays.keys()}
+        return arrays.to_torch_state_dict()
 
     def result(self) -> Weights:
         if not self.replies:
             raise SwarmError(f"{type(self.flower).__name__} of no replies")
-        body = [{k: arrays[k].numpy() for k in arrays.keys() if k not in self.head_keys} for arrays, _ in self.replies]
-        state = {k: torch.as_tensor(v) for k, v in self._aggregate(body).items()}
+        # The replies' arrays as they came (Flower's rule takes them out of the records it is given).
+        state = self._aggregate([ArrayRecord({k: arrays[k] for k in arrays.keys() if k not in self.head_keys})
+                                 for arrays, _ in self.replies])
         for key in self.head_keys:
             rows = self.sent[key].detach().clone().to(torch.float64)
             heads = [(arrays[key].numpy(), examples) for arrays, examples in self.replies]
             for output in range(rows.shape[0]):
-                trained = [{"row": head[output]} for head, examples in heads if examples is not None and examples[output] > 0]
+                trained = [ArrayRecord({"row": Array(np.asarray(head[output]))})
+                           for head, examples in heads if examples is not None and examples[output] > 0]
                 if trained:
-                    rows[output] = torch.as_tensor(self._aggregate(trained)["row"])
+                    rows[output] = self._aggregate(trained)["row"]
             state[key] = rows
         return {key: state[key].to(self.sent[key].dtype) for key in self.sent}

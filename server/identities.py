@@ -42,19 +42,23 @@ def read_bindings(run_dir: Path) -> dict[int, int] | None:
     return bindings
 
 
-def bind(run_dir: Path, node_id: int, partition: int, partitions: int, public_key: Path | None = None,
-         name: str = "") -> None:
-    """Record that node ``node_id`` serves ``partition`` (of ``partitions``), with the digest of its
-    public key; a partition already bound to another node, or a node bound to another partition,
-    is refused."""
+def check_binding(run_dir: Path, node_id: int | None, partition: int, partitions: int) -> None:
+    """Refuse binding ``partition`` (of ``partitions``) to ``node_id`` (None: a node not registered
+    yet): a partition out of range or bound to another node, or a node bound to another partition."""
     if not 0 <= partition < partitions:
         raise SwarmError(f"partition {partition} is not in 0..{partitions - 1} (the plan has {partitions} nodes)")
-    bindings = read_bindings(run_dir) or {}
-    for other, bound in bindings.items():
+    for other, bound in (read_bindings(run_dir) or {}).items():
         if bound == partition and other != node_id:
             raise SwarmError(f"partition {partition} is already bound to node {other}")
         if other == node_id and bound != partition:
             raise SwarmError(f"node {node_id} is already bound to partition {bound}")
+
+
+def bind(run_dir: Path, node_id: int, partition: int, partitions: int, public_key: Path | None = None,
+         name: str = "") -> None:
+    """Record that node ``node_id`` serves ``partition`` (of ``partitions``), with the digest of its
+    public key (:func:`check_binding` first)."""
+    check_binding(run_dir, node_id, partition, partitions)
     path = Path(run_dir) / REGISTERED_NODES
     entries = json.loads(path.read_text())["nodes"] if path.exists() else []
     entries = [e for e in entries if int(e["node_id"]) != node_id]

@@ -24,7 +24,7 @@ from pathlib import Path
 from swarm.nodes.errors import SwarmError, run_command
 from swarm.nodes.fleet_plan import FleetPlan
 from swarm.nodes.run_folder import FLEET_PLAN
-from swarm.server.identities import bind, read_bindings
+from swarm.server.identities import bind, check_binding
 
 
 def register_with_superlink(public_key: Path, superlink: str | None, name: str) -> int:
@@ -62,11 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SwarmError(f"no public key at {args.public_key}")
         partitions = len(FleetPlan.load(plan_file).nodes)
         # Checked before the SuperLink is asked, so that a refused binding leaves no registration behind.
-        if not 0 <= args.partition < partitions:
-            raise SwarmError(f"partition {args.partition} is not in 0..{partitions - 1} (the plan has {partitions} nodes)")
-        taken = {p: n for n, p in (read_bindings(plan_file.parent) or {}).items()}
-        if args.partition in taken and taken[args.partition] != args.node_id:
-            raise SwarmError(f"partition {args.partition} is already bound to node {taken[args.partition]}")
+        check_binding(plan_file.parent, args.node_id, args.partition, partitions)
         node_id = (args.node_id if args.node_id is not None
                    else register_with_superlink(args.public_key, args.superlink, args.name))
         bind(plan_file.parent, node_id, args.partition, partitions, args.public_key, args.name)
