@@ -152,6 +152,7 @@ def cached(cfg: SwarmConfig) -> CoordinatorResult | None:
     if record is None or len(record["iterations"]) < iterations + 1:
         return None
     record["iterations"] = record["iterations"][: iterations + 1]
+    log.info("coordinator: cached result in %s", directory)  # logged here: callers check before taking the lock too
     return CoordinatorResult(directory, record, cached=True)
 
 
@@ -166,7 +167,6 @@ def _run(cfg: SwarmConfig, data: ScenarioData) -> CoordinatorResult:
     iterations, ratio, scope = cfg.prune.iterations, cfg.prune.ratio, cfg.prune.scope
     hit = cached(cfg)
     if hit is not None:
-        log.info("coordinator: cached result in %s", hit.directory)
         return hit
     directory = run_directory(cfg)
     record = _read_record(directory)
