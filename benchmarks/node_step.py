@@ -120,7 +120,7 @@ def floor_rate(plan_path: str, batch: int, layout: str, threads: int, repeats: i
     if layout == "channels_last":
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-4, fused=True)  # the fastest, as the nodes use
     loss_fn = torch.nn.CrossEntropyLoss()
     times = []
     for i in range(repeats + 2):
@@ -240,7 +240,7 @@ def grouped_steps(plan_path: str, ks: list[int], repeats: int = 40) -> dict[int,
     for k in [1, *ks]:
         model = received_model(plan) if k == 1 else grouped(received_model(plan), k)
         place(model, "cpu").train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
+        optimizer = torch.optim.Adam(model.parameters(), lr=5e-4, fused=True)
         x = batch_to(torch.randn(batch, channels * k, size, size), "cpu")
         y = torch.randint(0, outputs, (batch, k) if k > 1 else (batch,))
 

@@ -4,12 +4,12 @@
     python benchmarks/robustness.py --share 0.25 seed=1    # Hydra overrides after the options
 
 Runs ``python -m swarm.simulate`` (one coordinator, cached, for every run) for each aggregation
-rule (``fleet.aggregate`` mean, median, trimmed_mean) on the clean fleet and with
+rule (``fleet.aggregate`` mean, median, trimmed_mean, multikrum) on the clean fleet and with
 ``fleet.faults.poison=SHARE``, and the mean with ``fleet.faults.inflate=SHARE``; prints, per run,
 the shared model's accuracy on F after the last window (``shared_model.json``), its difference
 from the clean fleet's under the same rule and under the mean, and the cut claims. Acceptance
-(issue "Untrusted nodes"): poison under the mean more than 0.2 below the clean run, under median
-and trimmed_mean within 0.05; inflate within 0.02 of the clean mean, its nodes' claims cut.
+(issue "Untrusted nodes"): poison under the mean more than 0.2 below the clean run, under the
+robust rules within 0.05; inflate within 0.02 of the clean mean, its nodes' claims cut.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-RULES = ("mean", "median", "trimmed_mean")
+RULES = ("mean", "median", "trimmed_mean", "multikrum")
 
 
 def simulate(out: Path, cache: Path, overrides: list[str]) -> dict:

@@ -62,5 +62,6 @@ BatchNormMode = StrEnum("BatchNormMode", ["track", "frozen"])
 # How the server combines the nodes' updates under a strategy that shares a model
 # (swarm.nodes.strategies): their mean weighted by examples trained (FedAvg), or, robust to a
 # minority of bad updates, each value's median or trimmed mean over the nodes (unweighted: a node's
-# claim of how much it trained cannot buy it more say), with Flower's FedMedian and FedTrimmedAvg.
-Aggregate = StrEnum("Aggregate", ["mean", "trimmed_mean", "median"])
+# claim of how much it trained cannot buy it more say), with Flower's FedMedian and FedTrimmedAvg,
+# or the mean of the updates Multi-Krum keeps (Flower's select_multikrum).
+Aggregate = StrEnum("Aggregate", ["mean", "trimmed_mean", "median", "multikrum"])

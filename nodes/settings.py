@@ -152,7 +152,8 @@ class FleetConfig:
     # How the shared model combines the updates (swarm.nodes.strategies); the defaults are for plans
     # written before these settings existed (the config sets them).
     aggregate: Aggregate = Aggregate.mean
-    trim_fraction: float = bounded(ge=0, lt=0.5, default=0.25)  # trimmed_mean: the share cut from each end
+    # The share of nodes the robust rules allow to be hostile: trimmed_mean cuts it from each end, multikrum drops it.
+    trim_fraction: float = bounded(ge=0, lt=0.5, default=0.25)
     clip_norm: Optional[float] = bounded(gt=0, default=None)  # each update's L2 norm clipped to this (null: none)
     checkpoint: Any = MISSING  # last, all, an iteration, or a list of them (checked by swarm.schema.check)
     new_class_outputs: NewClassOutputs = MISSING

@@ -27,6 +27,7 @@ import torch
 from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from flwr.serverapp.strategy import FedMedian, FedTrimmedAvg
+from flwr.serverapp.strategy.multikrum import select_multikrum
 from torch import nn
 
 from swarm.nodes.choices import Aggregate
@@ -100,15 +101,18 @@ class FedAvg(FleetStrategy):
     """FedAvg (McMahan et al., AISTATS 2017, https://arxiv.org/abs/1602.05629): the nodes' weights
     averaged, each weighted by the examples it trained on this window (:class:`RunningFedAvg`);
     or, by ``fleet.aggregate``, each value's median or trimmed mean over the nodes
-    (:class:`RobustAggregate`). ``fleet.clip_norm``: each update's L2 norm (its distance from the
-    model sent) is clipped to it first (:func:`clip_update`)."""
+    (:class:`RobustAggregate`), or the mean of the updates Multi-Krum keeps (:class:`MultiKrum`).
+    ``fleet.clip_norm``: each update's L2 norm (its distance from the model sent) is clipped to it
+    first (:func:`clip_update`)."""
 
     shares_model = True
 
     def begin(self, shared: Weights) -> None:
         self.sent = shared
-        self.running = (RunningFedAvg(shared, head=self.head) if self.fleet.aggregate == Aggregate.mean
-                        else RobustAggregate(shared, self.fleet.aggregate, self.fleet.trim_fraction, head=self.head))
+        rule, trim = self.fleet.aggregate, self.fleet.trim_fraction
+        self.running = (RunningFedAvg(shared, head=self.head) if rule == Aggregate.mean
+                        else MultiKrum(shared, trim, head=self.head) if rule == Aggregate.multikrum
+                        else RobustAggregate(shared, rule, trim, head=self.head))
 
     def add(self, arrays: ArrayRecord, weight: float, examples_per_output: np.ndarray | None) -> None:
         if self.fleet.clip_norm is not None:
@@ -193,6 +197,7 @@ class RunningFedAvg:
 # checks); weighted by the examples a node trained on, which the server puts in each bundle.
 _FLOWER_FEDAVG = FlowerFedAvg(weighted_by_key="examples")
 _FLOWER_LOG = logging.getLogger("flwr")  # Flower's logger, which logs every aggregate_train call
+log = logging.getLogger(__name__)
 
 
 def _weighted_mean(records: list[tuple[ArrayRecord, float]]) -> tuple[ArrayRecord, float]:
@@ -281,3 +286,53 @@ class RobustAggregate:
                     rows[output] = self._aggregate(trained)["row"]
             state[key] = rows
         return {key: state[key].to(self.sent[key].dtype) for key in self.sent}
+
+
+class MultiKrum:
+    """Multi-Krum (Blanchard et al., NeurIPS 2017, https://arxiv.org/abs/1703.02246): with f =
+    ``trim_fraction`` of the n nodes assumed hostile, each update is scored by the sum of its
+    squared distances to its n - f - 2 nearest, and the n - f with the lowest scores are averaged
+    as the mean averages (:class:`RunningFedAvg`: weighted by the examples trained, as capped; under
+    the masked loss each head row over the kept nodes that trained it). A poisoned update far from
+    the rest is dropped whole, and what every honest node learned, its rare classes included, is
+    kept, where a coordinate-wise rule cuts the extreme values of every node (docs/robustness.md).
+
+    The selection is Flower's public ``select_multikrum``, given each update's floating arrays as
+    float64 differences from the model sent: on the weights themselves, in float32, the small
+    differences between nodes would be lost to cancellation in Flower's ``|x|^2 + |y|^2 - 2 x.y``,
+    and BatchNorm's batch counter (an integer that grows with the steps taken) would outweigh them.
+    Like :class:`RobustAggregate` it holds every reply of the window until its end."""
+
+    def __init__(self, sent: Weights, trim_fraction: float, head: str | None = None) -> None:
+        self.sent, self.trim_fraction, self.head = sent, trim_fraction, head
+        self.replies: list[tuple[ArrayRecord, float, np.ndarray | None]] = []
+        self.kept: list[int] = []  # the replies (in the order added) the last result averaged
+
+    @property
+    def count(self) -> int:
+        return len(self.replies)
+
+    def add(self, arrays: ArrayRecord, weight: float, examples_per_output: np.ndarray | None = None) -> None:
+        self.replies.append((arrays, weight, examples_per_output))
+
+    def _selected(self) -> list[int]:
+        nodes = len(self.replies)
+        hostile = int(self.trim_fraction * nodes)
+        if hostile == 0 or nodes - hostile - 2 < 1:  # too few nodes for Krum's neighbourhoods: keep all
+            return list(range(nodes))
+        floating = [k for k, v in self.sent.items() if v.is_floating_point()]
+        updates = [RecordDict({"update": ArrayRecord(
+            {k: Array(arrays[k].numpy().astype(np.float64) - self.sent[k].double().numpy()) for k in floating})})
+            for arrays, _, _ in self.replies]
+        chosen = {id(content) for content in select_multikrum(updates, hostile, nodes - hostile)}
+        return [i for i, content in enumerate(updates) if id(content) in chosen]
+
+    def result(self) -> Weights:
+        if not self.replies:
+            raise SwarmError("Multi-Krum of no replies")
+        self.kept = self._selected()
+        log.info("multikrum: kept %d of %d updates", len(self.kept), len(self.replies))
+        mean = RunningFedAvg(self.sent, head=self.head)
+        for i in self.kept:
+            mean.add(*self.replies[i])
+        return mean.result()

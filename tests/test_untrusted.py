@@ -11,12 +11,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp.strategy import MultiKrum as FlowerMultiKrum
 
 from swarm.nodes import io
 from swarm.nodes.choices import Aggregate
 from swarm.nodes.fleet_plan import FleetPlan
-from swarm.nodes.strategies import RobustAggregate, RunningFedAvg, clip_update
+from swarm.nodes.strategies import MultiKrum, RobustAggregate, RunningFedAvg, clip_update
 from swarm.server import fleet
 from swarm.server.claims import StepCeilings
 from tests.conftest import FLEET_TINY as TINY, FakeGrid, compose_config, nodes_of, write_fleet_plan
@@ -140,6 +141,49 @@ def test_clipping_bounds_the_update_norm_and_keeps_its_direction():
     assert clip_update(near, sent, 5.0) is near
 
 
+def _updates(nodes, seed=0, poisoned=()):
+    """``nodes`` replies near 1 (a float array and an integer counter that differs per node), those
+    in ``poisoned`` sign-flipped and scaled by 10, and weights 1, 2, ..."""
+    generator = np.random.default_rng(seed)
+    out = []
+    for i in range(nodes):
+        w = 1 + 0.1 * generator.normal(size=3)
+        out.append((ArrayRecord({"w": Array((-10 * w if i in poisoned else w).astype(np.float32)),
+                                 "n": Array(np.asarray(5 + 1000 * i))}), float(i + 1)))
+    return out
+
+
+def test_multikrum_drops_the_poisoned_updates_and_averages_the_rest_as_flower_does():
+    sent = {"w": torch.zeros(3), "n": torch.tensor(5)}
+    krum = MultiKrum(sent, 0.25)
+    for arrays, weight in _updates(8, poisoned=(2, 5)):
+        krum.add(arrays, weight)
+    result = krum.result()
+    # Two of eight dropped, the poisoned two, although the counter "n" (up to 7,005) differs far more
+    # between nodes than "w" does: the selection looks at floating arrays only.
+    assert krum.kept == [0, 1, 3, 4, 6, 7]
+    # Flower's own MultiKrum, on the same float arrays, keeps the same nodes and averages them alike.
+    flower = FlowerMultiKrum(num_malicious_nodes=2, num_nodes_to_select=6, weighted_by_key="examples")
+    replies = [Message(RecordDict({"arrays": ArrayRecord({"w": arrays["w"]}),
+                                   "metrics": MetricRecord({"examples": weight})}),
+                       dst_node_id=0, message_type=MessageType.TRAIN)
+               for arrays, weight in _updates(8, poisoned=(2, 5))]
+    expected, _ = flower.aggregate_train(0, replies)
+    assert torch.allclose(result["w"], expected.to_torch_state_dict()["w"], atol=1e-6)
+
+
+def test_multikrum_keeps_every_node_when_too_few_answer_and_a_rare_class_row_it_keeps():
+    sent = {"w": torch.zeros(3), "n": torch.tensor(5), "head.weight": torch.zeros(3, 1)}
+    krum = MultiKrum(sent, 0.25, head="head")
+    for i, (arrays, weight) in enumerate(_updates(3)):  # 3 nodes: no n - f - 2 >= 1 neighbourhood
+        head = np.asarray([[1.0], [7.0 if i == 2 else 0.0], [0.0]], dtype=np.float32)
+        krum.add(ArrayRecord({**{k: arrays[k] for k in arrays.keys()}, "head.weight": Array(head)}), weight,
+                 np.asarray([4, 9 if i == 2 else 0, 0]))
+    result = krum.result()
+    assert krum.kept == [0, 1, 2]
+    assert result["head.weight"][:, 0].tolist() == [1.0, 7.0, 0.0]  # output 1: node 2's row alone; output 2: as sent
+
+
 def test_mean_of_a_clean_fleet_is_still_flowers_weighted_mean():
     sent = {"w": torch.zeros(2)}
     running = RunningFedAvg(sent)
@@ -154,17 +198,17 @@ def poisoned_fleets(base_plan, tmp_path_factory, module_task_identity):
     with node 1 poisoning, under each aggregate (every node the same device: each trains as many
     steps, so the mean gives the poisoned update a quarter of the say)."""
     out = {}
-    for rule in ("mean", "median", "trimmed_mean"):
+    for rule in ("mean", "median", "trimmed_mean", "multikrum"):
         for faults in ({}, {1: "poison"}):
             where = tmp_path_factory.mktemp(f"{rule}{len(faults)}")
             out[rule, bool(faults)] = run(variant(base_plan, where, faults=faults, windows=1, aggregate=rule))[1]
     return out
 
 
-def test_a_poisoned_update_drags_the_mean_and_not_the_median_or_trimmed_mean(poisoned_fleets):
+def test_a_poisoned_update_drags_the_mean_and_not_the_robust_rules(poisoned_fleets):
     moved = {rule: distance(poisoned_fleets[rule, True], poisoned_fleets[rule, False])
-             for rule in ("mean", "median", "trimmed_mean")}
-    assert moved["median"] < 0.3 * moved["mean"] and moved["trimmed_mean"] < 0.3 * moved["mean"], moved
+             for rule in ("mean", "median", "trimmed_mean", "multikrum")}
+    assert all(moved[rule] < 0.3 * moved["mean"] for rule in ("median", "trimmed_mean", "multikrum")), moved
 
 
 def test_a_poisoning_node_attacks_in_every_window_and_passes_every_check_on_form(base_plan, tmp_path):
