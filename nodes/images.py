@@ -52,6 +52,18 @@ class LabeledImages(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
+    def batch(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples ``positions`` stacked, as ``__getitem__`` gives each (bit for bit: the same
+        elementwise arithmetic), in one indexing call where the images are in memory at the model's
+        size: a node's step gathers its batch this way (32 calls were 4% of the step)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if not isinstance(self.images, TensorImages) or self.images.images.shape[-1] != self.image_size \
+                or self.images.images.shape[-2] != self.image_size:
+            samples = [self[int(i)] for i in positions]
+            return torch.stack([x for x, _ in samples]), torch.stack([y for _, y in samples])
+        x = self.images.images[torch.from_numpy(self.indices[positions])].float().div_(255)
+        return x.sub_(MEAN).div_(STD), self.targets[torch.from_numpy(positions)]
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         image = self.images[int(self.indices[i])]
         x = image.float().div_(255)

@@ -68,6 +68,9 @@ class Pool:
     def sample(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.dataset[self._local(np.asarray([position]))[0]]
 
+    def batch(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.dataset.batch(self._local(positions))
+
     def targets(self, positions: np.ndarray) -> np.ndarray:
         return self.dataset.targets.numpy()[self._local(positions)]
 
@@ -98,6 +101,19 @@ class NodeData:
 
     def targets(self, role: int, positions: np.ndarray) -> np.ndarray:
         return self.pools[role].targets(np.asarray(positions, dtype=np.int64))
+
+    def batch(self, roles: np.ndarray, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The samples at ``positions`` of the roles ``roles`` (one each), stacked in that order:
+        one gather per role."""
+        roles, positions = np.asarray(roles), np.asarray(positions, dtype=np.int64)
+        inputs = targets = None
+        for role in np.unique(roles):
+            where = torch.from_numpy(np.flatnonzero(roles == role))
+            x, y = self.pools[int(role)].batch(positions[where.numpy()])
+            if inputs is None:
+                inputs, targets = x.new_empty((len(roles), *x.shape[1:])), y.new_empty(len(roles))
+            inputs[where], targets[where] = x, y
+        return inputs, targets
 
 
 def stream_of(plan: FleetPlan, partition: int, p_train_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -48,6 +48,19 @@ def test_a_node_folder_holds_its_stream_bit_for_bit(written):
         assert mine.p_train_size == len(data.datasets["P"]["train"])  # continual: ships with all of P
 
 
+def test_a_batch_is_its_samples_stacked_in_order_bit_for_bit(written):
+    """A step gathers its batch in one call per role; it must equal the samples one by one."""
+    plan, data, root = written
+    mine = load_node_data(folder(root, 0), partition=0, data_id=plan.data_id(0))
+    _, roles, positions = stream_of(plan, 0, len(data.datasets["P"]["train"]))
+    picks = np.random.default_rng(0).choice(len(roles), 12)  # mixed roles, repeats, any order
+    inputs, targets = mine.batch(roles[picks], positions[picks])
+    one_by_one = [mine.sample(role, position) for role, position in zip(roles[picks], positions[picks])]
+    assert len(set(roles[picks].tolist())) == 2
+    assert torch.equal(inputs, torch.stack([x for x, _ in one_by_one]))
+    assert torch.equal(targets, torch.stack([y for _, y in one_by_one]))
+
+
 def test_shared_files_are_linked_not_copied(written):
     _, _, root = written
     for name in ("test.pt", "replay.pt"):
