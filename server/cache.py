@@ -45,8 +45,9 @@ VERSIONS = {
     # 5: nodes train and evaluate in channels-last, swarm.nodes.layout; 6: the shared model scored,
     # fleet.loss=masked pushes down the outputs outside the deployed task; 7: the device's link
     # (the model's and the update's transfers in each window; nodes.csv's link columns); 8: a
-    # transfer's bytes count each distinct object of Flower's message once.
-    "fleet": 8,
+    # transfer's bytes count each distinct object of Flower's message once; 9: the nodes' fused Adam
+    # (float rounding).
+    "fleet": 9,
 }
 LOCK = ".lock"
 FLEET_FILES = (NODES_CSV,)
