@@ -65,3 +65,6 @@ BatchNormMode = StrEnum("BatchNormMode", ["track", "frozen"])
 # claim of how much it trained cannot buy it more say), with Flower's FedMedian and FedTrimmedAvg,
 # or the mean of the updates Multi-Krum keeps (Flower's select_multikrum).
 Aggregate = StrEnum("Aggregate", ["mean", "trimmed_mean", "median", "multikrum"])
+# What a node trains (swarm.nodes.trainable): every parameter, its biases and normalisation scales
+# (TinyTL-style), or its output layer; the device model charges only what training those needs.
+Update = StrEnum("Update", ["full", "bias", "head"])

@@ -210,9 +210,11 @@ class WindowReport:
     step_starts: list[float] = field(default_factory=list)  # when each granted step began
 
 
-def step_flops(forward_flops_per_sample: float, batch_size: int) -> float:
-    """One training step: forward + backward ≈ 3 × the forward pass, for every sample of the batch."""
-    return 3.0 * forward_flops_per_sample * batch_size
+def step_flops(forward_flops_per_sample: float, batch_size: int, backward_share: float = 2.0) -> float:
+    """One training step: the forward pass and the backward pass, ``backward_share`` x the forward
+    (2 when every weight trains, so a step is ≈ 3 x the forward; less when only some do:
+    :mod:`swarm.nodes.trainable`), for every sample of the batch."""
+    return (1.0 + backward_share) * forward_flops_per_sample * batch_size
 
 
 @dataclass(frozen=True)
@@ -440,11 +442,14 @@ class MemoryNeed:
 
 
 def memory_need(parameters: int, activation_bytes: int, batch_size: int, replay_samples: int,
-                sample_bytes: int, optimizer_slots: int = 2, bytes_per_value: int = 4) -> MemoryNeed:
-    """Training memory: weights + gradients + optimizer state (Adam: 2 slots) + activations + replay."""
+                sample_bytes: int, optimizer_slots: int = 2, bytes_per_value: int = 4,
+                trained_parameters: int | None = None) -> MemoryNeed:
+    """Training memory: weights + gradients + optimizer state (Adam: 2 slots) + activations + replay;
+    gradients and optimizer state only for the ``trained_parameters`` (default: all of them)."""
     mb = 1024 * 1024
     weights = parameters * bytes_per_value / mb
-    return MemoryNeed(weights, weights, optimizer_slots * weights, activation_bytes * batch_size / mb,
+    trained = (parameters if trained_parameters is None else trained_parameters) * bytes_per_value / mb
+    return MemoryNeed(weights, trained, optimizer_slots * trained, activation_bytes * batch_size / mb,
                       replay_samples * sample_bytes / mb)
 
 

@@ -38,7 +38,7 @@ from swarm.nodes.device import (StreamCredit, Transfers, WindowReport, budget_of
 from swarm.nodes.drift import F, P, node_stream
 from swarm.nodes.errors import SwarmError
 from swarm.nodes.evaluation import TestSets, accuracies
-from swarm.nodes.choices import BatchNormMode, Loss, Sampling
+from swarm.nodes.choices import BatchNormMode, Loss, Sampling, Update
 from swarm.nodes.fleet_plan import FleetPlan, NodeTask
 from swarm.nodes.strategies import make_strategy
 from swarm.nodes.layout import batch_to, place
@@ -47,6 +47,7 @@ from swarm.nodes.models import classifier
 from swarm.nodes.protocol import RECEIVED_WINDOW, Status, WindowRow
 from swarm.nodes.replay import ReplayBuffer
 from swarm.nodes.shapes import count_macs_and_params
+from swarm.nodes.trainable import TrainingCost, freeze, training_cost
 
 CPU = torch.device("cpu")  # where a node's model is kept between windows and sent from
 _COSTS: dict[str, tuple[int, int]] = {}
@@ -80,37 +81,21 @@ def model_bytes(model: nn.Module, distinct: bool = True) -> int:
     return message_bytes(ArrayRecord(model.state_dict()), distinct)
 
 
-def model_costs(model: nn.Module, arch: Mapping[str, Any]) -> tuple[int, int]:
-    """(forward MACs per sample, activation bytes per sample) of an architecture, measured once per
-    process: every window of every node of a fleet asks for the same few architectures."""
-    key = json.dumps(arch, sort_keys=True)
+def model_costs(model: nn.Module, arch: Mapping[str, Any], update: Update = Update.full) -> tuple[int, TrainingCost]:
+    """(forward MACs per sample, what a training step under ``update`` costs per sample) of an
+    architecture, measured once per process: every window of every node of a fleet asks for the
+    same few architectures."""
+    key = json.dumps([arch, str(update)], sort_keys=True)
     if key not in _COSTS:
         macs, _ = count_macs_and_params(model, checkpoints.example_inputs(arch))
-        _COSTS[key] = (macs, activation_bytes_per_sample(model, checkpoints.example_inputs(arch, 2)))
+        _COSTS[key] = (macs, training_cost(model, checkpoints.example_inputs(arch, 2), update))
     return _COSTS[key]
 
 
 def activation_bytes_per_sample(model: nn.Module, example: torch.Tensor) -> int:
-    """Bytes of layer outputs one sample keeps for the backward pass (what dominates training memory)."""
-    total = 0
-
-    def hook(module, inputs, output):
-        nonlocal total
-        if isinstance(output, torch.Tensor):
-            total += output.numel() * output.element_size()
-
-    leaves = [m for m in model.modules() if not list(m.children())]
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example[:1])
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
-    return total
+    """Bytes of layer outputs one sample keeps for the backward pass when every weight trains (what
+    dominates training memory)."""
+    return training_cost(model, example, Update.full).activation_bytes
 
 
 def train_mode(model: nn.Module, *, frozen_batchnorm: bool) -> None:
@@ -192,9 +177,10 @@ class NodeRuntime:
         return self.data.channels * self.data.image_size ** 2  # stored as 8-bit pixels
 
     def _memory(self, model: nn.Module, arch: Mapping[str, Any], replay_samples: int):
-        _, activations = model_costs(model, arch)
-        return memory_need(sum(p.numel() for p in model.parameters()), activations,
-                           self.fleet.batch_size, replay_samples, self._sample_bytes())
+        _, cost = model_costs(model, arch, self.fleet.update)
+        return memory_need(sum(p.numel() for p in model.parameters()), cost.activation_bytes,
+                           self.fleet.batch_size, replay_samples, self._sample_bytes(),
+                           trained_parameters=cost.trained_parameters)
 
     def state_path(self, window: int) -> Path:
         """The node's state at the start of ``window`` (after every window before it)."""
@@ -263,7 +249,8 @@ class NodeRuntime:
                              link_note(self.profile, report, transfers)), None
         # torch's fused Adam: one kernel for every parameter (1.27 -> 0.40 ms of a 16 ms step on the
         # default model, benchmarks/node_step.py --optimizers); the same update up to float rounding.
-        optimizer = torch.optim.Adam(model.parameters(), lr=self.fleet.lr, fused=True)
+        trained = freeze(model, self.fleet.update)  # the others get no gradient and no optimizer state
+        optimizer = torch.optim.Adam(trained, lr=self.fleet.lr, fused=True)
         if state["optimizer"] is not None:
             optimizer.load_state_dict(state["optimizer"])
         started = time.perf_counter()
@@ -289,13 +276,13 @@ class NodeRuntime:
         how many stream samples each step uses."""
         model, arch, replay = state["model"], state["arch"], state["replay"]
         fits = memory_check(self.profile, self._memory(model, arch, replay_samples=len(replay)))
-        macs, _ = model_costs(model, arch)
+        macs, cost = model_costs(model, arch, self.fleet.update)
         passes = self.fleet.passes
         stream_per_step = self.fleet.batch_size - self._replayed_per_batch(replay)
         credit = (StreamCredit.unlimited(before) if passes is None else
                   StreamCredit(int(passes), stream_per_step, float(int(passes) * before - state["visits"])))
         report = simulate_window(self.profile, budget_of(self.fleet, self.task.window_s),
-                                 step_flops(2.0 * macs, self.fleet.batch_size), start_s=start,
+                                 step_flops(2.0 * macs, self.fleet.batch_size, cost.backward_share), start_s=start,
                                  arrivals=self.times[arrived].tolist(), phase_s=self.me.phase_s, credit=credit,
                                  transfers=transfers, train=fits, online=self.me.online)
         if not fits and report.status == Status.ok:

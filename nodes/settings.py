@@ -18,7 +18,7 @@ from typing import Any, Optional, TypeVar
 
 from omegaconf import MISSING, OmegaConf
 
-from swarm.nodes.choices import Aggregate, BatchNormMode, DriftKind, Loss, NewClassOutputs, Sampling
+from swarm.nodes.choices import Aggregate, BatchNormMode, DriftKind, Loss, NewClassOutputs, Sampling, Update
 from swarm.nodes.replay import ReplayPolicy
 
 Section = TypeVar("Section")
@@ -149,6 +149,7 @@ class FleetConfig:
     strategy: str = MISSING  # a strategy of swarm.nodes.strategies' registry (checked by check_strategy)
     participation: Any = MISSING  # a fraction in (0, 1], or a whole number of nodes >= 1 (checked by swarm.schema.check)
     prox_mu: float = bounded(ge=0)  # fedprox: the weight of the proximal term (0: FedAvg, step for step)
+    update: Update = Update.full  # what a node trains (swarm.nodes.trainable); plans from before it: full
     # How the shared model combines the updates (swarm.nodes.strategies); the defaults are for plans
     # written before these settings existed (the config sets them).
     aggregate: Aggregate = Aggregate.mean

@@ -47,8 +47,8 @@ class StepCeilings:
     def __init__(self, plan: FleetPlan, model: torch.nn.Module, accepted: dict[int, int] | None = None) -> None:
         """``accepted``: steps already accepted from each node in earlier windows (a resumed run's rows)."""
         self.plan, self.fleet = plan, plan.fleet
-        macs, _ = model_costs(model, plan.architecture)  # as the node counts a step's cost
-        self.flops_per_step = step_flops(2.0 * macs, self.fleet.batch_size)
+        macs, cost = model_costs(model, plan.architecture, self.fleet.update)  # as the node counts a step's cost
+        self.flops_per_step = step_flops(2.0 * macs, self.fleet.batch_size, cost.backward_share)
         self.accepted = dict(accepted or {})
         share = self.fleet.replay.fraction if (plan.continual or self.fleet.replay.finetune) else 0.0
         # A step takes at least this many stream samples (the rest of its batch replayed from P).

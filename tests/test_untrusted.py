@@ -64,8 +64,9 @@ def distance(a, b):
 
 # ---------------------------------------------------------------- claims the server can verify
 
-def test_an_honest_fleet_never_claims_more_than_its_plan_allows(base_plan, tmp_path):
-    path = variant(base_plan, tmp_path)
+@pytest.mark.parametrize("update", ["full", "head"])  # the ceiling charges a step what the node's mode costs
+def test_an_honest_fleet_never_claims_more_than_its_plan_allows(base_plan, tmp_path, update):
+    path = variant(base_plan, tmp_path, update=update)
     rows, _ = run(path)
     trained = [r for r in rows if r["window"] >= 0 and r["steps"] > 0]
     assert trained and not any("claimed" in r["error"] for r in trained)
