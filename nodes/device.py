@@ -10,7 +10,8 @@ A SimPy simulation of one adaptation window on one node. Three processes share t
   window: ``bytes_down`` at ``downlink_bps``, drawing ``radio_rx_w``); then, while available and
   with data to learn from, runs training steps one after another; last sends its update
   (``bytes_up`` at ``uplink_bps``, drawing ``radio_tx_w``). A step costs ``3 × forward FLOPs ×
-  batch`` (FedScale; Kaplan et al.) and takes ``step FLOPs / effective FLOP/s`` seconds at
+  batch`` (FedScale; Kaplan et al.) when every weight trains, less under a partial update
+  (``fleet.update``, :mod:`swarm.nodes.trainable`), and takes ``step FLOPs / effective FLOP/s`` seconds at
   ``active_power_w``; it starts only if the window's remaining budget (energy in J, radio
   included; compute seconds; FLOPs) covers it with the update's transfer still to come, and it
   ends while the device is still available and early enough for that transfer to finish before

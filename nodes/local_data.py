@@ -108,11 +108,11 @@ class NodeData:
         roles, positions = np.asarray(roles), np.asarray(positions, dtype=np.int64)
         inputs = targets = None
         for role in np.unique(roles):
-            where = torch.from_numpy(np.flatnonzero(roles == role))
-            x, y = self.pools[int(role)].batch(positions[where.numpy()])
+            where = np.flatnonzero(roles == role)
+            x, y = self.pools[int(role)].batch(positions[where])
             if inputs is None:
                 inputs, targets = x.new_empty((len(roles), *x.shape[1:])), y.new_empty(len(roles))
-            inputs[where], targets[where] = x, y
+            inputs[torch.from_numpy(where)], targets[torch.from_numpy(where)] = x, y
         return inputs, targets
 
 

@@ -50,7 +50,7 @@ from swarm.nodes.shapes import count_macs_and_params
 from swarm.nodes.trainable import TrainingCost, freeze, training_cost
 
 CPU = torch.device("cpu")  # where a node's model is kept between windows and sent from
-_COSTS: dict[str, tuple[int, int]] = {}
+_COSTS: dict[str, tuple[int, TrainingCost]] = {}
 
 
 def message_bytes(record: ArrayRecord, distinct: bool = True) -> int:
