@@ -63,6 +63,12 @@ class DeviceProfile:
     uplink_bps: float | None = None
     radio_rx_w: float | None = None
     radio_tx_w: float | None = None
+    # Flash (MB) that holds the weights training leaves frozen, as microcontroller training engines
+    # keep them (only the trained ones are copied to RAM); None: every weight is in RAM.
+    flash_mb: float | None = None
+    # The batch a step trains on this device, where the fleet's (fleet.batch_size) cannot fit its
+    # RAM; None: the fleet's.
+    batch_size: int | None = None
     description: str = ""
     sources: Mapping[str, str] = field(default_factory=dict)
 
@@ -79,6 +85,10 @@ class DeviceProfile:
                              "and radio_tx_w (or none of them)")
         if self.has_link and (min(self.downlink_bps, self.uplink_bps) <= 0 or min(self.radio_rx_w, self.radio_tx_w) < 0):
             raise SwarmError(f"device {self.name}: link rates must be positive and radio powers >= 0")
+        if self.flash_mb is not None and self.flash_mb <= 0:
+            raise SwarmError(f"device {self.name}: flash_mb must be positive (or absent: weights in RAM)")
+        if self.batch_size is not None and (self.batch_size != int(self.batch_size) or self.batch_size < 1):
+            raise SwarmError(f"device {self.name}: batch_size must be a whole number >= 1, not {self.batch_size}")
 
     @property
     def has_link(self) -> bool:
@@ -94,11 +104,16 @@ class DeviceProfile:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> DeviceProfile:
         fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        kept = ("name", "description", "sources", "batch_size")  # not converted to float
         try:
-            return cls(**{k: (float(v) if k not in ("name", "description", "sources") and v is not None else v)
-                          for k, v in fields.items()})
-        except TypeError as error:
+            profile = cls(**{k: (float(v) if k not in kept and v is not None else v) for k, v in fields.items()})
+        except (TypeError, ValueError) as error:
             raise SwarmError(f"device profile {data.get('name', '?')}: {error}") from None
+        return profile
+
+    def batch_size_for(self, fleet_batch_size: int) -> int:
+        """The batch a training step uses on this device: its own, else the fleet's."""
+        return int(self.batch_size) if self.batch_size is not None else int(fleet_batch_size)
 
 
 # Profile fields that describe a device without entering the simulation: its description, the
@@ -431,11 +446,15 @@ def available_seconds(profile: DeviceProfile, start_s: float, end_s: float, phas
 # ----------------------------------------------------------------------------- memory
 @dataclass(frozen=True)
 class MemoryNeed:
-    weights_mb: float
+    """What training takes of a device's RAM (``total_mb``) and, where frozen weights stay in
+    flash, of its flash (``flash_mb``), in MB."""
+
+    weights_mb: float  # the weights held in RAM
     gradients_mb: float
     optimizer_mb: float
     activations_mb: float
     replay_mb: float
+    flash_mb: float = 0.0  # frozen weights read from flash
 
     @property
     def total_mb(self) -> float:
@@ -444,18 +463,22 @@ class MemoryNeed:
 
 def memory_need(parameters: int, activation_bytes: int, batch_size: int, replay_samples: int,
                 sample_bytes: int, optimizer_slots: int = 2, bytes_per_value: int = 4,
-                trained_parameters: int | None = None) -> MemoryNeed:
+                trained_parameters: int | None = None, frozen_in_flash: bool = False) -> MemoryNeed:
     """Training memory: weights + gradients + optimizer state (Adam: 2 slots) + activations + replay;
-    gradients and optimizer state only for the ``trained_parameters`` (default: all of them)."""
+    gradients and optimizer state only for the ``trained_parameters`` (default: all of them).
+    ``frozen_in_flash``: the weights not trained are read from flash, only the trained ones in RAM."""
     mb = 1024 * 1024
+    trained_count = parameters if trained_parameters is None else trained_parameters
     weights = parameters * bytes_per_value / mb
-    trained = (parameters if trained_parameters is None else trained_parameters) * bytes_per_value / mb
-    return MemoryNeed(weights, trained, optimizer_slots * trained, activation_bytes * batch_size / mb,
-                      replay_samples * sample_bytes / mb)
+    trained = trained_count * bytes_per_value / mb
+    in_flash = (parameters - trained_count) * bytes_per_value / mb if frozen_in_flash else 0.0
+    return MemoryNeed(weights - in_flash, trained, optimizer_slots * trained, activation_bytes * batch_size / mb,
+                      replay_samples * sample_bytes / mb, in_flash)
 
 
 def memory_check(profile: DeviceProfile, need: MemoryNeed) -> bool:
-    return need.total_mb <= profile.ram_mb
+    """Whether training fits: its RAM need in the device's RAM, its frozen weights in its flash."""
+    return need.total_mb <= profile.ram_mb and need.flash_mb <= (profile.flash_mb or 0.0)
 
 
 def budget_of(fleet: FleetConfig, window_s: float) -> Budget:

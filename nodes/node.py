@@ -33,8 +33,8 @@ from torch import nn
 
 from swarm.nodes import checkpoints, io
 from swarm.nodes.checkpoints import received_model
-from swarm.nodes.device import (StreamCredit, Transfers, WindowReport, budget_of, link_note, memory_check,
-                                memory_need, profile_of, settle_upload, simulate_window, step_flops)
+from swarm.nodes.device import (MemoryNeed, StreamCredit, Transfers, WindowReport, budget_of, link_note,
+                                memory_check, memory_need, profile_of, settle_upload, simulate_window, step_flops)
 from swarm.nodes.drift import F, P, node_stream
 from swarm.nodes.errors import SwarmError
 from swarm.nodes.evaluation import TestSets, accuracies
@@ -93,8 +93,8 @@ def model_costs(model: nn.Module, arch: Mapping[str, Any], update: Update = Upda
 
 
 def activation_bytes_per_sample(model: nn.Module, example: torch.Tensor) -> int:
-    """Bytes of layer outputs one sample keeps for the backward pass when every weight trains (what
-    dominates training memory)."""
+    """Bytes of activations one sample holds at a training step's peak when every weight trains
+    (what dominates training memory; :func:`swarm.nodes.trainable.training_cost`)."""
     return training_cost(model, example, Update.full).activation_bytes
 
 
@@ -123,6 +123,7 @@ class NodeRuntime:
         self.me = task.node
         self.fleet = task.fleet
         self.profile = profile_of(self.fleet, self.me.profile)
+        self.batch_size = self.profile.batch_size_for(self.fleet.batch_size)  # the device's own, where it has one
         self.strategy = make_strategy(self.fleet.strategy, self.fleet)  # its node side: what the loss adds
         self.continual = task.continual
         # Where it trains and evaluates: the share of a GPU its actor was given (fleet.ray.gpus_per_node;
@@ -176,11 +177,12 @@ class NodeRuntime:
     def _sample_bytes(self) -> int:
         return self.data.channels * self.data.image_size ** 2  # stored as 8-bit pixels
 
-    def _memory(self, model: nn.Module, arch: Mapping[str, Any], replay_samples: int):
+    def _memory(self, model: nn.Module, arch: Mapping[str, Any], replay_samples: int) -> MemoryNeed:
         _, cost = model_costs(model, arch, self.fleet.update)
         return memory_need(sum(p.numel() for p in model.parameters()), cost.activation_bytes,
-                           self.fleet.batch_size, replay_samples, self._sample_bytes(),
-                           trained_parameters=cost.trained_parameters)
+                           self.batch_size, replay_samples, self._sample_bytes(),
+                           trained_parameters=cost.trained_parameters,
+                           frozen_in_flash=self.profile.flash_mb is not None)
 
     def state_path(self, window: int) -> Path:
         """The node's state at the start of ``window`` (after every window before it)."""
@@ -240,13 +242,13 @@ class NodeRuntime:
         replay: ReplayBuffer = state["replay"]
         arrived = (self.times >= start) & (self.times < end)
         before = int((self.times < start).sum())
-        report, stream_per_step = self._grant(state, start, arrived, before, transfers)
+        report, stream_per_step, needs = self._grant(state, start, arrived, before, transfers)
         received = report.status != Status.not_received
         if received and weights is not None:
             model.load_state_dict(weights)
         if not received and state["fresh"]:  # it holds no model: nothing to train, score or keep
             return self._row(window, end, before + int(arrived.sum()), report, _unmeasured(self.tests),
-                             link_note(self.profile, report, transfers)), None
+                             link_note(self.profile, report, transfers), needs), None
         # torch's fused Adam: one kernel for every parameter (1.27 -> 0.40 ms of a 16 ms step on the
         # default model, benchmarks/node_step.py --optimizers); the same update up to float rounding.
         trained = freeze(model, self.fleet.update)  # the others get no gradient and no optimizer state
@@ -267,27 +269,29 @@ class NodeRuntime:
         state["window"] = window + 1
         self._save(state, optimizer, window)
         return (self._row(window, end, before + int(arrived.sum()), report, accuracy,
-                          link_note(self.profile, report, transfers)), model)
+                          link_note(self.profile, report, transfers), needs), model)
 
     def _grant(self, state: dict[str, Any], start: float, arrived: np.ndarray, before: int,
-               transfers: Transfers) -> tuple[WindowReport, int]:
+               transfers: Transfers) -> tuple[WindowReport, int, dict[str, float]]:
         """The device model's answer for the window starting at ``start`` (steps and when, costs,
-        status; ``does_not_fit`` when training does not fit in RAM, the model still received), and
-        how many stream samples each step uses."""
+        status; ``does_not_fit`` when training does not fit in RAM, the model still received), how
+        many stream samples each step uses, and what a step needs (``nodes.csv``'s ``memory_mb``:
+        RAM, and ``step_flops``)."""
         model, arch, replay = state["model"], state["arch"], state["replay"]
-        fits = memory_check(self.profile, self._memory(model, arch, replay_samples=len(replay)))
+        need = self._memory(model, arch, replay_samples=len(replay))
+        fits = memory_check(self.profile, need)
         macs, cost = model_costs(model, arch, self.fleet.update)
         passes = self.fleet.passes
-        stream_per_step = self.fleet.batch_size - self._replayed_per_batch(replay)
+        stream_per_step = self.batch_size - self._replayed_per_batch(replay)
         credit = (StreamCredit.unlimited(before) if passes is None else
                   StreamCredit(int(passes), stream_per_step, float(int(passes) * before - state["visits"])))
-        report = simulate_window(self.profile, budget_of(self.fleet, self.task.window_s),
-                                 step_flops(2.0 * macs, self.fleet.batch_size, cost.backward_share), start_s=start,
-                                 arrivals=self.times[arrived].tolist(), phase_s=self.me.phase_s, credit=credit,
-                                 transfers=transfers, train=fits, online=self.me.online)
+        flops_per_step = step_flops(2.0 * macs, self.batch_size, cost.backward_share)
+        report = simulate_window(self.profile, budget_of(self.fleet, self.task.window_s), flops_per_step,
+                                 start_s=start, arrivals=self.times[arrived].tolist(), phase_s=self.me.phase_s,
+                                 credit=credit, transfers=transfers, train=fits, online=self.me.online)
         if not fits and report.status == Status.ok:
             report.status = Status.does_not_fit
-        return report, stream_per_step
+        return report, stream_per_step, {"memory_mb": need.total_mb, "step_flops": flops_per_step}
 
     def _transfers(self, state: dict[str, Any], weights: Mapping[str, torch.Tensor] | None) -> Transfers:
         """What travels this window: the model, when the server sent one (or, run in-process, the
@@ -305,11 +309,11 @@ class NodeRuntime:
                          up=model_bytes(model, distinct=False) if self.strategy.shares_model else 0)
 
     def _row(self, window: int, end: float, seen: int, report: WindowReport, accuracy: Mapping[str, Any],
-             error: str) -> WindowRow:
+             error: str, needs: Mapping[str, float]) -> WindowRow:
         return WindowRow(node=self.me.partition, profile=self.me.profile, window=window, sim_time_s=end,
                          steps=report.steps, samples_seen=seen, flops=report.flops, energy_j=report.energy_j,
                          status=report.status, error=error, compute_s=report.busy_s, comm_s=report.comm_s, comm_j=report.comm_j,
-                         bytes_down=report.bytes_down, bytes_up=report.bytes_up, **accuracy)
+                         bytes_down=report.bytes_down, bytes_up=report.bytes_up, **needs, **accuracy)
 
     def _train(self, model: nn.Module, optimizer: torch.optim.Optimizer, replay: ReplayBuffer,
                step_starts: list[float], window: int) -> None:
@@ -323,12 +327,14 @@ class NodeRuntime:
         (docs/adaptation.md)."""
         if not step_starts:
             return
-        batch_size = self.fleet.batch_size
+        batch_size = self.batch_size
         recent = self.fleet.recent_samples
         rng = np.random.default_rng((self.me.seed, window))
         loss_fn = nn.CrossEntropyLoss()
         place(model, self.device)
-        train_mode(model, frozen_batchnorm=self.fleet.batchnorm == BatchNormMode.frozen)
+        # A batch of one sample has no batch statistics to normalise with: such a device (its
+        # profile's batch_size 1) keeps the received ones, as microcontroller engines fold BatchNorm.
+        train_mode(model, frozen_batchnorm=self.fleet.batchnorm == BatchNormMode.frozen or batch_size == 1)
         start = ({name: p.detach().clone() for name, p in model.named_parameters()} if self.strategy.has_penalty
                  else {})  # the parameters the window started from (FedProx's anchor)
         loss = self.fleet.loss
@@ -352,18 +358,32 @@ class NodeRuntime:
             inputs = batch_to(inputs, self.device)
             self.trained_per_output += np.bincount(targets.numpy(), minlength=len(self.trained_per_output))
             self.trained_per_output[always.numpy()] += len(targets)  # every example trained them (as negatives)
+            drawn_from = self._classes_drawn_from(pool, targets.numpy(), always.numpy()) if loss != Loss.full else []
             targets = targets.to(self.device)
             optimizer.zero_grad(set_to_none=True)
             logits = model(inputs)
             if loss != Loss.full:  # the classes a node's batch lacks are not pushed down
                 present = always_here.clone()
                 present[targets] = True
+                if len(drawn_from):
+                    present[torch.as_tensor(drawn_from, device=self.device)] = True
                 logits = logits.masked_fill(~present, -1e9)
             objective = loss_fn(logits, targets)
             penalty = self.strategy.penalty(model, start) if start else None
             (objective if penalty is None else objective + penalty).backward()
             optimizer.step()
         model.eval()
+
+    def _classes_drawn_from(self, pool: np.ndarray, targets: np.ndarray, always: np.ndarray) -> np.ndarray:
+        """The classes that compete beside a batch's own under the masked losses: none, unless the
+        batch holds one sample. A batch of one holds one class, and a softmax over one output has
+        no gradient: on a device that trains a sample a step (its profile's ``batch_size`` 1), the
+        classes of the samples it draws from compete, and are counted as trained (as negatives)."""
+        if len(targets) != 1:
+            return np.zeros(0, dtype=np.int64)
+        drawn_from = np.setdiff1d(self.labels[pool], np.flatnonzero(always))
+        self.trained_per_output[np.setdiff1d(drawn_from, targets)] += 1
+        return drawn_from
 
     def _draw(self, pool: np.ndarray, count: int, rng: np.random.Generator, balanced: bool) -> np.ndarray:
         """``count`` stream positions from ``pool``, with replacement: uniformly, or ``balanced``: each
@@ -386,7 +406,7 @@ class NodeRuntime:
         """How many samples of each batch come from the replay buffer of P (continual scenarios)."""
         settings = self.fleet.replay
         share = settings.fraction if (self.continual or settings.finetune) else 0.0
-        return int(round(self.fleet.batch_size * share)) if len(replay) else 0
+        return int(round(self.batch_size * share)) if len(replay) else 0
 
     def _evaluate(self, model: nn.Module) -> dict[str, Any]:
         started = time.perf_counter()

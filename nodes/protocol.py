@@ -60,7 +60,11 @@ ACCURACIES = ("acc_P", "acc_F", "acc_PF")  # in [0, 1], or NaN where not measure
 LINK = ("bytes_down", "bytes_up")  # whole, >= 0
 COSTS = ("compute_s", "comm_s", "comm_j")  # finite, >= 0
 COUNTS = ("steps", "samples_seen") + LINK  # whole, >= 0
-AMOUNTS = ("sim_time_s", "flops", "energy_j") + COSTS  # finite, >= 0
+# What one training step needs on the device under the fleet's update mode (fleet.update): its RAM
+# in MB (weights held in RAM, gradients, optimizer state, activations, replay) and its FLOPs; NaN in
+# a row that asked nothing of the device (the model as received, a failed or late window).
+NEEDS = ("memory_mb", "step_flops")
+AMOUNTS = ("sim_time_s", "flops", "energy_j") + COSTS + NEEDS  # finite, >= 0 (NaN: see NEEDS)
 METRICS = ACCURACIES + ("steps", "samples_seen", "flops", "energy_j")  # what reports summarise per window
 # Where a node's wall-clock seconds of one window went, on the machine that runs it (a fact about
 # that machine, not a result: kept apart from nodes.csv, in TIMINGS_CSV). ``node_s`` is all of it:
@@ -91,6 +95,8 @@ class WindowRow:
     comm_j: float = 0.0  # the radio's energy, part of energy_j
     bytes_down: int = 0  # the model received (serialized, as the message carried it)
     bytes_up: int = 0  # the update sent
+    memory_mb: float = math.nan  # RAM a training step needs on the device (see NEEDS)
+    step_flops: float = math.nan  # FLOPs of one training step on it
 
     @classmethod
     def without_result(cls, node: int, profile: str, window: int, status: str, error: str) -> WindowRow:
@@ -146,8 +152,8 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     rows = []
     with open(path) as f:
         for row in csv.DictReader(f):
-            # A nodes.csv written before the link columns existed reads them as NaN (not measured).
-            for key in METRICS + ("sim_time_s",) + COSTS + LINK:
+            # A nodes.csv written before the link or need columns existed reads them as NaN (not measured).
+            for key in METRICS + ("sim_time_s",) + COSTS + LINK + NEEDS:
                 row[key] = float(row[key]) if row.get(key) not in (None, "") else math.nan
             row["node"], row["window"] = int(row["node"]), int(row["window"])
             row["acc_F_groups"] = [float(v) for v in (row.get("acc_F_groups") or "").split()]

@@ -46,8 +46,8 @@ VERSIONS = {
     # fleet.loss=masked pushes down the outputs outside the deployed task; 7: the device's link
     # (the model's and the update's transfers in each window; nodes.csv's link columns); 8: a
     # transfer's bytes count each distinct object of Flower's message once; 9: the nodes' fused Adam
-    # (float rounding).
-    "fleet": 9,
+    # (float rounding); 10: nodes.csv's memory_mb and step_flops, device batch sizes and flash.
+    "fleet": 10,
 }
 LOCK = ".lock"
 FLEET_FILES = (NODES_CSV,)

@@ -47,30 +47,37 @@ class StepCeilings:
     def __init__(self, plan: FleetPlan, model: torch.nn.Module, accepted: dict[int, int] | None = None) -> None:
         """``accepted``: steps already accepted from each node in earlier windows (a resumed run's rows)."""
         self.plan, self.fleet = plan, plan.fleet
-        macs, cost = model_costs(model, plan.architecture, self.fleet.update)  # as the node counts a step's cost
-        self.flops_per_step = step_flops(2.0 * macs, self.fleet.batch_size, cost.backward_share)
+        self.macs, self.cost = model_costs(model, plan.architecture, self.fleet.update)  # as the node counts a step
         self.accepted = dict(accepted or {})
-        share = self.fleet.replay.fraction if (plan.continual or self.fleet.replay.finetune) else 0.0
-        # A step takes at least this many stream samples (the rest of its batch replayed from P).
-        self.stream_per_step = self.fleet.batch_size - int(round(self.fleet.batch_size * share))
+        self.replay_share = self.fleet.replay.fraction if (plan.continual or self.fleet.replay.finetune) else 0.0
+
+    def batch(self, partition: int) -> int:
+        """The batch of a step on the node's device (its profile's own, else the fleet's)."""
+        return profile_of(self.fleet, self.plan.node(partition).profile).batch_size_for(self.fleet.batch_size)
+
+    def stream_per_step(self, partition: int) -> int:
+        """The fewest stream samples a step of the node takes (the rest of its batch replayed from P)."""
+        batch = self.batch(partition)
+        return batch - int(round(batch * self.replay_share))
 
     def by_device(self, partition: int, window: int) -> int:
         """The steps the node's device, budget and availability allow in ``window``, data never lacking."""
         node = self.plan.node(partition)
+        flops_per_step = step_flops(2.0 * self.macs, self.batch(partition), self.cost.backward_share)
         report = simulate_window(profile_of(self.fleet, node.profile), budget_of(self.fleet, self.plan.window_s),
-                                 self.flops_per_step, start_s=window * self.plan.window_s, samples_before=1,
+                                 flops_per_step, start_s=window * self.plan.window_s, samples_before=1,
                                  phase_s=node.phase_s, online=node.online)
         return report.steps
 
     def by_data(self, partition: int, window: int) -> float:
         """The steps the node's stream allows in ``window`` (infinite when ``fleet.passes`` is null,
         a step's batch is all replay, or the plan does not record the size of P's training split)."""
-        passes = self.fleet.passes
-        if passes is None or self.stream_per_step <= 0 or not self.plan.p_train_size:
+        passes, per_step = self.fleet.passes, self.stream_per_step(partition)
+        if passes is None or per_step <= 0 or not self.plan.p_train_size:
             return math.inf
         times, _, _ = stream_of(self.plan, partition, self.plan.p_train_size)
         arrived = int(np.searchsorted(times, (window + 1) * self.plan.window_s, side="left"))
-        return max(math.floor(int(passes) * arrived / self.stream_per_step) - self.accepted.get(partition, 0), 0)
+        return max(math.floor(int(passes) * arrived / per_step) - self.accepted.get(partition, 0), 0)
 
     def ceiling(self, partition: int, window: int) -> int:
         by_data = self.by_data(partition, window)
@@ -82,7 +89,7 @@ class StepCeilings:
         alike), and no output with more examples than those steps hold (an output may have as
         many as every example: under the masked loss T's outputs learn from each one); a note of
         each cut; the steps counted toward the node's later windows."""
-        ceiling, batch = self.ceiling(partition, window), self.fleet.batch_size
+        ceiling, batch = self.ceiling(partition, window), self.batch(partition)
         used, notes, examples = min(steps, ceiling), [], examples_per_output
         if steps > ceiling:
             notes.append(f"claimed {steps} steps, the plan allows at most {ceiling} in this window")

@@ -258,7 +258,6 @@ class FleetWindows:
         plan_id = plan_hash(plan_path)[:16]  # names the nodes' state of this plan
         self.tasks = {p: ConfigRecord(plan.task(p, plan_id).to_config()) for p in range(self.count)}
         self.shared = self.saved.shared if self.saved.shared is not None else self.sent
-        self.batch_size = plan.fleet.batch_size
         self.rows, self.failed = self.saved.rows, self.saved.failed
         accepted: dict[int, int] = {}  # steps accepted from each node in the windows already run
         for r in self.rows:
@@ -372,7 +371,8 @@ class FleetWindows:
             if claim.note:
                 checked.row.update(steps=claim.steps, error=safe_text(claim.note))
                 log.warning("node %d, window %d: %s", partition, window, claim.note)
-            self.strategy.add(checked.arrays, float(claim.steps) * self.batch_size, claim.examples_per_output)
+            examples = float(claim.steps) * self.ceilings.batch(partition)  # the batch of the node's device
+            self.strategy.add(checked.arrays, examples, claim.examples_per_output)
 
     def save(self, window: int, seconds: float, timings: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """After a window: the shared model scored, nodes.csv, the progress and the timings written,

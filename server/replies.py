@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
-from swarm.nodes.protocol import (ACCURACIES, AMOUNTS, COUNTS, DEVICE_FAULTS, NODE_STATUSES, RECEIVED_WINDOW, TIMING,
+from swarm.nodes.protocol import (ACCURACIES, AMOUNTS, COUNTS, DEVICE_FAULTS, NEEDS, NODE_STATUSES, RECEIVED_WINDOW, TIMING,
                                   Status)
 
 MAX_TEXT = 300
@@ -80,7 +80,7 @@ def _metrics(metrics: Any, partition: int, window: int, *, failed: bool) -> dict
         row[key] = value
     for key in COUNTS + AMOUNTS:
         value = _number(metrics, key)
-        if math.isnan(value) and (failed or key == "sim_time_s"):
+        if math.isnan(value) and (failed or key == "sim_time_s" or key in NEEDS):
             row[key] = value
             continue
         if not math.isfinite(value) or value < 0:

@@ -1,0 +1,115 @@
+"""The device model's training memory against the real peak memory of the same training step here.
+
+    python benchmarks/training_memory.py               # resnet_small at 16 and 32 px, as built and after 3 cuts
+    python benchmarks/training_memory.py --quick       # 16 px, as built only (the test suite runs this)
+
+For every ``fleet.update`` mode and both device batches (1, the microcontroller profile's; 32, the
+fleet's), the memory a node reports (``nodes.csv``'s ``memory_mb``, from
+:func:`swarm.nodes.node.model_costs` and :func:`swarm.nodes.device.memory_need`, every weight in
+RAM as on this machine, no replay) is set beside the peak memory torch's profiler measures in the
+node's training step (the node's layout, train mode, the mode's parameters only, fused Adam, cross
+entropy): the weights and buffers, the optimizer state held from the step before, and the most
+the step's own allocations net of its frees reach at any moment (``torch.profiler`` with
+``profile_memory=True``; each operator's own allocations in the order the operators started).
+The second step is measured, as a node's steps after its first hold the optimizer state.
+
+Prints a row per case and exits 1 if any need is outside [0.8, 1.2] x the measured peak (the goal
+of issue "The smallest devices train too": within 20%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+import torch
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
+
+from swarm.nodes import checkpoints
+from swarm.nodes.choices import Update
+from swarm.nodes.device import memory_need
+from swarm.nodes.layout import batch_to, place
+from swarm.nodes.models import build_model
+from swarm.nodes.node import model_costs
+from swarm.nodes.trainable import freeze
+from swarm.server.pruning import prunable_layers, prune_step
+from swarm.server.relevance import filter_l1
+
+BATCHES = (1, 32)
+TOLERANCE = 0.2
+CPU = torch.device("cpu")
+
+
+def model_of(image_size: int, cuts: int) -> tuple[nn.Module, dict]:
+    """resnet_small for 12 classes of 3-channel images, after ``cuts`` 20% cuts by weight magnitude."""
+    torch.manual_seed(0)
+    model = build_model({"name": "resnet_small"}, num_outputs=12, in_channels=3, image_size=image_size)
+    example = torch.randn(1, 3, image_size, image_size)
+    for _ in range(cuts):
+        prune_step(model, filter_l1(model, prunable_layers(model, "inner")), example, ratio=0.2, scope="inner")
+    return model, checkpoints.architecture(model, {"name": "resnet_small"}, 12, 3, image_size)
+
+
+def measured_peak_bytes(model: nn.Module, mode: Update, batch: int, image_size: int) -> int:
+    """The real peak memory of the node's training step under ``mode`` (see the module docstring)."""
+    place(model, CPU)
+    optimizer = torch.optim.Adam(freeze(model, mode), lr=5e-4, fused=True)
+    inputs = batch_to(torch.randn(batch, 3, image_size, image_size), CPU)
+    targets = torch.randint(0, 12, (batch,))
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(inputs), targets).backward()
+        optimizer.step()
+
+    step()  # the optimizer's state exists from here on, as in every step of a node after its first
+    with warnings.catch_warnings(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+        warnings.simplefilter("ignore")  # the profiler warns of blocks allocated before it started
+        step()
+    events = sorted((e for e in profiler.events() if e.self_cpu_memory_usage),
+                    key=lambda e: e.time_range.start)
+    current = peak = 0
+    for event in events:
+        current += event.self_cpu_memory_usage
+        peak = max(peak, current)
+    held = [*model.parameters(), *model.buffers(),
+            *(t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t))]
+    return sum(t.numel() * t.element_size() for t in held) + peak
+
+
+def need_bytes(model: nn.Module, arch: dict, mode: Update, batch: int) -> float:
+    """The memory need a node reports for the step (every weight in RAM, no replay), in bytes."""
+    _, cost = model_costs(model, arch, mode)
+    need = memory_need(sum(p.numel() for p in model.parameters()), cost.activation_bytes, batch, 0, 0,
+                       trained_parameters=cost.trained_parameters)
+    return need.total_mb * 2**20
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="16 px, the model as built only")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    cases = [(16, 0)] if args.quick else [(16, 0), (16, 3), (32, 0), (32, 3)]
+    worst = 0.0
+    print("| image | cuts | mode | batch | need (MB) | measured peak (MB) | need / peak |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for image_size, cuts in cases:
+        for mode in Update:
+            for batch in BATCHES:
+                model, arch = model_of(image_size, cuts)
+                need = need_bytes(model, arch, mode, batch)
+                real = measured_peak_bytes(model, mode, batch, image_size)
+                worst = max(worst, abs(need / real - 1))
+                print(f"| {image_size} px | {cuts} | {mode} | {batch} | {need / 2**20:.3f} | {real / 2**20:.3f} | "
+                      f"{need / real:.2f} |", flush=True)
+    print(f"largest deviation: {worst:.1%} (goal <= {TOLERANCE:.0%})")
+    return 0 if worst <= TOLERANCE else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
