@@ -66,5 +66,8 @@ BatchNormMode = StrEnum("BatchNormMode", ["track", "frozen"])
 # or the mean of the updates Multi-Krum keeps (Flower's select_multikrum).
 Aggregate = StrEnum("Aggregate", ["mean", "trimmed_mean", "median", "multikrum"])
 # What a node trains (swarm.nodes.trainable): every parameter, its biases and normalisation scales
-# (TinyTL-style), or its output layer; the device model charges only what training those needs.
-Update = StrEnum("Update", ["full", "bias", "head"])
+# (TinyTL-style), its output layer, or its output layer and the convolution channels it chooses
+# within fleet.update_budget_kb (swarm.nodes.selection): by Fisher information on its first
+# batches (TinyTrain-style), or the least relevant to P by the server's LRP; the device model
+# charges only what training those needs.
+Update = StrEnum("Update", ["full", "bias", "head", "fisher", "relevant"])

@@ -252,7 +252,8 @@ class StreamCredit:
 def simulate_window(profile: DeviceProfile, budget: Budget, flops_per_step: float, *, start_s: float = 0.0,
                     arrivals: Sequence[float] = (), samples_before: int = 0, phase_s: float = 0.0,
                     credit: StreamCredit | None = None, transfers: Transfers = Transfers(),
-                    train: bool = True, online: Sequence[Sequence[float]] | None = None) -> WindowReport:
+                    train: bool = True, online: Sequence[Sequence[float]] | None = None,
+                    setup_flops: float = 0.0) -> WindowReport:
     """Run one window [start_s, start_s + window_s) of the device model and return what it granted.
 
     ``arrivals`` are the simulated times at which new local samples arrive. With ``credit`` (see
@@ -262,13 +263,14 @@ def simulate_window(profile: DeviceProfile, budget: Budget, flops_per_step: floa
     fleet is not in lockstep; ``online``: the node's intervals from an availability trace, which
     replace the cycle. ``transfers``: the bytes received first and sent last (the update
     only if the node trained: a node that took no step has nothing to send). ``train=False``: the
-    node only receives (its training does not fit in memory).
+    node only receives (its training does not fit in memory). ``setup_flops``: work done once,
+    before the first step and charged with it (a node choosing what to train: :mod:`swarm.nodes.selection`).
     """
     if flops_per_step <= 0:
         raise SwarmError("a training step must cost a positive number of FLOPs")
     window = _Window(profile, budget, flops_per_step, start_s,
                      schedule(profile.availability, profile.availability_cycle_s, phase_s, online),
-                     credit or StreamCredit.unlimited(samples_before), transfers, train)
+                     credit or StreamCredit.unlimited(samples_before), transfers, train, setup_flops)
     window.run([a for a in arrivals if start_s <= a < window.end])
     return window.report
 
@@ -279,8 +281,10 @@ class _Window:
     enough data and can afford the step within the budget, and sends its update."""
 
     def __init__(self, profile: DeviceProfile, budget: Budget, flops_per_step: float, start_s: float,
-                 availability: Schedule, credit: StreamCredit, transfers: Transfers, train: bool) -> None:
+                 availability: Schedule, credit: StreamCredit, transfers: Transfers, train: bool,
+                 setup_flops: float = 0.0) -> None:
         self.profile, self.budget, self.flops_per_step = profile, budget, flops_per_step
+        self.setup_flops = setup_flops  # charged with the first step
         self.transfers, self.train = transfers, train
         self.send_s = profile.send_s(transfers.up)
         self.send_j = self.send_s * (profile.radio_tx_w or 0.0)
@@ -290,7 +294,6 @@ class _Window:
         self.env = simpy.Environment(initial_time=start_s)
         self.end = start_s + budget.window_s
         self.step_s = flops_per_step / profile.effective_flops
-        self.step_j = self.step_s * profile.active_power_w
         self.report = WindowReport()
         self.data = simpy.Container(self.env, init=max(credit.left, 0.0), capacity=math.inf)
         self.available = availability.state_at(start_s)[0]
@@ -308,7 +311,7 @@ class _Window:
         if report.steps == 0 and report.status == Status.ok and self.train:
             if report.available_s == 0:
                 report.status = Status.unavailable
-            elif self.step_s > budget.window_s:
+            elif self.next_step()[1] > budget.window_s:
                 report.status = Status.budget_exhausted  # not even one step fits in the window
         report.idle_energy_j = max(budget.window_s - report.busy_s - report.comm_s, 0.0) * profile.idle_power_w
 
@@ -369,17 +372,24 @@ class _Window:
         """Seconds the device stays available from now on, at most to the window's end."""
         return max(min(self.schedule.state_at(self.env.now)[1], self.end) - self.env.now, 1e-9)
 
+    def next_step(self) -> tuple[float, float, float]:
+        """(FLOPs, seconds, joules) of the next step: the first one carries the setup work."""
+        flops = self.flops_per_step + (self.setup_flops if self.report.steps == 0 else 0.0)
+        seconds = flops / self.profile.effective_flops
+        return flops, seconds, seconds * self.profile.active_power_w
+
     def affordable(self) -> bool:
         budget, report, seconds = self.budget, self.report, self.budget.seconds
-        energy_after = report.energy_j + self.step_j + self.send_j  # the update's transfer still to pay
+        flops, step_s, step_j = self.next_step()
+        energy_after = report.energy_j + step_j + self.send_j  # the update's transfer still to pay
         return not ((budget.energy_j is not None and energy_after > budget.energy_j + 1e-12)
-                    or (seconds is not None and report.busy_s + self.step_s > seconds + 1e-12)
-                    or (budget.flops is not None and report.flops + self.flops_per_step > budget.flops + 1e-6))
+                    or (seconds is not None and report.busy_s + step_s > seconds + 1e-12)
+                    or (budget.flops is not None and report.flops + flops > budget.flops + 1e-6))
 
     def trainer(self):
         env, report, data = self.env, self.report, self.data
         end = self.end - self.send_s  # the update must still leave inside the window
-        while env.now + self.step_s <= end:
+        while env.now + self.next_step()[1] <= end:
             if not self.available:
                 yield self.became_available | env.timeout(max(end - env.now, 0.0))
                 continue
@@ -396,18 +406,19 @@ class _Window:
             if not self.affordable():
                 report.status = Status.budget_exhausted
                 break
+            flops, step_s, step_j = self.next_step()
             online_until = self.schedule.state_at(env.now)[1]
-            if env.now + self.step_s > online_until + 1e-9:  # the device goes away before the step would end
+            if env.now + step_s > online_until + 1e-9:  # the device goes away before the step would end
                 yield env.timeout(max(min(online_until, end) - env.now, 1e-9))
                 continue
             if self.consumes:
                 yield data.get(self.credit.per_step)
             report.step_starts.append(env.now)
-            yield env.timeout(self.step_s)
+            yield env.timeout(step_s)
             report.steps += 1
-            report.busy_s += self.step_s
-            report.energy_j += self.step_j
-            report.flops += self.flops_per_step
+            report.busy_s += step_s
+            report.energy_j += step_j
+            report.flops += flops
 
 
 def settle_upload(report: WindowReport, profile: DeviceProfile, sent: int) -> None:

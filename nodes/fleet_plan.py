@@ -76,6 +76,7 @@ class NodeTask:
     plan_id: str  # names the node's state for this plan (hex digits only)
     data_id: str  # the data folder this node must hold (:meth:`FleetPlan.data_id`)
     undeployed_outputs: list[int] = field(default_factory=list)  # :attr:`FleetPlan.undeployed_outputs`
+    channel_relevance: dict[str, list[float]] = field(default_factory=dict)  # :attr:`FleetPlan.channel_relevance`
     # ``fleet`` as JSON, when the plan has it already (typing to and from JSON takes tens of ms).
     fleet_json: str = field(default="", repr=False, compare=False)
 
@@ -84,7 +85,8 @@ class NodeTask:
                 "run": json.dumps({"continual": self.continual, "window_s": self.window_s, "windows": self.windows,
                                    "events": self.events, "event_gap_s": self.event_gap_s,
                                    "plan_id": self.plan_id, "data_id": self.data_id,
-                                   "undeployed_outputs": self.undeployed_outputs}),
+                                   "undeployed_outputs": self.undeployed_outputs,
+                                   "channel_relevance": self.channel_relevance}),
                 "architecture": json.dumps(self.architecture)}
 
     @classmethod
@@ -97,7 +99,9 @@ class NodeTask:
                        window_s=float(run["window_s"]), windows=int(run["windows"]), events=int(run["events"]),
                        event_gap_s=float(run["event_gap_s"]), architecture=dict(json.loads(config["architecture"])),
                        plan_id=str(run["plan_id"]), data_id=str(run["data_id"]),
-                       undeployed_outputs=[int(o) for o in run.get("undeployed_outputs", [])])
+                       undeployed_outputs=[int(o) for o in run.get("undeployed_outputs", [])],
+                       channel_relevance={str(name): [float(v) for v in values]
+                                          for name, values in dict(run.get("channel_relevance", {})).items()})
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"the message's task is malformed: {type(error).__name__}: {error}") from None
         if not re.fullmatch(r"[0-9a-f]{8,64}", task.plan_id):
@@ -131,6 +135,9 @@ class FleetPlan:
     # The size of P's training split, which the nodes' streams draw from: with it the server draws
     # each node's stream as the node does, and bounds the steps a node may claim (0: not recorded).
     p_train_size: int = 0
+    # Under fleet.update=relevant: each convolution's per-channel LRP relevance over P for the model
+    # sent, which the nodes choose what to train by (swarm.nodes.selection); else empty.
+    channel_relevance: dict[str, list[float]] = field(default_factory=dict)
 
     @cached_property
     def fleet(self) -> FleetConfig:
@@ -169,7 +176,8 @@ class FleetPlan:
         return NodeTask(node=self.node(partition), fleet=self.fleet, fleet_json=self._fleet_json, continual=self.continual,
                         window_s=self.window_s, windows=self.windows, events=max(len(self.f_tasks), 1),
                         event_gap_s=self.event_gap_s, architecture=dict(self.architecture), plan_id=plan_id,
-                        data_id=self.data_id(partition), undeployed_outputs=list(self.undeployed_outputs))
+                        data_id=self.data_id(partition), undeployed_outputs=list(self.undeployed_outputs),
+                        channel_relevance=self.channel_relevance)
 
     def save(self, path: Path) -> None:
         io.write_json(path, asdict(self))

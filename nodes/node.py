@@ -47,6 +47,9 @@ from swarm.nodes.models import classifier
 from swarm.nodes.protocol import RECEIVED_WINDOW, Status, WindowRow
 from swarm.nodes.replay import ReplayBuffer
 from swarm.nodes.shapes import count_macs_and_params
+from swarm.nodes.selection import (FISHER_BATCHES, SELECTING, Chooser, Selection, attach, fisher_scores,
+                                   least_relevant_first, merged)
+from swarm.nodes.selection import cost as selection_cost
 from swarm.nodes.trainable import TrainingCost, freeze, training_cost
 
 CPU = torch.device("cpu")  # where a node's model is kept between windows and sent from
@@ -124,6 +127,10 @@ class NodeRuntime:
         self.fleet = task.fleet
         self.profile = profile_of(self.fleet, self.me.profile)
         self.batch_size = self.profile.batch_size_for(self.fleet.batch_size)  # the device's own, where it has one
+        # fisher / relevant: the node chooses the channels it trains (swarm.nodes.selection), once.
+        self.selecting = self.fleet.update in SELECTING
+        self.example = checkpoints.example_inputs(task.architecture, 2)
+        self._selection_costs: dict[str, TrainingCost] = {}
         self.strategy = make_strategy(self.fleet.strategy, self.fleet)  # its node side: what the loss adds
         self.continual = task.continual
         # Where it trains and evaluates: the share of a GPU its actor was given (fleet.ray.gpus_per_node;
@@ -162,7 +169,7 @@ class NodeRuntime:
             order = np.random.default_rng(self.me.seed + 1).permutation(self.data.p_train_size)
             replay.offer(order, self.data.targets(P, order).tolist())
         return {"model": model, "arch": arch, "optimizer": None, "replay": replay, "window": 0, "visits": 0,
-                "fresh": True}
+                "fresh": True, "selection": None}
 
     def _replay_capacity(self, model: nn.Module, arch: Mapping[str, Any]) -> int | None:
         setting = self.fleet.replay.capacity
@@ -170,15 +177,29 @@ class NodeRuntime:
             return None
         if setting != "auto":
             return int(setting)
-        need = self._memory(model, arch, replay_samples=0)
+        need = self._memory(model, self._cost(model, arch, None)[1], replay_samples=0)
         free_mb = self.profile.ram_mb - need.total_mb
+        if self.selecting:  # the most the channels it will choose may add
+            free_mb -= float(self.fleet.update_budget_kb) / 1024
         return max(0, int(free_mb * 2**20 // self._sample_bytes()))
 
     def _sample_bytes(self) -> int:
         return self.data.channels * self.data.image_size ** 2  # stored as 8-bit pixels
 
-    def _memory(self, model: nn.Module, arch: Mapping[str, Any], replay_samples: int) -> MemoryNeed:
-        _, cost = model_costs(model, arch, self.fleet.update)
+    def _cost(self, model: nn.Module, arch: Mapping[str, Any], selection: Selection | None) -> tuple[int, TrainingCost]:
+        """(forward MACs a sample, what a training step costs a sample) under the fleet's mode; a
+        node that chooses its channels is charged its output layer's until it has chosen."""
+        if not self.selecting:
+            return model_costs(model, arch, self.fleet.update)
+        macs, head = model_costs(model, arch, Update.head)
+        if selection is None:
+            return macs, head
+        key = json.dumps(selection, sort_keys=True)
+        if key not in self._selection_costs:
+            self._selection_costs[key] = selection_cost(model, self.example, selection)
+        return macs, self._selection_costs[key]
+
+    def _memory(self, model: nn.Module, cost: TrainingCost, replay_samples: int) -> MemoryNeed:
         return memory_need(sum(p.numel() for p in model.parameters()), cost.activation_bytes,
                            self.batch_size, replay_samples, self._sample_bytes(),
                            trained_parameters=cost.trained_parameters,
@@ -208,7 +229,7 @@ class NodeRuntime:
         model.load_state_dict(blob["model"])
         return {"model": model, "arch": blob["arch"], "optimizer": blob["optimizer"],
                 "replay": ReplayBuffer.from_state(_from_tensors(blob["replay"])), "window": int(blob["window"]),
-                "visits": int(blob["visits"]), "fresh": False}
+                "visits": int(blob["visits"]), "fresh": False, "selection": blob.get("selection")}
 
     def _save(self, state: dict[str, Any], optimizer: torch.optim.Optimizer, window: int) -> None:
         """Write the state after ``window``; keep the one it started from (the newest at or before
@@ -216,7 +237,7 @@ class NodeRuntime:
         io.save_tensors(self.state_path(window + 1), {
             "model": state["model"].state_dict(), "arch": state["arch"], "optimizer": optimizer.state_dict(),
             "replay": _to_tensors(state["replay"].state()), "window": state["window"],
-            "visits": state["visits"]})
+            "visits": state["visits"], "selection": state["selection"]})
         started_from = max((w for w in self._saved_windows() if w <= window), default=None)
         for old in self._saved_windows():
             if started_from is not None and old < started_from:
@@ -242,7 +263,7 @@ class NodeRuntime:
         replay: ReplayBuffer = state["replay"]
         arrived = (self.times >= start) & (self.times < end)
         before = int((self.times < start).sum())
-        report, stream_per_step, needs = self._grant(state, start, arrived, before, transfers)
+        report, stream_per_step, needs = self._grant(state, window, arrived, before, transfers)
         received = report.status != Status.not_received
         if received and weights is not None:
             model.load_state_dict(weights)
@@ -251,13 +272,17 @@ class NodeRuntime:
                              link_note(self.profile, report, transfers), needs), None
         # torch's fused Adam: one kernel for every parameter (1.27 -> 0.40 ms of a 16 ms step on the
         # default model, benchmarks/node_step.py --optimizers); the same update up to float rounding.
-        trained = freeze(model, self.fleet.update)  # the others get no gradient and no optimizer state
+        # Only the mode's parameters (or the chosen channels' deltas) get gradients and optimizer state.
+        trained = (attach(model, state["selection"] or {}, self.example) if self.selecting
+                   else freeze(model, self.fleet.update))
         optimizer = torch.optim.Adam(trained, lr=self.fleet.lr, fused=True)
         if state["optimizer"] is not None:
             optimizer.load_state_dict(state["optimizer"])
         started = time.perf_counter()
         self._train(model, optimizer, replay, report.step_starts, window)
         self.train_s += time.perf_counter() - started
+        if self.selecting:  # the deltas merged into plain weights, to score, save and send
+            model = state["model"] = merged(model, checkpoints.build_from_architecture(state["arch"]))
         if report.bytes_up:
             settle_upload(report, self.profile, model_bytes(model))
         state["visits"] += report.steps * stream_per_step  # sample visits spent, counted by the credit
@@ -271,27 +296,65 @@ class NodeRuntime:
         return (self._row(window, end, before + int(arrived.sum()), report, accuracy,
                           link_note(self.profile, report, transfers), needs), model)
 
-    def _grant(self, state: dict[str, Any], start: float, arrived: np.ndarray, before: int,
+    def _grant(self, state: dict[str, Any], window: int, arrived: np.ndarray, before: int,
                transfers: Transfers) -> tuple[WindowReport, int, dict[str, float]]:
-        """The device model's answer for the window starting at ``start`` (steps and when, costs,
-        status; ``does_not_fit`` when training does not fit in RAM, the model still received), how
-        many stream samples each step uses, and what a step needs (``nodes.csv``'s ``memory_mb``:
-        RAM, and ``step_flops``)."""
+        """The device model's answer for ``window`` (steps and when, costs, status; ``does_not_fit``
+        when training does not fit in RAM, the model still received), how many stream samples each
+        step uses, and what a step needs (``nodes.csv``'s ``memory_mb``: RAM, and ``step_flops``).
+        A node that chooses its channels and has not yet chosen does so when its first step would
+        begin, and the window is simulated again with the chosen channels' costs and the choosing."""
+        granted = self._simulate(state, window, arrived, before, transfers, setup_flops=0.0)
+        if self.selecting and state["selection"] is None and granted[0].step_starts:
+            setup_flops = self._choose(state, window, granted[0].step_starts[0])
+            granted = self._simulate(state, window, arrived, before, transfers, setup_flops)
+        return granted
+
+    def _simulate(self, state: dict[str, Any], window: int, arrived: np.ndarray, before: int,
+                  transfers: Transfers, setup_flops: float) -> tuple[WindowReport, int, dict[str, float]]:
         model, arch, replay = state["model"], state["arch"], state["replay"]
-        need = self._memory(model, arch, replay_samples=len(replay))
+        macs, cost = self._cost(model, arch, state["selection"])
+        need = self._memory(model, cost, replay_samples=len(replay))
         fits = memory_check(self.profile, need)
-        macs, cost = model_costs(model, arch, self.fleet.update)
         passes = self.fleet.passes
         stream_per_step = self.batch_size - self._replayed_per_batch(replay)
         credit = (StreamCredit.unlimited(before) if passes is None else
                   StreamCredit(int(passes), stream_per_step, float(int(passes) * before - state["visits"])))
         flops_per_step = step_flops(2.0 * macs, self.batch_size, cost.backward_share)
         report = simulate_window(self.profile, budget_of(self.fleet, self.task.window_s), flops_per_step,
-                                 start_s=start, arrivals=self.times[arrived].tolist(), phase_s=self.me.phase_s,
-                                 credit=credit, transfers=transfers, train=fits, online=self.me.online)
+                                 start_s=window * self.task.window_s, arrivals=self.times[arrived].tolist(),
+                                 phase_s=self.me.phase_s, credit=credit, transfers=transfers, train=fits,
+                                 online=self.me.online, setup_flops=setup_flops)
         if not fits and report.status == Status.ok:
             report.status = Status.does_not_fit
         return report, stream_per_step, {"memory_mb": need.total_mb, "step_flops": flops_per_step}
+
+    def _choose(self, state: dict[str, Any], window: int, at_s: float) -> float:
+        """Choose the channels to train (``fleet.update=fisher|relevant``, :mod:`swarm.nodes.selection`)
+        at simulated time ``at_s``; returns the FLOPs choosing cost the device."""
+        model, arch = state["model"], state["arch"]
+        chooser = Chooser(model, self.example, self.batch_size, float(self.fleet.update_budget_kb) * 1024)
+        setup_flops = 0.0
+        if self.fleet.update == Update.relevant:
+            if not self.task.channel_relevance:
+                raise SwarmError("fleet.update=relevant: the task carries no channel relevance; draw the plan again")
+            scores = least_relevant_first(self.task.channel_relevance, chooser.candidates)
+        else:  # fisher, on the first batches the node can draw then, each a forward and full backward pass
+            batches = self._first_batches(window, at_s)
+            scores = fisher_scores(model, batches, chooser.candidates)
+            setup_flops = len(batches) * step_flops(2.0 * self._cost(model, arch, None)[0], self.batch_size, 2.0)
+        state["selection"] = chooser.choose(scores)
+        state["optimizer"] = None  # any state before was for the parameters trained before choosing
+        return setup_flops
+
+    def _first_batches(self, window: int, at_s: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """:data:`FISHER_BATCHES` batches drawn as training draws them from the samples arrived by ``at_s``."""
+        seen = int(np.searchsorted(self.times, at_s, side="right"))
+        recent = self.fleet.recent_samples
+        pool = np.arange(0 if recent is None else max(0, seen - int(recent)), seen)
+        rng = np.random.default_rng((self.me.seed, window, 1))  # apart from the training draws
+        balanced = self.fleet.sampling == Sampling.balanced
+        picks = [self._draw(pool, self.batch_size, rng, balanced) for _ in range(FISHER_BATCHES)]
+        return [self.data.batch(self.roles[p], self.indices[p]) for p in picks if len(p)]
 
     def _transfers(self, state: dict[str, Any], weights: Mapping[str, torch.Tensor] | None) -> Transfers:
         """What travels this window: the model, when the server sent one (or, run in-process, the

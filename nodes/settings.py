@@ -150,6 +150,9 @@ class FleetConfig:
     participation: Any = MISSING  # a fraction in (0, 1], or a whole number of nodes >= 1 (checked by swarm.schema.check)
     prox_mu: float = bounded(ge=0)  # fedprox: the weight of the proximal term (0: FedAvg, step for step)
     update: Update = Update.full  # what a node trains (swarm.nodes.trainable); plans from before it: full
+    # fisher / relevant: the training memory (KB) their chosen channels may take: gradients, Adam's
+    # slots and the step's activations at the device's batch (swarm.nodes.selection); null: none set.
+    update_budget_kb: Optional[float] = bounded(gt=0, default=None)
     # How the shared model combines the updates (swarm.nodes.strategies); the defaults are for plans
     # written before these settings existed (the config sets them).
     aggregate: Aggregate = Aggregate.mean

@@ -13,7 +13,7 @@ gradient, so the optimizer, given :func:`freeze`'s list, holds no state for it.
   parameters (none below the first layer holding one) together with those the forward pass still
   holds (a residual block's input while its branch runs), counted on a real forward pass with
   the mode's parameters requiring gradients, as the bytes of the layers' inputs and outputs still
-  alive after each layer, the most at any layer (:func:`_peak_activation_bytes`). Counted so,
+  alive after each layer, the most at any layer (:func:`peak_activation_bytes`). Counted so,
   weights + gradients + Adam's slots + these came within 8% of the peak memory torch's profiler
   measures in a training step of ``resnet_small`` at 16 and 32 px, batch 1 and 32, every mode
   (``benchmarks/training_memory.py``). Leaf modules' outputs summed, the count used before,
@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from swarm.nodes.choices import Update
+from swarm.nodes.errors import SwarmError
 from swarm.nodes.models import classifier
 
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)  # their weight is a scale
@@ -42,6 +43,8 @@ _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)  # their 
 
 def trained_names(model: nn.Module, mode: Update) -> list[str]:
     """The names of the parameters ``mode`` trains, in ``model.named_parameters()`` order."""
+    if mode in (Update.fisher, Update.relevant):
+        raise SwarmError(f"fleet.update={mode} trains the channels each node chooses (swarm.nodes.selection)")
     if mode == Update.full:
         return [name for name, _ in model.named_parameters()]
     if mode == Update.head:
@@ -70,15 +73,18 @@ class TrainingCost:
 
 
 @dataclass
-class _Leaf:
+class Leaf:
+    """A module without children, as one forward pass calls it."""
+
     name: str
     module: nn.Module
     macs: int  # per sample: convolutions and linear layers (what dominates both passes)
 
 
-def _leaves_in_call_order(model: nn.Module, example: torch.Tensor) -> list[_Leaf]:
+def leaves_in_call_order(model: nn.Module, example: torch.Tensor) -> list[Leaf]:
+    """Every leaf module in the order a forward pass of one sample of ``example`` calls it."""
     names = {module: name for name, module in model.named_modules()}
-    leaves: list[_Leaf] = []
+    leaves: list[Leaf] = []
 
     def hook(module, inputs, output):
         if not isinstance(output, torch.Tensor):
@@ -89,7 +95,7 @@ def _leaves_in_call_order(model: nn.Module, example: torch.Tensor) -> list[_Leaf
             macs = output.numel() * (module.in_channels // module.groups) * kernel
         elif isinstance(module, nn.Linear):
             macs = output.numel() * module.in_features
-        leaves.append(_Leaf(names[module], module, macs))
+        leaves.append(Leaf(names[module], module, macs))
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
     was_training = model.training
@@ -104,7 +110,7 @@ def _leaves_in_call_order(model: nn.Module, example: torch.Tensor) -> list[_Leaf
     return leaves
 
 
-def _peak_activation_bytes(model: nn.Module, example: torch.Tensor, trained: set[str]) -> int:
+def peak_activation_bytes(model: nn.Module, example: torch.Tensor, trained: set[str]) -> int:
     """The most bytes of activations alive at once in a training forward pass of ``example``, with
     exactly the ``trained`` parameters requiring gradients (so autograd keeps what their backward
     pass needs, and nothing for the layers below them). After each leaf module runs, the tensors
@@ -149,13 +155,13 @@ def training_cost(model: nn.Module, example: torch.Tensor, mode: Update) -> Trai
     """:class:`TrainingCost` of training ``mode``'s parameters of ``model`` on inputs like ``example``
     (a batch of at least two: the activations are counted per sample of it)."""
     trained = set(trained_names(model, mode))
-    leaves = _leaves_in_call_order(model, example)
+    leaves = leaves_in_call_order(model, example)
     owns = [any(f"{leaf.name}.{p}" in trained for p, _ in leaf.module.named_parameters(recurse=False))
             for leaf in leaves]
     count = sum(p.numel() for name, p in model.named_parameters() if name in trained)
     if not any(owns):
         return TrainingCost(count, 0, 0.0)
-    activations = math.ceil(_peak_activation_bytes(model, example, trained) / len(example))
+    activations = math.ceil(peak_activation_bytes(model, example, trained) / len(example))
     first = owns.index(True)
     above = leaves[first:]
     forward = sum(leaf.macs for leaf in leaves)

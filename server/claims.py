@@ -25,10 +25,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from swarm.nodes.choices import Update
 from swarm.nodes.device import budget_of, profile_of, simulate_window, step_flops
 from swarm.nodes.fleet_plan import FleetPlan
 from swarm.nodes.local_data import stream_of
 from swarm.nodes.node import model_costs
+from swarm.nodes.selection import SELECTING
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,10 @@ class StepCeilings:
     def __init__(self, plan: FleetPlan, model: torch.nn.Module, accepted: dict[int, int] | None = None) -> None:
         """``accepted``: steps already accepted from each node in earlier windows (a resumed run's rows)."""
         self.plan, self.fleet = plan, plan.fleet
-        self.macs, self.cost = model_costs(model, plan.architecture, self.fleet.update)  # as the node counts a step
+        # As the node counts a step; a node that chooses its channels is charged at least its output
+        # layer's step (the cheapest it can take), so an honest claim is never above the ceiling.
+        mode = Update.head if self.fleet.update in SELECTING else self.fleet.update
+        self.macs, self.cost = model_costs(model, plan.architecture, mode)
         self.accepted = dict(accepted or {})
         self.replay_share = self.fleet.replay.fraction if (plan.continual or self.fleet.replay.finetune) else 0.0
 

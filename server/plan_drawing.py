@@ -9,17 +9,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from swarm.nodes import checkpoints
-from swarm.nodes.choices import NewClassOutputs
+from swarm.nodes.choices import NewClassOutputs, Update
 from swarm.nodes.device import DeviceProfile, available_seconds, profile_of
 from swarm.nodes.drift import dirichlet_partition, drift_times
 from swarm.nodes.availability import node_intervals, read_trace, trace_digest
 from swarm.nodes.errors import SwarmError
 from swarm.nodes.fleet_plan import FleetPlan, NodePlan, check_faults, draw_faults, split_tasks
 from swarm.nodes.settings import FleetConfig, to_plain
+from swarm.nodes.training import make_loader
 from swarm.server.data.build import ScenarioData
 from swarm.server.data.evaluation_sets import f_groups
+from swarm.server.relevance import channel_relevance
 from swarm.server.settings import SwarmConfig
 
 
@@ -102,10 +105,27 @@ def draw_plan(*, run_dir: Path, config: dict[str, Any], fleet: FleetConfig, chec
 def plan_from_config(settings: SwarmConfig, data: ScenarioData, *, checkpoint: Path, run_dir: Path) -> FleetPlan:
     """The fleet plan of a run's settings for the model in ``checkpoint``: the one place that
     turns configuration into a plan (simulation, tests and benchmarks)."""
-    _, arch, _ = checkpoints.load(Path(checkpoint))
+    model, arch, _ = checkpoints.load(Path(checkpoint))
     reset = settings.fleet.new_class_outputs == NewClassOutputs.reset
-    return draw_plan(run_dir=run_dir, config=to_plain(settings), fleet=settings.fleet, checkpoint=checkpoint,
+    plan = draw_plan(run_dir=run_dir, config=to_plain(settings), fleet=settings.fleet, checkpoint=checkpoint,
                      architecture=arch, f_groups=f_groups(data, "train")[0], seed=settings.seed,
                      continual=data.scenario.mode == "continual",
                      reset_outputs=data.untrained_outputs() if reset else [],
                      undeployed_outputs=data.undeployed_outputs(), p_train_size=len(data.datasets["P"]["train"]))
+    if settings.fleet.update == Update.relevant:
+        plan.channel_relevance = p_relevance(settings, data, model)
+    return plan
+
+
+def p_relevance(settings: SwarmConfig, data: ScenarioData, model: torch.nn.Module) -> dict[str, list[float]]:
+    """Every convolution's per-channel LRP relevance over P for the model the fleet is sent
+    (Algorithm 1's score, with the run's LRP settings, or zennit's epsilon rule on the labels where
+    the run pruned by IMP), which ``fleet.update=relevant`` nodes choose what to train by."""
+    p_train = data.datasets["P"]["train"]
+    if settings.prune.relevance_samples:
+        p_train = torch.utils.data.Subset(p_train, range(min(len(p_train), settings.prune.relevance_samples)))
+    loader = make_loader(p_train, settings.prune.relevance_batch_size, shuffle=False)
+    lrp = settings.pruning
+    scores = channel_relevance(model, loader, composite=lrp.composite or "epsilon", target=str(lrp.target or "label"),
+                               epsilon=lrp.epsilon or 1e-6, device="cpu")
+    return {name: [float(v) for v in values] for name, values in scores.items()}

@@ -36,7 +36,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from swarm.nodes.choices import DriftKind
+from swarm.nodes.choices import DriftKind, Update
 from swarm.nodes.errors import SwarmError
 from swarm.nodes.fleet_plan import check_faults
 from swarm.server.settings import SwarmConfig
@@ -116,6 +116,10 @@ def check(cfg: DictConfig) -> None:
         raise SwarmError(f"fleet.drift.high={drift.high}: must be >= fleet.drift.low ({drift.low})")
     if not fleet.profiles:
         raise SwarmError("fleet.profiles=[]: name at least one device profile")
+    update = fleet["update"]  # (an attribute would be DictConfig's own update method)
+    if update in (Update.fisher, Update.relevant) and fleet.update_budget_kb is None:
+        raise SwarmError(f"fleet.update={update} chooses channels within a memory budget: set "
+                         "fleet.update_budget_kb (for example 128)")
     check_faults(OmegaConf.to_object(fleet.faults))
     if cfg.pruning.name == "lrp" and (cfg.pruning.composite is None or cfg.pruning.epsilon is None
                                       or cfg.pruning.target is None):

@@ -446,7 +446,9 @@ BAD_SETTINGS = [
     ("fleet.participation=1.5", "fleet.participation=1.5: a fraction in (0, 1]"),
     ("fleet.aggregate=mode", "fleet.aggregate=mode: choose one of mean, trimmed_mean, median, multikrum"),
     ("fleet.trim_fraction=0.5", "fleet.trim_fraction=0.5: a number >= 0 and < 0.5"),
-    ("fleet.update=all", "fleet.update=all: choose one of full, bias, head"),
+    ("fleet.update=all", "fleet.update=all: choose one of full, bias, head, fisher, relevant"),
+    ("fleet.update=fisher", "fleet.update=fisher chooses channels within a memory budget: set fleet.update_budget_kb"),
+    ("fleet.update_budget_kb=0", "fleet.update_budget_kb=0.0: a number > 0, or null"),
     ("fleet.clip_norm=0", "fleet.clip_norm=0.0: a number > 0, or null"),
     ("fleet.faults.poison=1.5", "fleet.faults.poison=1.5: a number >= 0 and <= 1"),
 ]
