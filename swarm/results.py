@@ -100,6 +100,8 @@ class FleetResult:
     window_s: float
     rows: list[dict[str, Any]] = field(repr=False, default_factory=list)
     shared: list[dict[str, Any]] = field(repr=False, default_factory=list)  # shared_model.json (FedAvg)
+    update: str = "full"  # fleet.update: what the nodes trained (runs from before it: full)
+    update_budget_kb: float | None = None  # fleet.update_budget_kb (fisher / relevant choose within it)
 
     @property
     def target_metric(self) -> str:
@@ -258,7 +260,8 @@ def load(run_json: Path) -> FleetResult:
         iteration=int(record["iteration"]), params=int(record["params"]), budget_kind=kind, budget_value=value,
         fleet_variant=hashlib.sha256(json.dumps(variant, sort_keys=True).encode()).hexdigest()[:8],
         coordinator_key=record["coordinator_key"], coordinator=record["coordinator"],
-        window_s=float(fleet["window_s"]), rows=rows, shared=shared)
+        window_s=float(fleet["window_s"]), rows=rows, shared=shared, update=str(fleet.get("update", "full")),
+        update_budget_kb=None if fleet.get("update_budget_kb") is None else float(fleet["update_budget_kb"]))
 
 
 def collect(directories: Sequence[Path]) -> tuple[list[FleetResult], list[str]]:

@@ -16,7 +16,7 @@ from swarm.results import collect, estimate, paired_difference
 
 def fake_run(root, *, pruning="lrp", pretrain="extra", seed=0, iteration=0, finals=(0.6, 0.8), windows=2,
              budget=20.0, mode="finetune", scenario="fmnist_new_subclasses", failed_node=None, p_acc=0.95,
-             received=0.3, reference=None, shared=None, radio=math.nan):
+             received=0.3, reference=None, shared=None, radio=math.nan, update="full", update_budget_kb=None):
     """A fleet run directory as swarm.simulate leaves it: run.json and nodes.csv.
 
     Every node received a model scoring ``received`` (its window -1 row); node n's accuracy rises
@@ -24,7 +24,8 @@ def fake_run(root, *, pruning="lrp", pretrain="extra", seed=0, iteration=0, fina
     its link: NaN, a run from before the link was modelled). ``reference``: the
     coordinator's central adaptation of each iteration reaches this accuracy; ``shared``: the shared
     (FedAvg) model's accuracy rises linearly to it (shared_model.json, as the server writes it)."""
-    directory = root / f"{scenario}-{pruning}-{pretrain}-s{seed}-b{budget}" / f"iteration_{iteration:02d}"
+    directory = (root / f"{scenario}-{pruning}-{pretrain}-s{seed}-b{budget}-{update}{update_budget_kb or ''}"
+                 / f"iteration_{iteration:02d}")
     directory.mkdir(parents=True)
     metric = "acc_PF" if mode == "continual" else "acc_F"
     rows = []
@@ -58,7 +59,8 @@ def fake_run(root, *, pruning="lrp", pretrain="extra", seed=0, iteration=0, fina
               "coordinator_key": f"{pruning}-{pretrain}-{seed}", "coordinator": coordinator,
               "fleet_key": f"{pruning}-{pretrain}-{seed}-{iteration}-{budget}",
               "fleet": {"nodes": len(finals), "windows": windows, "window_s": 100.0,
-                        "budget": {"energy_j": budget, "compute_s": None, "flops": None}}}
+                        "budget": {"energy_j": budget, "compute_s": None, "flops": None},
+                        "update": update, "update_budget_kb": update_budget_kb}}
     (directory / "run.json").write_text(json.dumps(record))
     return directory
 
