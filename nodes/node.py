@@ -348,9 +348,7 @@ class NodeRuntime:
 
     def _first_batches(self, window: int, at_s: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """:data:`FISHER_BATCHES` batches drawn as training draws them from the samples arrived by ``at_s``."""
-        seen = int(np.searchsorted(self.times, at_s, side="right"))
-        recent = self.fleet.recent_samples
-        pool = np.arange(0 if recent is None else max(0, seen - int(recent)), seen)
+        pool = self._pool(at_s)
         rng = np.random.default_rng((self.me.seed, window, 1))  # apart from the training draws
         balanced = self.fleet.sampling == Sampling.balanced
         picks = [self._draw(pool, self.batch_size, rng, balanced) for _ in range(FISHER_BATCHES)]
@@ -391,7 +389,6 @@ class NodeRuntime:
         if not step_starts:
             return
         batch_size = self.batch_size
-        recent = self.fleet.recent_samples
         rng = np.random.default_rng((self.me.seed, window))
         loss_fn = nn.CrossEntropyLoss()
         place(model, self.device)
@@ -409,9 +406,8 @@ class NodeRuntime:
         always_here = always.to(self.device)
         balanced = self.fleet.sampling == Sampling.balanced
         for t in step_starts:
-            seen = int(np.searchsorted(self.times, t, side="right"))  # the stream is in time order
             n_replay = self._replayed_per_batch(replay)
-            pool = np.arange(0 if recent is None else max(0, seen - int(recent)), seen)
+            pool = self._pool(t)
             picks = self._draw(pool, batch_size - n_replay, rng, balanced)
             replayed = replay.sample(n_replay)
             if not len(picks) + len(replayed):
@@ -436,6 +432,13 @@ class NodeRuntime:
             (objective if penalty is None else objective + penalty).backward()
             optimizer.step()
         model.eval()
+
+    def _pool(self, at_s: float) -> np.ndarray:
+        """Stream positions a batch drawn at ``at_s`` may take: the newest ``fleet.recent_samples``
+        of those arrived by then (the stream is in time order)."""
+        seen = int(np.searchsorted(self.times, at_s, side="right"))
+        recent = self.fleet.recent_samples
+        return np.arange(0 if recent is None else max(0, seen - int(recent)), seen)
 
     def _classes_drawn_from(self, pool: np.ndarray, targets: np.ndarray, always: np.ndarray) -> np.ndarray:
         """The classes that compete beside a batch's own under the masked losses: none, unless the

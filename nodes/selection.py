@@ -43,7 +43,7 @@ from torch.nn.utils import parametrize
 from swarm.nodes.choices import Update
 from swarm.nodes.errors import SwarmError
 from swarm.nodes.models import classifier
-from swarm.nodes.trainable import TrainingCost, leaves_in_call_order, peak_activation_bytes
+from swarm.nodes.trainable import TrainingCost, leaves_in_call_order, peak_activation_bytes, trained_names
 
 FISHER_BATCHES = 4  # batches the Fisher information is summed over (an assumption: "a few")
 SELECTING = (Update.fisher, Update.relevant)  # the modes that choose channels
@@ -86,11 +86,6 @@ def _layer_parameters(chosen: Iterable[Layer]) -> set[str]:
         if layer.norm:
             names |= {f"{layer.norm}.weight", f"{layer.norm}.bias"}
     return names
-
-
-def _head_names(model: nn.Module) -> list[str]:
-    head, _ = classifier(model)
-    return [name for name, _ in model.named_parameters() if name.rpartition(".")[0] == head]
 
 
 # ----------------------------------------------------------------------------- scores
@@ -147,7 +142,7 @@ class Chooser:
         self.model, self.example, self.batch, self.budget = model, example, batch, budget_bytes
         self.candidates = layers(model, example)
         self.by_name = {layer.conv: layer for layer in self.candidates}
-        self.head = _head_names(model)
+        self.head = trained_names(model, Update.head)
         self.head_parameters = sum(p.numel() for n, p in model.named_parameters() if n in self.head)
         self._activations: dict[frozenset[str], int] = {}
 
@@ -185,8 +180,8 @@ def cost(model: nn.Module, example: torch.Tensor, selection: Selection) -> Train
     :func:`swarm.nodes.trainable.training_cost` counts it for the fixed modes)."""
     candidates = {layer.conv: layer for layer in layers(model, example)}
     leaves = leaves_in_call_order(model, example)
-    head = _head_names(model)
-    head_layer = head[0].rpartition(".")[0]
+    head = trained_names(model, Update.head)
+    head_layer, _ = classifier(model)
     chosen = [candidates[name] for name in selection]
     parameters = sum(p.numel() for n, p in model.named_parameters() if n in head)
     parameters += sum(len(selection[layer.conv]) * layer.per_channel for layer in chosen)
@@ -264,7 +259,7 @@ def attach(model: nn.Module, selection: Selection, example: torch.Tensor) -> lis
     parameters to train, in a fixed order (the optimizer's state is saved and loaded by position)."""
     modules = dict(model.named_modules())
     candidates = {layer.conv: layer for layer in layers(model, example)}
-    head = set(_head_names(model))
+    head = set(trained_names(model, Update.head))
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name in head)
     deltas = []
