@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from typing import Callable
 
 import torch
 from torch import nn
@@ -31,11 +32,11 @@ from torch.profiler import ProfilerActivity, profile
 
 from swarm.nodes import checkpoints
 from swarm.nodes.choices import Update
-from swarm.nodes.device import memory_need
+from swarm.nodes.device import memory_need, scoring_need
 from swarm.nodes.layout import batch_to, place
 from swarm.nodes.models import build_model
 from swarm.nodes.node import model_costs
-from swarm.nodes.selection import Chooser, attach
+from swarm.nodes.selection import Chooser, attach, fisher_scores, layers
 from swarm.nodes.selection import cost as selection_cost
 from swarm.nodes.trainable import TrainingCost, freeze
 from swarm.server.pruning import prunable_layers, prune_step
@@ -47,6 +48,7 @@ BATCHES = (1, 32)
 STEPS = 3
 FIXED = (Update.full, Update.bias, Update.head)
 CHOSEN = "chosen"  # fisher / relevant: channels chosen within a budget halfway between head's and full's need
+SCORING = "fisher's choosing pass"  # the Fisher information of every candidate channel, nothing trained
 TOLERANCE = 0.2
 CPU = torch.device("cpu")
 
@@ -61,12 +63,32 @@ def model_of(image_size: int, cuts: int) -> tuple[nn.Module, dict]:
     return model, checkpoints.architecture(model, {"name": "resnet_small"}, 12, 3, image_size)
 
 
+def profiled_peak_bytes(run: Callable[[], None], held: Callable[[], list[torch.Tensor]]) -> int:
+    """The tensors ``held`` between runs plus the most ``run``'s own allocations net of its frees reach
+    (see the module docstring): ``run`` once unmeasured, then the most of :data:`STEPS` profiled runs."""
+    run()  # the optimizer's state exists from here on, as in every step of a node after its first
+    peak = 0
+    for _ in range(STEPS):
+        with warnings.catch_warnings(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+            warnings.simplefilter("ignore")  # the profiler warns of blocks allocated before it started
+            run()
+        events = sorted((e for e in profiler.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
+        current = 0
+        for event in events:
+            current += event.self_cpu_memory_usage
+            peak = max(peak, current)
+    return sum(t.numel() * t.element_size() for t in held()) + peak
+
+
+def _batch(batch: int, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return batch_to(torch.randn(batch, 3, image_size, image_size), CPU), torch.randint(0, 12, (batch,))
+
+
 def measured_peak_bytes(model: nn.Module, trained: list[nn.Parameter], batch: int, image_size: int) -> int:
     """The real peak memory of the node's training step of the ``trained`` parameters (see the module docstring)."""
     place(model, CPU)
     optimizer = torch.optim.Adam(trained, lr=5e-4, fused=True)
-    inputs = batch_to(torch.randn(batch, 3, image_size, image_size), CPU)
-    targets = torch.randint(0, 12, (batch,))
+    inputs, targets = _batch(batch, image_size)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
 
@@ -75,20 +97,18 @@ def measured_peak_bytes(model: nn.Module, trained: list[nn.Parameter], batch: in
         loss_fn(model(inputs), targets).backward()
         optimizer.step()
 
-    step()  # the optimizer's state exists from here on, as in every step of a node after its first
-    peak = 0
-    for _ in range(STEPS):
-        with warnings.catch_warnings(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
-            warnings.simplefilter("ignore")  # the profiler warns of blocks allocated before it started
-            step()
-        events = sorted((e for e in profiler.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
-        current = 0
-        for event in events:
-            current += event.self_cpu_memory_usage
-            peak = max(peak, current)
-    held = [*model.parameters(), *model.buffers(),
-            *(t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t))]
-    return sum(t.numel() * t.element_size() for t in held) + peak
+    return profiled_peak_bytes(step, lambda: [*model.parameters(), *model.buffers(), *(
+        t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t))])
+
+
+def measured_scoring_bytes(model: nn.Module, batch: int, image_size: int) -> int:
+    """The real peak memory of fisher's choosing pass over one batch (:func:`fisher_scores`)."""
+    place(model, CPU)
+    example = torch.randn(2, 3, image_size, image_size)
+    candidates = layers(model, example)
+    batches = [_batch(batch, image_size)]
+    return profiled_peak_bytes(lambda: fisher_scores(model, batches, candidates),
+                               lambda: [*model.parameters(), *model.buffers()])
 
 
 def chosen_channels(model: nn.Module, batch: int, image_size: int) -> dict[str, list[int]]:
@@ -120,10 +140,15 @@ def main() -> int:
     print("| image | cuts | mode | batch | need (MB) | measured peak (MB) | need / peak |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for image_size, cuts in cases:
-        for mode in (*FIXED, CHOSEN):
+        for mode in (*FIXED, CHOSEN, SCORING):
             for batch in BATCHES:
                 model, arch = model_of(image_size, cuts)
-                if mode == CHOSEN:
+                if mode == SCORING:
+                    activations, held = Chooser(model, torch.randn(2, 3, image_size, image_size), batch, 0.0).scoring()
+                    need = scoring_need(sum(p.numel() for p in model.parameters()), activations, batch, 0, 0,
+                                        held).total_mb * 2**20
+                    real = measured_scoring_bytes(model, batch, image_size)
+                elif mode == CHOSEN:
                     example = torch.randn(2, 3, image_size, image_size)
                     selection = chosen_channels(model, batch, image_size)
                     need = need_bytes(model, selection_cost(model, example, selection), batch)
@@ -131,7 +156,8 @@ def main() -> int:
                 else:
                     need = need_bytes(model, model_costs(model, arch, mode)[1], batch)
                     trained = freeze(model, mode)
-                real = measured_peak_bytes(model, trained, batch, image_size)
+                if mode != SCORING:
+                    real = measured_peak_bytes(model, trained, batch, image_size)
                 worst = max(worst, abs(need / real - 1))
                 print(f"| {image_size} px | {cuts} | {mode} | {batch} | {need / 2**20:.3f} | {real / 2**20:.3f} | "
                       f"{need / real:.2f} |", flush=True)

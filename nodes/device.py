@@ -487,6 +487,20 @@ def memory_need(parameters: int, activation_bytes: int, batch_size: int, replay_
                       replay_samples * sample_bytes / mb, in_flash)
 
 
+def scoring_need(parameters: int, activation_bytes: int, batch_size: int, replay_samples: int,
+                 sample_bytes: int, held_gradients: int, frozen_in_flash: bool = False,
+                 bytes_per_value: int = 4) -> MemoryNeed:
+    """Memory of a pass that reads gradients and trains nothing (``fleet.update=fisher`` choosing
+    its channels): every weight frozen (read from flash where the device has it, else in RAM),
+    ``held_gradients`` gradient values at once, no optimizer state; activations and replay as in
+    :func:`memory_need`."""
+    mb = 1024 * 1024
+    weights = parameters * bytes_per_value / mb
+    return MemoryNeed(0.0 if frozen_in_flash else weights, held_gradients * bytes_per_value / mb, 0.0,
+                      activation_bytes * batch_size / mb, replay_samples * sample_bytes / mb,
+                      weights if frozen_in_flash else 0.0)
+
+
 def memory_check(profile: DeviceProfile, need: MemoryNeed) -> bool:
     """Whether training fits: its RAM need in the device's RAM, its frozen weights in its flash."""
     return need.total_mb <= profile.ram_mb and need.flash_mb <= (profile.flash_mb or 0.0)

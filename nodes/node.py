@@ -34,7 +34,8 @@ from torch import nn
 from swarm.nodes import checkpoints, io
 from swarm.nodes.checkpoints import received_model
 from swarm.nodes.device import (MemoryNeed, StreamCredit, Transfers, WindowReport, budget_of, link_note,
-                                memory_check, memory_need, profile_of, settle_upload, simulate_window, step_flops)
+                                memory_check, memory_need, profile_of, scoring_need, settle_upload, simulate_window,
+                                step_flops)
 from swarm.nodes.drift import F, P, node_stream
 from swarm.nodes.errors import SwarmError
 from swarm.nodes.evaluation import TestSets, accuracies
@@ -131,6 +132,7 @@ class NodeRuntime:
         self.selecting = self.fleet.update in SELECTING
         self.example = checkpoints.example_inputs(task.architecture, 2)
         self._selection_costs: dict[str, TrainingCost] = {}
+        self._scoring: tuple[int, int] | None = None  # fisher's choosing pass: activation bytes a sample, gradients held
         self.strategy = make_strategy(self.fleet.strategy, self.fleet)  # its node side: what the loss adds
         self.continual = task.continual
         # Where it trains and evaluates: the share of a GPU its actor was given (fleet.ray.gpus_per_node;
@@ -204,6 +206,16 @@ class NodeRuntime:
                            self.batch_size, replay_samples, self._sample_bytes(),
                            trained_parameters=cost.trained_parameters,
                            frozen_in_flash=self.profile.flash_mb is not None)
+
+    def _scoring_memory(self, model: nn.Module, replay_samples: int) -> MemoryNeed:
+        """What fisher's choosing pass takes (:meth:`swarm.nodes.selection.Chooser.scoring`), measured
+        once: the model a node chooses on keeps its architecture."""
+        if self._scoring is None:
+            self._scoring = Chooser(model, self.example, self.batch_size, 0.0).scoring()
+        activation_bytes, held_gradients = self._scoring
+        return scoring_need(sum(p.numel() for p in model.parameters()), activation_bytes, self.batch_size,
+                            replay_samples, self._sample_bytes(), held_gradients,
+                            frozen_in_flash=self.profile.flash_mb is not None)
 
     def state_path(self, window: int) -> Path:
         """The node's state at the start of ``window`` (after every window before it)."""
@@ -303,18 +315,25 @@ class NodeRuntime:
         step uses, and what a step needs (``nodes.csv``'s ``memory_mb``: RAM, and ``step_flops``).
         A node that chooses its channels and has not yet chosen does so when its first step would
         begin, and the window is simulated again with the chosen channels' costs and the choosing."""
-        granted = self._simulate(state, window, arrived, before, transfers, setup_flops=0.0)
+        scoring = self.fleet.update == Update.fisher and state["selection"] is None  # a Fisher pass comes first
+        granted = self._simulate(state, window, arrived, before, transfers, setup_flops=0.0, scoring=scoring)
         if self.selecting and state["selection"] is None and granted[0].step_starts:
             setup_flops = self._choose(state, window, granted[0].step_starts[0])
-            granted = self._simulate(state, window, arrived, before, transfers, setup_flops)
+            granted = self._simulate(state, window, arrived, before, transfers, setup_flops, scoring=scoring)
         return granted
 
     def _simulate(self, state: dict[str, Any], window: int, arrived: np.ndarray, before: int,
-                  transfers: Transfers, setup_flops: float) -> tuple[WindowReport, int, dict[str, float]]:
+                  transfers: Transfers, setup_flops: float, scoring: bool = False,
+                  ) -> tuple[WindowReport, int, dict[str, float]]:
+        """One simulation of the window; ``scoring``: fisher's choosing pass runs in it too, and
+        must fit as the steps must (``memory_mb``: the larger of the two)."""
         model, arch, replay = state["model"], state["arch"], state["replay"]
         macs, cost = self._cost(model, arch, state["selection"])
-        need = self._memory(model, cost, replay_samples=len(replay))
-        fits = memory_check(self.profile, need)
+        needs = [self._memory(model, cost, replay_samples=len(replay))]
+        if scoring:
+            needs.append(self._scoring_memory(model, replay_samples=len(replay)))
+        fits = all(memory_check(self.profile, need) for need in needs)
+        need = max(needs, key=lambda n: n.total_mb)
         passes = self.fleet.passes
         stream_per_step = self.batch_size - self._replayed_per_batch(replay)
         credit = (StreamCredit.unlimited(before) if passes is None else

@@ -92,25 +92,38 @@ def _layer_parameters(chosen: Iterable[Layer]) -> set[str]:
 def fisher_scores(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                   candidates: list[Layer]) -> dict[str, torch.Tensor]:
     """Each channel's empirical Fisher information over ``batches`` (cross-entropy of the labels),
-    per parameter it trains. Eval mode (BatchNorm's statistics untouched); flags restored."""
-    modules = dict(model.named_modules())
+    per parameter it trains. Eval mode (BatchNorm's statistics untouched); flags restored.
+
+    As a device would run it: only the candidates' parameters require gradients (the backward pass
+    stops below the earliest), and each gradient is folded into its channels' sums the moment it is
+    accumulated and dropped (``register_post_accumulate_grad_hook``), so the pass holds one
+    parameter's gradient at a time, as :meth:`Chooser.scoring_need` counts it."""
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     sums = {layer.conv: torch.zeros(layer.channels) for layer in candidates}
+
+    def folder(layer: Layer):
+        def fold(parameter: torch.Tensor) -> None:
+            squared = parameter.grad.detach().square()
+            sums[layer.conv].add_((squared.flatten(1).sum(dim=1) if squared.dim() > 1 else squared).cpu())
+            parameter.grad = None
+        return fold
+
+    owned = {f"{layer.conv}.weight": layer for layer in candidates}
+    owned |= {f"{layer.norm}.{kind}": layer for layer in candidates if layer.norm for kind in ("weight", "bias")}
+    handles = []
     was_training = model.training
     try:
         model.eval()
-        for parameter in model.parameters():
-            parameter.requires_grad_(True)
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name in owned)
+            parameter.grad = None
+            if name in owned:
+                handles.append(parameter.register_post_accumulate_grad_hook(folder(owned[name])))
         for inputs, targets in batches:
-            model.zero_grad(set_to_none=True)
             nn.functional.cross_entropy(model(inputs), targets).backward()
-            for layer in candidates:
-                squared = modules[layer.conv].weight.grad.detach().square().flatten(1).sum(dim=1)
-                if layer.norm:
-                    norm = modules[layer.norm]
-                    squared = squared + norm.weight.grad.detach().square() + norm.bias.grad.detach().square()
-                sums[layer.conv] += squared.cpu()
     finally:
+        for handle in handles:
+            handle.remove()
         model.zero_grad(set_to_none=True)
         model.train(was_training)
         for name, parameter in model.named_parameters():
@@ -159,6 +172,14 @@ class Chooser:
     def need(self, parameters: int, chosen: frozenset[str]) -> float:
         """Training memory beyond the weights: gradients and Adam's two slots, activations at the batch."""
         return 3 * 4 * parameters + self.activations(chosen) * self.batch
+
+    def scoring(self) -> tuple[int, int]:
+        """What ``fisher``'s choosing pass (:func:`fisher_scores`) holds beyond the weights: the
+        activation bytes a sample keeps for a backward pass that reaches every candidate, and the
+        gradient values held at once (the largest candidate tensor's: each is folded and dropped)."""
+        owned = _layer_parameters(self.candidates)
+        largest = max((p.numel() for n, p in self.model.named_parameters() if n in owned), default=0)
+        return self.activations(frozenset(self.by_name)), largest
 
     def choose(self, scores: Mapping[str, torch.Tensor]) -> Selection:
         by_name = {layer.conv: layer for layer in self.candidates}

@@ -10,7 +10,7 @@ from torch import nn
 from swarm.nodes import io
 from swarm.nodes.checkpoints import received_model
 from swarm.nodes.choices import Update
-from swarm.nodes.device import step_flops
+from swarm.nodes.device import scoring_need, step_flops
 from swarm.nodes.errors import SwarmError
 from swarm.nodes.fleet_plan import FleetPlan
 from swarm.nodes.models import build_model
@@ -136,6 +136,23 @@ def test_fisher_charges_its_choosing_in_the_first_window(make_cfg, tmp_path):
     macs, _ = model_costs(received_model(plan), plan.architecture, Update.head)
     choosing = FISHER_BATCHES * step_flops(2.0 * macs, 8, 2.0)
     assert row.steps > 0 and row.flops == pytest.approx(row.steps * row.step_flops + choosing)
+
+
+def test_fishers_choosing_pass_must_fit_in_ram_too(make_cfg, tmp_path):
+    """On the microcontroller the chosen channels' steps fit 150 KB, but fisher's choosing pass (a
+    backward pass to every channel, one gradient held at a time) does not fit its 256 KB: the node
+    never trains and reports the pass's need; relevant, chosen by the server's relevance, trains."""
+    rows, plans = {}, {}
+    for mode in (Update.fisher, Update.relevant):
+        cfg = make_cfg(*TINY, "fleet.profiles=[microcontroller]", "fleet.budget.compute_s=30",
+                       "fleet.replay.capacity=0", f"fleet.update={mode}", "fleet.update_budget_kb=150")
+        plans[mode] = FleetPlan.load(write_fleet_plan(cfg, tmp_path / str(mode), "run", windows=1)[0])
+        rows[mode], _ = node_runtime(plans[mode], 0).run_window(0)
+    fisher, relevant = rows[Update.fisher], rows[Update.relevant]
+    assert fisher.status == "does_not_fit" and fisher.steps == 0 and fisher.memory_mb > 0.25
+    assert relevant.status != "does_not_fit" and relevant.steps > 0 and relevant.memory_mb <= 0.25
+    activations, held = Chooser(received_model(plans[Update.fisher]), torch.randn(2, 3, 16, 16), 1, 0.0).scoring()
+    assert fisher.memory_mb == pytest.approx(scoring_need(1, activations, 1, 0, 0, held, frozen_in_flash=True).total_mb)
 
 
 def test_attach_and_merge_leave_a_plain_model():

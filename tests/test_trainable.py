@@ -117,12 +117,12 @@ def test_the_head_and_the_biases_cost_less_by_what_they_leave_out():
 
 
 def test_the_memory_need_is_the_real_peak_memory_of_the_step_within_20_percent():
-    """benchmarks/training_memory.py --quick: full, bias, head and chosen channels (fisher / relevant)
-    at batch 1 and 32, against torch's profiler."""
+    """benchmarks/training_memory.py --quick: full, bias, head, chosen channels (fisher / relevant)
+    and fisher's choosing pass at batch 1 and 32, against torch's profiler."""
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "training_memory.py"), "--quick"],
                           capture_output=True, text=True, timeout=300)
     rows = [line for line in done.stdout.splitlines() if line.startswith("| 16 px")]
-    assert done.returncode == 0 and len(rows) == 2 * 4, done.stdout + done.stderr[-2000:]
+    assert done.returncode == 0 and len(rows) == 2 * 5, done.stdout + done.stderr[-2000:]
     assert all(0.8 <= float(row.split("|")[-2]) <= 1.2 for row in rows)
 
 
