@@ -3,8 +3,8 @@
 What each ``fleet.update`` mode buys a fleet (docs/partial_updates.md): for every scenario, pruning
 criterion, pre-training and received model (pruning iteration: 0 is the unpruned model), a row per
 mode and memory budget with the nodes' mean gain on the adapted task (F, or P ∪ F for new classes)
-over the model as received, the shared model's gain, and the forgetting on P (as received minus
-after), each a mean with its two-sided 95% Student-t interval over seeds
+over the model as received, the shared model's gain (for new classes, on F alone too), and the
+forgetting on P (as received minus after), each a mean with its two-sided 95% Student-t interval over seeds
 (:func:`swarm.results.estimate`). Where ``fisher`` and ``relevant`` ran at the same budget, their
 difference on the shared model's gain, paired by seed (:func:`swarm.results.paired_difference`),
 says which choice won, or that the interval cannot tell.
@@ -56,15 +56,19 @@ def table(results: list[FleetResult]) -> str:
              "docs/partial_updates.md says how the modes choose and what a budget counts).", ""]
     for (scenario, pruning, pretrain, iteration), by_mode in sorted(grouped(results).items()):
         metric = next(iter(by_mode.values()))[0].target_metric
+        on_f = metric != "acc_F"  # new classes are judged on P ∪ F; their gain on F alone is shown beside it
         lines += [f"## {scenario} · {pruning} · pretrain={pretrain} · iteration {iteration}"
                   + (" (unpruned)" if iteration == 0 else ""), "",
-                  f"| mode | budget | nodes' gain on {metric} | shared model's gain | forgetting on P | seeds |",
-                  "|---|---|---|---|---|---|"]
+                  f"| mode | budget | nodes' gain on {metric} | shared model's gain |"
+                  + (" shared model's gain on acc_F |" if on_f else "") + " forgetting on P | seeds |",
+                  "|---|---|---|---|" + ("---|" if on_f else "") + "---|---|"]
         order = sorted(by_mode, key=lambda key: (MODES.index(key[0]) if key[0] in MODES else len(MODES), key[1] or 0))
         for mode, budget in order:
             runs = by_mode[(mode, budget)]
             lines.append(f"| `{mode}` | {_budget(budget)} | {estimate(r.gain() for r in runs)} | "
-                         f"{estimate(r.shared_gain() for r in runs)} | {estimate(r.forgetting for r in runs)} | "
+                         f"{estimate(r.shared_gain() for r in runs)} | "
+                         + (f"{estimate(r.shared_gain('acc_F') for r in runs)} | " if on_f else "")
+                         + f"{estimate(r.forgetting for r in runs)} | "
                          f"{', '.join(str(s) for s in sorted(r.seed for r in runs))} |")
         budgets = sorted({b for m, b in by_mode if m == "relevant"} & {b for m, b in by_mode if m == "fisher"})
         for budget in budgets:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
+from swarm.nodes.protocol import write_rows
 from swarm.results import collect
 from swarm.updates_table import main, table
-from tests.test_report import fake_run
+from tests.test_report import fake_run, read_csv
 
 
 def _fleet(root, mode, budget, seed, gain):
@@ -30,6 +33,26 @@ def test_the_table_sets_each_mode_and_budget_beside_the_others_with_intervals(tm
     # relevant − fisher, paired by seed: 0.10, 0.11, 0.06 -> mean 0.090, its interval above 0
     assert "At 8192 KB, `relevant` − `fisher` on the shared model's gain: 0.090 ± 0.066 (n=3): relevant wins." in text
     assert "12288 KB, `relevant`" not in text
+
+
+def test_new_classes_show_the_gain_on_f_beside_the_gain_on_p_and_f(tmp_path):
+    for seed in range(2):
+        run = fake_run(tmp_path, seed=seed, iteration=2, finals=(0.5, 0.5), shared=0.5, mode="continual",
+                       scenario="fmnist_new_tops", update="head")
+        shared = json.loads((run / "shared_model.json").read_text())
+        for entry in shared:
+            entry["acc_F"] = 0.2 + 0.1 * seed
+        (run / "shared_model.json").write_text(json.dumps(shared))
+        rows = read_csv(run / "nodes.csv")
+        for row in rows:
+            row["acc_F"] = 0.1 if row["window"] == "-1" else row["acc_F"]
+        write_rows(run / "nodes.csv", rows)
+    results, _ = collect([tmp_path])
+    text = table(results)
+    assert "| mode | budget | nodes' gain on acc_PF | shared model's gain | shared model's gain on acc_F |" in text
+    head = next(line for line in text.splitlines() if line.startswith("| `head`"))
+    # P ∪ F: 0.3 -> 0.5 on both seeds; F: 0.1 as received -> 0.2 and 0.3
+    assert head.split("|")[3:6] == [" 0.200 ± 0.000 (n=2) ", " 0.200 ± 0.000 (n=2) ", " 0.150 ± 0.635 (n=2) "]
 
 
 def test_the_cli_writes_the_table_and_refuses_an_empty_folder_in_one_line(tmp_path, capsys):
