@@ -97,7 +97,7 @@ def fisher_scores(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.
     As a device would run it: only the candidates' parameters require gradients (the backward pass
     stops below the earliest), and each gradient is folded into its channels' sums the moment it is
     accumulated and dropped (``register_post_accumulate_grad_hook``), so the pass holds one
-    parameter's gradient at a time, as :meth:`Chooser.scoring_need` counts it."""
+    parameter's gradient at a time, as :meth:`Chooser.scoring` counts it."""
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     sums = {layer.conv: torch.zeros(layer.channels) for layer in candidates}
 
