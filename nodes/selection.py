@@ -77,15 +77,20 @@ def layers(model: nn.Module, example: torch.Tensor) -> list[Layer]:
     return out
 
 
-def _layer_parameters(chosen: Iterable[Layer]) -> set[str]:
-    """The parameters the chosen layers' channels belong to: what autograd keeps activations for is
-    the same whether a channel of a tensor or all of it trains."""
-    names = set()
+def _owners(chosen: Iterable[Layer]) -> dict[str, Layer]:
+    """The parameters the chosen layers' channels belong to, each with its layer: what autograd
+    keeps activations for is the same whether a channel of a tensor or all of it trains."""
+    owners = {}
     for layer in chosen:
-        names.add(f"{layer.conv}.weight")
+        owners[f"{layer.conv}.weight"] = layer
         if layer.norm:
-            names |= {f"{layer.norm}.weight", f"{layer.norm}.bias"}
-    return names
+            owners |= {f"{layer.norm}.weight": layer, f"{layer.norm}.bias": layer}
+    return owners
+
+
+def _layer_parameters(chosen: Iterable[Layer]) -> set[str]:
+    """The names of :func:`_owners`."""
+    return set(_owners(chosen))
 
 
 # ----------------------------------------------------------------------------- scores
@@ -108,8 +113,7 @@ def fisher_scores(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.
             parameter.grad = None
         return fold
 
-    owned = {f"{layer.conv}.weight": layer for layer in candidates}
-    owned |= {f"{layer.norm}.{kind}": layer for layer in candidates if layer.norm for kind in ("weight", "bias")}
+    owned = _owners(candidates)
     handles = []
     was_training = model.training
     try:
