@@ -6,7 +6,10 @@
 Each run gets an empty cache and run folder of its own. Reported per run: the wall time (goal <=
 60 s on a 2-core box), where it went (from the logs' timestamps: start-up and data, the
 coordinator, the reference, the engine's start with the nodes' folders, the windows, the report),
-and whether it shows what the README promises: at least 8 nodes of at least two device classes,
+how busy the machine's cores were over it (Linux: ``/proc/stat``, the whole machine, so
+measure on an otherwise idle one; busy core-seconds over the core count is the least wall time the
+same work could take with every core busy all along: a run near it is bound by its work, not by
+waiting), and whether it shows what the README promises: at least 8 nodes of at least two device classes,
 the fleet's gain on F over the received model of at least +0.10 (the nodes' mean and the shared
 model), the reference's after - before of at least 0.2, and the report and both plots. Exits 1 if a
 run misses any of it.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -46,12 +50,25 @@ def last(lines: list[tuple[float, str]], text: str) -> float:
     return [t for t, line in lines if text in line][-1]
 
 
+def busy_core_seconds() -> float | None:
+    """Core-seconds the whole machine has spent busy since boot (everything but idle and I/O wait),
+    from ``/proc/stat``; None where there is none (not Linux)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # user..steal; guest time is inside user
+
+
 def one_run(overrides: list[str], workdir: Path) -> dict:
     run_dir, cache = workdir / "run", workdir / "cache"
+    busy_before = busy_core_seconds()
     started = time.time()
     done = subprocess.run([sys.executable, "-m", "swarm.simulate", f"cache_dir={cache}", f"hydra.run.dir={run_dir}",
                            *overrides], capture_output=True, text=True)
     ended = time.time()
+    busy_after = busy_core_seconds()
     if done.returncode != 0:
         raise SystemExit(f"the run failed (exit {done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     prep, fleet = stamps(run_dir / "simulate.log"), stamps(run_dir / "fleet.log")
@@ -73,6 +90,7 @@ def one_run(overrides: list[str], workdir: Path) -> dict:
     shared = summary["shared_model"][-1]
     gain = summary["gain"]["acc_F"]
     return {"wall_s": ended - started, "phases": phases,
+            "busy_core_s": None if busy_before is None or busy_after is None else busy_after - busy_before,
             "nodes": len({r[0] for r in rows}), "profiles": len({r[1] for r in rows}),
             "fleet_gain_F": gain["gain"], "shared_gain_F": shared["acc_F"] - gain["received"],
             "reference_gain_F": reference["after"]["acc_F"] - reference["before"]["acc_F"],
@@ -107,8 +125,13 @@ def main() -> int:
             run = one_run(args.overrides, Path(tmp))
         split = ", ".join(f"{name} {seconds:.1f}" for name, seconds in run["phases"].items())
         problems = misses(run)
+        cores = os.cpu_count() or 1
+        busy = ("" if run["busy_core_s"] is None else
+                f"; the machine's {cores} cores busy {run['busy_core_s']:.1f} core-s "
+                f"({run['busy_core_s'] / (cores * run['wall_s']):.0%} of the wall; "
+                f"all cores busy all along: {run['busy_core_s'] / cores:.1f} s)")
         failed |= bool(problems)
-        print(f"run {number}: {run['wall_s']:.1f} s ({split}); {run['nodes']} nodes, {run['profiles']} device "
+        print(f"run {number}: {run['wall_s']:.1f} s ({split}){busy}; {run['nodes']} nodes, {run['profiles']} device "
               f"classes; fleet gain on F {run['fleet_gain_F']:+.3f} (shared model {run['shared_gain_F']:+.3f}), "
               f"reference {run['reference_gain_F']:+.3f}" + (f"; MISSED: {'; '.join(problems)}" if problems else ""),
               flush=True)
